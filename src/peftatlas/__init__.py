@@ -1,0 +1,37 @@
+"""peftatlas: parameter-efficient fine-tuning methods as measured hypotheses about weight geometry.
+
+Quick use::
+
+    import peftatlas as pa
+    model = pa.attach(base_model, "lora", targets=["query", "value"], r=8)
+    ...train model...
+    pa.save_adapter(model, "out/lora")
+    model = pa.load_adapter(fresh_base_model, "out/lora")
+"""
+
+__version__ = "0.1.0"
+
+from .core.io import AdapterFileError, load_adapter, save_adapter  # noqa: E402
+from .core.layer import BASE_NAME, AdaptedModule, MergeError  # noqa: E402
+from .core.method import LayerAdapter, MethodError, get_method, register, registered_methods  # noqa: E402
+from .core.model import AdaptedModel, ParamCount, attach  # noqa: E402
+from .core.targeting import TargetError  # noqa: E402
+
+__all__ = [
+    "BASE_NAME",
+    "AdaptedModel",
+    "AdaptedModule",
+    "AdapterFileError",
+    "LayerAdapter",
+    "MergeError",
+    "MethodError",
+    "ParamCount",
+    "TargetError",
+    "__version__",
+    "attach",
+    "get_method",
+    "load_adapter",
+    "register",
+    "registered_methods",
+    "save_adapter",
+]

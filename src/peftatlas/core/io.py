@@ -1,0 +1,253 @@
+"""Saving and loading adapters: ``adapter.safetensors`` + ``adapter.json``. No pickle anywhere.
+
+The JSON holds the method, its hyperparameters, the exact target list, a fingerprint of the base
+model (parameter shapes of every target and of the head) and the SHA-256 of the tensor file, so a
+mismatched pair of files is detected. Writes go to a temporary folder that replaces the
+destination in one rename, so an interrupted save never leaves a half-written adapter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .. import __version__
+from .method import config_to_dict, get_method, make_config
+from .model import AdaptedModel, AdapterSpec
+from .tree import get_user_submodule
+
+TENSORS = "adapter.safetensors"
+META = "adapter.json"
+FORMAT = "peftatlas-adapter"
+FORMAT_VERSION = 1
+
+
+class AdapterFileError(ValueError):
+    """An adapter folder is missing, corrupt, or does not fit the model it is loaded into."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fingerprint(model: AdaptedModel, targets: list[str]) -> dict[str, dict[str, list[int]]]:
+    out: dict[str, dict[str, list[int]]] = {}
+    for n in targets:
+        base = get_user_submodule(model.model, n, unwrap=True)
+        out[n] = {k: list(v.shape) for k, v in base.named_parameters(recurse=False)}
+    return out
+
+
+def _head_fingerprint(model: AdaptedModel) -> dict[str, list[int]]:
+    return {k: list(v.shape) for k, v in model.head_parameters().items()}
+
+
+def atomic_write_dir(path: str | os.PathLike, files: dict[str, bytes | dict[str, torch.Tensor]]) -> None:
+    """Write ``files`` into folder ``path`` atomically (a sibling temp folder, then one rename)."""
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        for fname, content in files.items():
+            target = tmp / fname
+            if isinstance(content, bytes):
+                target.write_bytes(content)
+            else:
+                save_file(content, str(target))
+            with open(target, "rb") as f:
+                os.fsync(f.fileno())
+        old = None
+        if dest.exists():
+            old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+            os.replace(dest, old)
+        os.replace(tmp, dest)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_adapter(model: AdaptedModel, path: str | os.PathLike, name: str | None = None,
+                 include_head: bool = True) -> Path:
+    """Save adapter ``name`` (default: the first active) and the trained head to folder ``path``."""
+    name = name or (model.active_adapters[0] if model.active_adapters else None)
+    if name not in model.specs:
+        raise ValueError(f"unknown adapter {name!r}; known: {sorted(model.specs)}")
+    spec = model.specs[name]
+    tensors: dict[str, torch.Tensor] = {}
+    for layer_name, layer in model.adapted_layers().items():
+        if name in layer.adapters:
+            for k, v in layer.adapters[name].state_dict().items():
+                tensors[f"{layer_name}.{k}"] = v.detach().cpu().contiguous()
+    if include_head:
+        for k, v in model.head_parameters().items():
+            tensors[f"head.{k}"] = v.detach().cpu().contiguous()
+    tmp_tensor_blob = _tensors_to_bytes(tensors)
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "peftatlas_version": __version__,
+        "method": spec.method,
+        "hyperparameters": config_to_dict(spec.config),
+        "init_seed": spec.init_seed,
+        "targets": spec.targets,
+        "head": model.head_names if include_head else [],
+        "fingerprint": {"targets": _fingerprint(model, spec.targets), "head": _head_fingerprint(model)},
+        "base_model": getattr(getattr(model.model, "config", None), "_name_or_path", None),
+        "tensors_sha256": hashlib.sha256(tmp_tensor_blob).hexdigest(),
+    }
+    atomic_write_dir(path, {TENSORS: tmp_tensor_blob, META: json.dumps(meta, indent=2).encode()})
+    return Path(path)
+
+
+def _tensors_to_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
+    from safetensors.torch import save
+
+    return save(tensors, metadata={"format": "pt"})
+
+
+def read_adapter_files(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Read and verify the two files; every problem becomes an :class:`AdapterFileError`."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise AdapterFileError(f"adapter folder {folder} does not exist")
+    meta_path, tensor_path = folder / META, folder / TENSORS
+    for p in (meta_path, tensor_path):
+        if not p.is_file():
+            raise AdapterFileError(f"adapter folder {folder} has no {p.name}")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AdapterFileError(f"corrupt {meta_path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise AdapterFileError(f"{meta_path} is not a peftatlas adapter description")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise AdapterFileError(f"{meta_path} has format version {meta['format_version']}; "
+                               f"this peftatlas reads up to {FORMAT_VERSION}, please upgrade")
+    missing = [k for k in ("method", "hyperparameters", "targets", "fingerprint") if k not in meta]
+    if missing:
+        raise AdapterFileError(f"{meta_path} lacks field(s) {', '.join(missing)}")
+    expected = meta.get("tensors_sha256")
+    if expected and _sha256(tensor_path) != expected:
+        raise AdapterFileError(f"{tensor_path} does not match {meta_path} (checksum differs): "
+                               "the file is corrupt or belongs to another adapter")
+    try:
+        tensors = load_file(str(tensor_path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise AdapterFileError(f"corrupt {tensor_path}: {e}") from None
+    return meta, tensors
+
+
+def check_fingerprint(model: AdaptedModel, meta: dict[str, Any]) -> None:
+    """Compare the saved fingerprint with ``model``; report every mismatch in one line."""
+    problems: list[str] = []
+    names = dict(model._unwrapped_view().named_modules())
+    for target, shapes in meta["fingerprint"]["targets"].items():
+        module = names.get(target)
+        if module is None:
+            problems.append(f"target {target} not found in the model")
+            continue
+        have = {k: list(v.shape) for k, v in module.named_parameters(recurse=False)}
+        for k, shape in shapes.items():
+            if have.get(k) != shape:
+                problems.append(f"{target}.{k} has shape {have.get(k)} but the adapter expects {shape}")
+    saved_head = meta["fingerprint"].get("head", {})
+    have_head = _head_fingerprint(model)
+    for k, shape in saved_head.items():
+        if k not in have_head:
+            problems.append(f"head parameter {k} not found in the model")
+        elif have_head[k] != shape:
+            problems.append(f"head {k} has shape {have_head[k]} but the adapter expects {shape}")
+    if problems:
+        raise AdapterFileError("adapter does not fit this model: " + "; ".join(problems))
+
+
+def load_adapter(
+    model: nn.Module | AdaptedModel,
+    path: str | os.PathLike,
+    name: str = "default",
+    trainable: bool = False,
+    head: str | list[str] | None = "auto",
+) -> AdaptedModel:
+    """Load an adapter folder into ``model`` (a plain model is wrapped first).
+
+    Nothing is changed if the files are corrupt or do not fit: the error names every problem.
+    """
+    meta, tensors = read_adapter_files(path)
+    try:
+        cls = get_method(meta["method"])
+    except ValueError as e:
+        raise AdapterFileError(f"{path}: {e}") from None
+    wrapped = model if isinstance(model, AdaptedModel) else AdaptedModel(model, head=meta.get("head") or head)
+    check_fingerprint(wrapped, meta)
+    try:
+        cfg = make_config(cls, meta["hyperparameters"])
+    except (TypeError, ValueError) as e:
+        raise AdapterFileError(f"{path}: hyperparameters do not fit method {cls.name}: {e}") from None
+    fresh = wrapped is not model
+    if name in wrapped.specs:
+        raise AdapterFileError(f"adapter name {name!r} is already in use on this model; pick another name")
+    wrapped._inject(name, cls, cfg, list(meta["targets"]), int(meta.get("init_seed", 0)))
+    try:
+        _fill_from_tensors(wrapped, name, meta, tensors, path)
+    except AdapterFileError:
+        wrapped.delete_adapter(name)
+        if fresh:
+            wrapped.unload()
+        raise
+    wrapped.set_trainable(trainable, name)
+    return wrapped
+
+
+def _fill_from_tensors(model: AdaptedModel, name: str, meta: dict[str, Any],
+                       tensors: dict[str, torch.Tensor], path: Any) -> None:
+    """Copy saved tensors into the freshly injected adapter; every key must match exactly."""
+    layers = model.adapted_layers()
+    wanted: dict[str, torch.Tensor] = {}
+    for layer_name in meta["targets"]:
+        for k, v in layers[layer_name].adapters[name].state_dict(keep_vars=True).items():
+            wanted[f"{layer_name}.{k}"] = v
+    if meta.get("head"):
+        wanted.update({f"head.{k}": p for k, p in model.head_parameters().items()})
+    missing = sorted(set(wanted) - set(tensors))
+    unexpected = sorted(set(tensors) - set(wanted))
+    parts = []
+    if missing:
+        parts.append(f"missing key(s) {_few(missing)}")
+    if unexpected:
+        parts.append(f"unexpected key(s) {_few(unexpected)}")
+    wrong = [k for k in wanted if k in tensors and tuple(tensors[k].shape) != tuple(wanted[k].shape)]
+    if wrong:
+        parts.append("shape mismatch for " + _few(
+            [f"{k} (file {list(tensors[k].shape)}, model {list(wanted[k].shape)})" for k in wrong]))
+    if parts:
+        raise AdapterFileError(f"{path}: " + "; ".join(parts))
+    with torch.no_grad():
+        for k, dest in wanted.items():
+            dest.copy_(tensors[k].to(dest.dtype))
+
+
+def _few(keys: list[str], n: int = 3) -> str:
+    more = f" (+{len(keys) - n} more)" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def spec_from_meta(meta: dict[str, Any]) -> AdapterSpec:
+    cls = get_method(meta["method"])
+    return AdapterSpec(cls.name, make_config(cls, meta["hyperparameters"]), list(meta["targets"]),
+                       int(meta.get("init_seed", 0)))

@@ -1,0 +1,175 @@
+"""The adapted-layer wrapper: one base module plus any number of named adapters.
+
+Forward with active adapters ``a1..ak`` (none merged) composes them in order::
+
+    f0 = base;  f_i(x) = adapter_i(x, f_{i-1});  y = f_k(x)
+
+Merging folds adapters into the base parameters in the same order and keeps an exact backup of
+the original parameters, so ``unmerge()`` restores the base bit for bit. Mixed batches route each
+row to its own adapter (or to the base, ``"__base__"``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .method import BaseFn, LayerAdapter
+
+BASE_NAME = "__base__"
+
+
+class MergeError(ValueError):
+    """Merging would write non-finite values; nothing was changed."""
+
+
+class AdaptedModule(nn.Module):
+    """Wraps ``base`` and holds adapters in ``self.adapters`` (an ``nn.ModuleDict``)."""
+
+    _peftatlas_wrapper = True
+
+    def __init__(self, base: nn.Module) -> None:
+        super().__init__()
+        self.base = base
+        self.adapters = nn.ModuleDict()
+        self.active: list[str] = []
+        self.merged: list[str] = []
+        self.disabled = False
+        self.row_adapters: list[str] | None = None  # set by the model during a mixed-batch forward
+        self._backup: dict[str, Tensor] | None = None
+
+    # --- attribute passthrough (code that reads .weight / .in_features keeps working) ----------
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["base"], name)
+
+    # --- forward -----------------------------------------------------------------------------------
+    def _chain(self, names: Sequence[str]) -> BaseFn:
+        fn: BaseFn = self.base
+        for n in names:
+            adapter = self.adapters[n]
+            fn = (lambda a, prev: (lambda x: a(x, prev)))(adapter, fn)
+        return fn
+
+    def _live(self) -> list[str]:
+        return [n for n in self.active if n in self.adapters and n not in self.merged]
+
+    def forward(self, *args, **kwargs) -> Tensor:
+        if self.disabled:
+            return self.base(*args, **kwargs)
+        live = self._live()
+        simple = len(args) == 1 and not kwargs
+        if self.row_adapters is not None:
+            if not simple:
+                raise TypeError(f"mixed-adapter batches need a single-input module, not {type(self.base).__name__}")
+            return self._mixed_forward(args[0], self.row_adapters)
+        if not live:
+            return self.base(*args, **kwargs)
+        if simple:
+            return self._chain(live)(args[0])
+        if len(live) == 1 and hasattr(self.adapters[live[0]], "functional_forward"):
+            return self.adapters[live[0]].functional_forward(self.base, args, kwargs)
+        raise TypeError(
+            f"adapter(s) {live} on {type(self.base).__name__} cannot handle a call with extra arguments"
+        )
+
+    def _mixed_forward(self, x: Tensor, rows: list[str]) -> Tensor:
+        if x.shape[0] != len(rows):
+            raise ValueError(f"adapter_names has {len(rows)} entries but the batch has {x.shape[0]} rows")
+        groups: dict[str, list[int]] = {}
+        for i, n in enumerate(rows):
+            groups.setdefault(n, []).append(i)
+        present = [n for n in groups if n != BASE_NAME and n in self.adapters]
+        fast = _batched_mixed_forward(self, x, rows, present)
+        if fast is not None:
+            return fast
+        out: Tensor | None = None
+        for n, idx in groups.items():
+            index = torch.tensor(idx, device=x.device)
+            xs = x.index_select(0, index)
+            ys = self.base(xs) if n == BASE_NAME or n not in self.adapters else self._chain([n])(xs)
+            if out is None:
+                out = ys.new_empty((x.shape[0], *ys.shape[1:]))
+            out.index_copy_(0, index, ys)
+        assert out is not None
+        return out
+
+    # --- merging ------------------------------------------------------------------------------------
+    def _params(self) -> dict[str, Tensor]:
+        return dict(self.base.named_parameters(recurse=False))
+
+    def merge(self, names: Sequence[str]) -> list[str]:
+        """Fold ``names`` (in order) into the base parameters. Returns the names newly merged."""
+        todo = [n for n in names if n not in self.merged]
+        if not todo:
+            return []
+        params = self._params()
+        current = {k: v.detach() for k, v in params.items()}
+        for n in todo:
+            adapter = self.adapters[n]
+            if not adapter.mergeable:
+                raise MergeError(f"method {adapter.name!r} (adapter {n!r}) cannot be merged into the weights")
+            with torch.no_grad():
+                current = adapter.merged_params(current)
+        bad = [k for k, v in current.items() if not torch.isfinite(v).all()]
+        if bad:
+            raise MergeError(
+                f"merging adapter(s) {todo} would write non-finite values into {', '.join(bad)}; "
+                "the base weights were left untouched"
+            )
+        if self._backup is None:
+            self._backup = {k: v.detach().clone() for k, v in params.items()}
+        with torch.no_grad():
+            for k, v in current.items():
+                params[k].copy_(v.to(params[k].dtype))
+        self.merged.extend(todo)
+        return todo
+
+    def unmerge(self) -> None:
+        """Restore the exact original base parameters."""
+        if self._backup is not None:
+            with torch.no_grad():
+                for k, v in self._params().items():
+                    v.copy_(self._backup[k])
+        self._backup = None
+        self.merged = []
+
+    def drop_backup(self) -> None:
+        """Forget the pre-merge copy (the merged weights become the new base)."""
+        self._backup = None
+
+    def add(self, name: str, adapter: LayerAdapter) -> None:
+        if name in self.adapters:
+            raise ValueError(f"adapter {name!r} already exists on this layer")
+        self.adapters[name] = adapter
+
+    def remove(self, name: str) -> None:
+        if name in self.merged:
+            raise ValueError(f"adapter {name!r} is merged; unmerge before deleting it")
+        del self.adapters[name]
+        self.active = [n for n in self.active if n != name]
+
+    def extra_repr(self) -> str:
+        return f"active={self.active}, merged={self.merged}, disabled={self.disabled}"
+
+
+def _batched_mixed_forward(
+    layer: AdaptedModule, x: Tensor, rows: list[str], present: list[str]
+) -> Tensor | None:
+    """Hook for a method-specific batched path (e.g. gathered LoRA); ``None`` = use grouping."""
+    if not present:
+        return None
+    first = layer.adapters[present[0]]
+    batched = getattr(type(first), "mixed_batch_forward", None)
+    if batched is None or any(type(layer.adapters[n]) is not type(first) for n in present):
+        return None
+    return batched(layer, x, rows, present)
+
+
+def warn_once(msg: str) -> None:
+    warnings.warn(msg, stacklevel=3)

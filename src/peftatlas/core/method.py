@@ -1,0 +1,194 @@
+"""The method interface: one adapter on one module, and the registry of methods by name.
+
+Every weight-space method is a parametrization of the update of one layer, ``W' = f(W0; θ)``.
+A method is a subclass of :class:`LayerAdapter` that states, as briefly as its pseudocode:
+
+* ``Config``            — a dataclass of hyperparameters (with defaults from the paper);
+* ``__init__(base, cfg, shared)`` — build θ for one base module (``shared`` is the method's
+  model-wide state, e.g. VeRA's frozen random bases, built once by :meth:`build_shared`);
+* ``forward(x, base_fn)`` — the fast path; the default is additive: ``base_fn(x) + delta_output(x)``;
+* ``merged_params(params)`` — the merged base parameters (default ``W0 + delta_weight(W0)``);
+* ``param_count(base, cfg)`` — the closed-form parameter count, checked against the real one;
+* ``reference_forward(x, base)`` — an independent dense computation used to test the fast path.
+
+Several adapters active on one layer compose in order: adapter *i* sees the previous adapters'
+function as its ``base_fn``. Merging adapters in the same order reproduces that composition.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+BaseFn = Callable[[Tensor], Tensor]
+
+_REGISTRY: dict[str, type[LayerAdapter]] = {}
+
+
+class MethodError(ValueError):
+    """A method was asked for something it cannot do (unknown name, bad hyperparameter, ...)."""
+
+
+class LayerAdapter(nn.Module):
+    """One adapter attached to one base module (usually an ``nn.Linear``).
+
+    Subclasses set the class attributes below and implement the math. The engine (see
+    :mod:`peftatlas.core.layer`) owns the base module; adapters never modify it except through
+    :meth:`merged_params`, which returns new tensors.
+    """
+
+    # --- identity and catalog hooks -------------------------------------------------------------
+    name: ClassVar[str] = ""
+    family: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    formula: ClassVar[str] = ""  # human-readable parameter-count formula, e.g. "r·(d_in + d_out)"
+
+    # --- capabilities ----------------------------------------------------------------------------
+    mergeable: ClassVar[bool] = True
+    noop_at_init: ClassVar[bool] = True
+    supports_mixed_batch: ClassVar[bool] = True
+    target_types: ClassVar[tuple[type[nn.Module], ...]] = (nn.Linear,)
+    default_targets: ClassVar[Any] = "all-linear"
+    # Small hyperparameters used by the generic property suite (tiny models).
+    test_config: ClassVar[dict[str, Any]] = {}
+    # Tolerances of the dense-reference / merge checks in fp32 (absolute).
+    test_atol: ClassVar[float] = 1e-5
+
+    @dataclasses.dataclass
+    class Config:
+        """Hyperparameters; subclasses replace this with their own dataclass."""
+
+    def __init__(self, base: nn.Module, cfg: Any, shared: nn.Module | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        # Keep a plain reference (not a submodule) so shared state is stored once, on the model.
+        object.__setattr__(self, "_shared", shared)
+
+    @property
+    def shared(self) -> nn.Module | None:
+        return self._shared
+
+    # --- model-wide hooks --------------------------------------------------------------------------
+    @classmethod
+    def build_shared(cls, targets: dict[str, nn.Module], cfg: Any) -> nn.Module | None:
+        """Model-wide state shared by all layers of one adapter (default: none)."""
+        return None
+
+    @classmethod
+    def can_adapt(cls, module: nn.Module) -> bool:
+        """Whether this method can wrap ``module`` (beyond its type); used to filter broad targets."""
+        return True
+
+    @classmethod
+    def validate_config(cls, cfg: Any) -> None:
+        """Raise :class:`MethodError` for impossible hyperparameters."""
+
+    # --- the math ------------------------------------------------------------------------------
+    def forward(self, x: Tensor, base_fn: BaseFn) -> Tensor:
+        """Fast path. Default: additive update ``y = base_fn(x) + delta_output(x)``."""
+        y = base_fn(x)
+        return y + self.delta_output(x).to(y.dtype)
+
+    def delta_output(self, x: Tensor) -> Tensor:
+        """``ΔW x`` (plus any bias change) computed without forming ``ΔW`` where possible."""
+        raise NotImplementedError(f"{type(self).__name__} does not define an additive update")
+
+    def delta_weight(self, weight: Tensor) -> Tensor:
+        """Dense ``ΔW`` such that ``W' = W0 + ΔW`` (same shape and dtype as ``weight``)."""
+        raise NotImplementedError(f"{type(self).__name__} is not mergeable")
+
+    def merged_params(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
+        """New values of the base module's parameters with this adapter folded in.
+
+        ``params`` maps the base module's parameter names (``weight``, ``bias``) to their current
+        values; the default adds :meth:`delta_weight` to ``weight`` in fp32 and casts back.
+        """
+        w = params["weight"]
+        delta = self.delta_weight(w.float())
+        return {**params, "weight": (w.float() + delta.float()).to(w.dtype)}
+
+    def reference_forward(self, x: Tensor, base: nn.Module) -> Tensor:
+        """A dense, independent computation of this adapter's output (test oracle).
+
+        The default applies the merged parameters with a plain functional call, which is an
+        independent check whenever :meth:`merged_params` builds the dense matrix explicitly.
+        """
+        params = {k: v.detach() for k, v in base.named_parameters(recurse=False)}
+        merged = self.merged_params({k: v.float() for k, v in params.items()})
+        return torch.func.functional_call(base, merged, (x.float(),), strict=False)
+
+    def extra_loss(self) -> Tensor | None:
+        """A regulariser the training loop adds to the task loss (e.g. qGOFT's penalty)."""
+        return None
+
+    # --- counting -----------------------------------------------------------------------------
+    @classmethod
+    def param_count(cls, base: nn.Module, cfg: Any) -> int:
+        """Closed-form number of trainable parameters this method adds to ``base``."""
+        raise NotImplementedError
+
+    @staticmethod
+    def dims(base: nn.Module) -> tuple[int, int]:
+        """(d_out, d_in) of a linear-like module."""
+        w = base.weight
+        return int(w.shape[0]), int(w.shape[1])
+
+    def extra_repr(self) -> str:
+        fields = dataclasses.asdict(self.cfg) if dataclasses.is_dataclass(self.cfg) else {}
+        return ", ".join(f"{k}={v}" for k, v in fields.items())
+
+
+def register(name: str) -> Callable[[type[LayerAdapter]], type[LayerAdapter]]:
+    """Class decorator adding a method to the registry under ``name``."""
+
+    def wrap(cls: type[LayerAdapter]) -> type[LayerAdapter]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise MethodError(f"method name {name!r} is registered twice")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def _ensure_loaded() -> None:
+    import peftatlas.methods  # noqa: F401  (imports every method module, which registers itself)
+
+
+def get_method(name: str) -> type[LayerAdapter]:
+    """The method class registered under ``name`` (case-insensitive, '-' and '_' equivalent)."""
+    _ensure_loaded()
+    key = name.lower().replace("-", "_")
+    for registered, cls in _REGISTRY.items():
+        if registered.replace("-", "_") == key:
+            return cls
+    known = ", ".join(sorted(_REGISTRY))
+    raise MethodError(f"unknown method {name!r}; registered methods: {known}")
+
+
+def registered_methods() -> dict[str, type[LayerAdapter]]:
+    _ensure_loaded()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def make_config(cls: type[LayerAdapter], overrides: dict[str, Any] | None = None) -> Any:
+    """Build ``cls.Config`` from keyword overrides, with a clear error for unknown names."""
+    overrides = dict(overrides or {})
+    fields = {f.name for f in dataclasses.fields(cls.Config)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise MethodError(
+            f"{cls.name}: unknown hyperparameter(s) {', '.join(unknown)}; "
+            f"valid: {', '.join(sorted(fields)) or '(none)'}"
+        )
+    cfg = cls.Config(**overrides)
+    cls.validate_config(cfg)
+    return cfg
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else {}

@@ -11,11 +11,11 @@ Quick use::
 
 __version__ = "0.1.0"
 
-from .core.io import AdapterFileError, load_adapter, save_adapter  # noqa: E402
-from .core.layer import BASE_NAME, AdaptedModule, MergeError  # noqa: E402
-from .core.method import LayerAdapter, MethodError, get_method, register, registered_methods  # noqa: E402
-from .core.model import AdaptedModel, ParamCount, attach  # noqa: E402
-from .core.targeting import TargetError  # noqa: E402
+from .core.io import AdapterFileError, load_adapter, save_adapter
+from .core.layer import BASE_NAME, AdaptedModule, MergeError
+from .core.method import LayerAdapter, MethodError, get_method, register, registered_methods
+from .core.model import AdaptedModel, ParamCount, attach
+from .core.targeting import TargetError
 
 __all__ = [
     "BASE_NAME",

@@ -62,39 +62,60 @@ class AdaptedModule(nn.Module):
     def forward(self, *args, **kwargs) -> Tensor:
         if self.disabled:
             return self.base(*args, **kwargs)
-        live = self._live()
-        simple = len(args) == 1 and not kwargs
         if self.row_adapters is not None:
-            if not simple:
-                raise TypeError(f"mixed-adapter batches need a single-input module, not {type(self.base).__name__}")
-            return self._mixed_forward(args[0], self.row_adapters)
-        if not live:
+            return self._mixed_forward(self.row_adapters, args, kwargs)
+        return self._run(self._live(), args, kwargs)
+
+    def _run(self, names: Sequence[str], args: tuple, kwargs: dict) -> Tensor:
+        if not names:
             return self.base(*args, **kwargs)
-        if simple:
-            return self._chain(live)(args[0])
-        if len(live) == 1 and hasattr(self.adapters[live[0]], "functional_forward"):
-            return self.adapters[live[0]].functional_forward(self.base, args, kwargs)
+        if len(args) == 1 and not kwargs:
+            return self._chain(names)(args[0])
+        if len(names) == 1 and hasattr(self.adapters[names[0]], "functional_forward"):
+            return self.adapters[names[0]].functional_forward(self.base, args, kwargs)
         raise TypeError(
-            f"adapter(s) {live} on {type(self.base).__name__} cannot handle a call with extra arguments"
+            f"adapter(s) {list(names)} on {type(self.base).__name__} cannot handle a call with extra arguments"
         )
 
-    def _mixed_forward(self, x: Tensor, rows: list[str]) -> Tensor:
-        if x.shape[0] != len(rows):
-            raise ValueError(f"adapter_names has {len(rows)} entries but the batch has {x.shape[0]} rows")
+    def _mixed_forward(self, rows: list[str], args: tuple, kwargs: dict) -> Tensor:
+        batch = len(rows)
+
+        def rows_of(v, index=None):
+            if not isinstance(v, Tensor) or v.dim() == 0 or v.shape[0] not in (1, batch):
+                return v
+            v = v.expand(batch, *v.shape[1:]) if v.shape[0] == 1 and batch > 1 else v
+            return v if index is None else v.index_select(0, index)
+
+        args = tuple(rows_of(a) for a in args)
+        kwargs = {k: rows_of(v) for k, v in kwargs.items()}
+        first = args[0] if args else next(iter(kwargs.values()))
+        if not isinstance(first, Tensor) or first.shape[0] != batch:
+            got = first.shape[0] if isinstance(first, Tensor) else "?"
+            raise ValueError(f"adapter_names has {batch} entries but the batch has {got} rows")
         groups: dict[str, list[int]] = {}
         for i, n in enumerate(rows):
-            groups.setdefault(n, []).append(i)
-        present = [n for n in groups if n != BASE_NAME and n in self.adapters]
-        fast = _batched_mixed_forward(self, x, rows, present)
-        if fast is not None:
-            return fast
+            groups.setdefault(n if n in self.adapters else BASE_NAME, []).append(i)
+        present = [n for n in groups if n != BASE_NAME]
+        if len(args) == 1 and not kwargs:
+            fast = _batched_mixed_forward(self, args[0], rows, present)
+            if fast is not None:
+                return fast
         out: Tensor | None = None
         for n, idx in groups.items():
-            index = torch.tensor(idx, device=x.device)
-            xs = x.index_select(0, index)
-            ys = self.base(xs) if n == BASE_NAME or n not in self.adapters else self._chain([n])(xs)
+            index = torch.tensor(idx, device=first.device)
+            sub_args = tuple(rows_of(a, index) for a in args)
+            sub_kwargs = {k: rows_of(v, index) for k, v in kwargs.items()}
+            nested = [m for m in self.base.modules() if isinstance(m, AdaptedModule)]
+            saved = [m.row_adapters for m in nested]
+            for m in nested:  # wrapped modules inside this one see the sub-batch
+                m.row_adapters = [n] * len(idx)
+            try:
+                ys = self._run([] if n == BASE_NAME else [n], sub_args, sub_kwargs)
+            finally:
+                for m, r in zip(nested, saved):
+                    m.row_adapters = r
             if out is None:
-                out = ys.new_empty((x.shape[0], *ys.shape[1:]))
+                out = ys.new_empty((batch, *ys.shape[1:]))
             out.index_copy_(0, index, ys)
         assert out is not None
         return out

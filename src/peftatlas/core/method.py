@@ -53,6 +53,10 @@ class LayerAdapter(nn.Module):
     supports_mixed_batch: ClassVar[bool] = True
     target_types: ClassVar[tuple[type[nn.Module], ...]] = (nn.Linear,)
     default_targets: ClassVar[Any] = "all-linear"
+    # Whether a second adapter of this method may be stacked on the same layer (composition).
+    stackable: ClassVar[bool] = True
+    # Model kinds of the test suite where this method does not apply, with the reason.
+    test_skip: ClassVar[dict[str, str]] = {}
     # Small hyperparameters used by the generic property suite (tiny models).
     test_config: ClassVar[dict[str, Any]] = {}
     # Tolerances of the dense-reference / merge checks in fp32 (absolute).
@@ -119,7 +123,13 @@ class LayerAdapter(nn.Module):
         """
         params = {k: v.detach() for k, v in base.named_parameters(recurse=False)}
         merged = self.merged_params({k: v.float() for k, v in params.items()})
-        return torch.func.functional_call(base, merged, (x.float(),), strict=False)
+        return torch.func.functional_call(base, merged, (x.float() if x.is_floating_point() else x,), strict=False)
+
+    @torch.no_grad()
+    def perturb_(self, generator: torch.Generator, scale: float = 0.1) -> None:
+        """Move parameters away from their init (tests use it to make adapters non-trivial)."""
+        for p in self.parameters():
+            p.add_(torch.randn(p.shape, generator=generator).to(p) * scale)
 
     def extra_loss(self) -> Tensor | None:
         """A regulariser the training loop adds to the task loss (e.g. qGOFT's penalty)."""

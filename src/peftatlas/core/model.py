@@ -64,6 +64,7 @@ class AdaptedModel(nn.Module):
             p.requires_grad_(False)
         for p in self._head_params().values():
             p.requires_grad_(True)
+        self.train(model.training)
 
     def __getattr__(self, name: str):
         try:
@@ -260,7 +261,7 @@ class AdaptedModel(nn.Module):
         unknown = sorted({n for n in rows if n != BASE_NAME and n not in self.specs})
         if unknown:
             raise ValueError(f"adapter_names contains unknown adapter(s) {unknown}; known: {sorted(self.specs)}")
-        if self.training:
+        if self.model.training:
             raise ValueError("mixed-adapter batches are for inference; call .eval() first")
         layers = self.adapted_layers()
         if any(layer.merged for layer in layers.values()):

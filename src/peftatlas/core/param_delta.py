@@ -21,6 +21,7 @@ class ParameterDelta(LayerAdapter):
 
     target_types: ClassVar[tuple[type[nn.Module], ...]] = (nn.Module,)
     default_targets: ClassVar[Any] = "all"
+    stackable: ClassVar[bool] = False
 
     @classmethod
     def selects(cls, param_name: str, module: nn.Module) -> bool:
@@ -61,7 +62,9 @@ class ParameterDelta(LayerAdapter):
 
     def reference_forward(self, x: Tensor, base: nn.Module) -> Tensor:
         params = {k: v.detach().float() for k, v in base.named_parameters(recurse=False)}
-        return torch.func.functional_call(base, self.merged_params(params), (x.float(),), strict=False)
+        return torch.func.functional_call(
+            base, self.merged_params(params), (x.float() if x.is_floating_point() else x,), strict=False
+        )
 
     @classmethod
     def param_count(cls, base: nn.Module, cfg: Any) -> int:

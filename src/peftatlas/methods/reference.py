@@ -46,6 +46,7 @@ class BitFit(ParameterDelta):
     family = "reference"
     summary = "Bias-only tuning (Ben Zaken et al., 2022)."
     formula = "Σ d_out over modules with a bias"
+    test_skip: ClassVar[dict[str, str]] = {"llama": "Llama-style layers have no bias terms"}
     default_targets: ClassVar[Any] = "all"
 
     @dataclasses.dataclass
@@ -64,6 +65,7 @@ class HeadOnly(LayerAdapter):
     family = "reference"
     summary = "Frozen body, trained head: the floor of every comparison."
     formula = "0 (head only)"
+    test_skip: ClassVar[dict[str, str]] = {"llama": "a causal LM has no task head to train"}
     default_targets: ClassVar[Any] = None
 
     @dataclasses.dataclass

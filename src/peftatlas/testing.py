@@ -1,0 +1,80 @@
+"""Tiny models built from configs, for tests, benchmarks and the smoke profile (no downloads).
+
+Each factory returns a :class:`TinyModel`: the model (eval mode, dropout off), a function making a
+deterministic input batch, and a function extracting the output tensor to compare.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+TINY_KINDS = ("mlp", "bert", "llama", "vit")
+
+
+@dataclasses.dataclass
+class TinyModel:
+    kind: str
+    model: nn.Module
+    make_inputs: Callable[[int, int], dict[str, Tensor]]  # (batch, seed) -> kwargs
+    output: Callable[[Any], Tensor]
+
+
+class MLP(nn.Module):
+    """A plain MLP with a LayerNorm: fc1 → GELU → LayerNorm → fc2 → GELU → classifier (the task head)."""
+
+    def __init__(self, d_in: int = 12, hidden: int = 24, d_out: int = 6) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(d_in, hidden)
+        self.norm = nn.LayerNorm(hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.classifier = nn.Linear(hidden, d_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(torch.nn.functional.gelu(self.fc2(self.norm(torch.nn.functional.gelu(self.fc1(x))))))
+
+
+def _ids(vocab: int, length: int) -> Callable[[int, int], dict[str, Tensor]]:
+    def make(batch: int, seed: int) -> dict[str, Tensor]:
+        g = torch.Generator().manual_seed(seed)
+        return {"input_ids": torch.randint(3, vocab, (batch, length), generator=g)}
+
+    return make
+
+
+def tiny_model(kind: str, seed: int = 0, hidden: int = 32) -> TinyModel:
+    """Build a tiny model of ``kind`` (one of :data:`TINY_KINDS`) with weights from ``seed``."""
+    torch.manual_seed(seed)
+    if kind == "mlp":
+        def make_x(batch: int, s: int) -> dict[str, Tensor]:
+            return {"x": torch.randn(batch, 12, generator=torch.Generator().manual_seed(s))}
+        return TinyModel(kind, MLP().eval(), make_x, lambda out: out)
+    if kind == "bert":
+        from transformers import BertConfig, BertForSequenceClassification
+
+        cfg = BertConfig(vocab_size=100, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=2 * hidden, max_position_embeddings=32, num_labels=3,
+                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        return TinyModel(kind, BertForSequenceClassification(cfg).eval(), _ids(100, 8), lambda o: o.logits)
+    if kind == "llama":
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        cfg = LlamaConfig(vocab_size=100, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=2, intermediate_size=2 * hidden, max_position_embeddings=64,
+                          tie_word_embeddings=False)
+        return TinyModel(kind, LlamaForCausalLM(cfg).eval(), _ids(100, 8), lambda o: o.logits)
+    if kind == "vit":
+        from transformers import ViTConfig, ViTForImageClassification
+
+        cfg = ViTConfig(image_size=16, patch_size=8, num_channels=3, hidden_size=hidden, num_hidden_layers=2,
+                        num_attention_heads=4, intermediate_size=2 * hidden, num_labels=3,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+        def make_px(batch: int, s: int) -> dict[str, Tensor]:
+            return {"pixel_values": torch.randn(batch, 3, 16, 16, generator=torch.Generator().manual_seed(s))}
+        return TinyModel(kind, ViTForImageClassification(cfg).eval(), make_px, lambda o: o.logits)
+    raise ValueError(f"unknown tiny model kind {kind!r}; choose from {TINY_KINDS}")

@@ -53,6 +53,9 @@ class LayerAdapter(nn.Module):
     supports_mixed_batch: ClassVar[bool] = True
     target_types: ClassVar[tuple[type[nn.Module], ...]] = (nn.Linear,)
     default_targets: ClassVar[Any] = "all-linear"
+    # The integer hyperparameter that sets the size (e.g. "r"); the arena's budget solver searches it.
+    # None = the method has a fixed size for a given model.
+    size_knob: ClassVar[str | None] = None
     # Whether a second adapter of this method may be stacked on the same layer (composition).
     stackable: ClassVar[bool] = True
     # Model kinds of the test suite where this method does not apply, with the reason.
@@ -81,6 +84,19 @@ class LayerAdapter(nn.Module):
     def build_shared(cls, targets: dict[str, nn.Module], cfg: Any) -> nn.Module | None:
         """Model-wide state shared by all layers of one adapter (default: none)."""
         return None
+
+    @classmethod
+    def on_train_step(cls, adapters: dict[str, LayerAdapter], step: int, total_steps: int) -> None:
+        """Called by training loops after each optimizer step with this adapter's layers.
+
+        ``adapters`` maps layer names to this method's adapters of one named adapter. Used for
+        schedules that act across layers (AdaLoRA's rank budget, Delta-LoRA's weight update, ...).
+        """
+
+    @classmethod
+    def transform_model_inputs(cls, model: nn.Module, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Model-level hook on the forward keyword arguments (input-space methods); default: none."""
+        return kwargs
 
     @classmethod
     def can_adapt(cls, module: nn.Module) -> bool:

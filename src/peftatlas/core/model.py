@@ -249,10 +249,27 @@ class AdaptedModel(nn.Module):
 
     # --- running -------------------------------------------------------------------------------------
     def forward(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
+        kwargs = self._model_input_hooks(kwargs)
         if adapter_names is None:
             return self.model(*args, **kwargs)
         with self.mixed_batch(adapter_names):
             return self.model(*args, **kwargs)
+
+    def _model_input_hooks(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        layers = self.adapted_layers()
+        if layers and all(layer.disabled for layer in layers.values()):
+            return kwargs
+        for n in self.active_adapters:
+            kwargs = get_method(self.specs[n].method).transform_model_inputs(self, n, kwargs)
+        return kwargs
+
+    def on_train_step(self, step: int, total_steps: int) -> None:
+        """Call after each optimizer step: runs the methods' cross-layer schedules (AdaLoRA, ...)."""
+        layers = self.adapted_layers()
+        for n in self.active_adapters:
+            cls = get_method(self.specs[n].method)
+            group = {ln: layer.adapters[n] for ln, layer in layers.items() if n in layer.adapters}
+            cls.on_train_step(group, step, total_steps)
 
     @contextlib.contextmanager
     def mixed_batch(self, adapter_names: Sequence[str]) -> Iterator[None]:

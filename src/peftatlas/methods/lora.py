@@ -27,6 +27,7 @@ class LoRA(LayerAdapter):
     family = "low-rank"
     summary = "ΔW = s·BA with rank r; B=0 at init."
     formula = "r·(d_in + d_out)"
+    size_knob: ClassVar[str | None] = "r"
     test_config: ClassVar[dict[str, Any]] = {"r": 4, "alpha": 8}
 
     @dataclasses.dataclass

@@ -48,6 +48,7 @@ class VeRA(LayerAdapter):
     family = "random-subspace"
     summary = "Frozen shared random A, B; per-layer trainable scaling vectors b (d_out) and d (r)."
     formula = "d_out + r"
+    size_knob: ClassVar[str | None] = "r"
     test_config: ClassVar[dict[str, Any]] = {"r": 16}
 
     @dataclasses.dataclass

@@ -30,6 +30,7 @@ TENSORS = "adapter.safetensors"
 META = "adapter.json"
 FORMAT = "peftatlas-adapter"
 FORMAT_VERSION = 1
+SHARED_PREFIX = "__shared__."
 
 
 class AdapterFileError(ValueError):
@@ -94,6 +95,8 @@ def save_adapter(model: AdaptedModel, path: str | os.PathLike, name: str | None 
         if name in layer.adapters:
             for k, v in layer.adapters[name].state_dict().items():
                 tensors[f"{layer_name}.{k}"] = v.detach().cpu().contiguous()
+    for k, v in _shared_tensors(model, name).items():
+        tensors[k] = v.detach().cpu().contiguous()
     if include_head:
         for k, v in model.head_parameters().items():
             tensors[f"head.{k}"] = v.detach().cpu().contiguous()
@@ -222,6 +225,7 @@ def _fill_from_tensors(model: AdaptedModel, name: str, meta: dict[str, Any],
     for layer_name in meta["targets"]:
         for k, v in layers[layer_name].adapters[name].state_dict(keep_vars=True).items():
             wanted[f"{layer_name}.{k}"] = v
+    wanted.update(_shared_tensors(model, name))
     if meta.get("head"):
         wanted.update({f"head.{k}": p for k, p in model.head_parameters().items()})
     missing = sorted(set(wanted) - set(tensors))
@@ -240,6 +244,12 @@ def _fill_from_tensors(model: AdaptedModel, name: str, meta: dict[str, Any],
     with torch.no_grad():
         for k, dest in wanted.items():
             dest.copy_(tensors[k].to(dest.dtype))
+
+
+def _shared_tensors(model: AdaptedModel, name: str) -> dict[str, torch.Tensor]:
+    """Trainable model-wide tensors of adapter ``name``, keyed ``__shared__.<param>`` in the file."""
+    prefix = f"shared.{name}."
+    return {SHARED_PREFIX + k[len(prefix):]: p for k, p in model.shared_parameters(name).items()}
 
 
 def _few(keys: list[str], n: int = 3) -> str:

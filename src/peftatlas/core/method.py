@@ -99,6 +99,33 @@ class LayerAdapter(nn.Module):
         return kwargs
 
     @classmethod
+    def transform_generate_inputs(cls, model: nn.Module, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Model-level hook on ``generate()``'s keyword arguments; default: the forward hook."""
+        return cls.transform_model_inputs(model, name, kwargs)
+
+    @classmethod
+    def transform_model_outputs(cls, model: nn.Module, name: str, kwargs: dict[str, Any], outputs: Any) -> Any:
+        """Model-level hook on the forward's outputs (e.g. drop soft-prompt positions); default: none.
+
+        ``kwargs`` are the keyword arguments the wrapped model was called with (after the input hooks);
+        after ``generate()`` the hook is called once with ``outputs=None`` (to clear per-call state).
+        """
+        return outputs
+
+    @classmethod
+    def check_model(cls, model: nn.Module, cfg: Any) -> None:
+        """Raise :class:`MethodError` if ``model`` as a whole cannot take this method (default: any can)."""
+
+    @classmethod
+    def layer_configs(cls, bases: dict[str, nn.Module], cfg: Any) -> dict[str, Any]:
+        """Per-layer configs of the matched modules, by name; a name left out gets no adapter.
+
+        Default: every layer gets ``cfg``. Methods whose layers differ by position in the model
+        ((IA)³'s input- vs output-side gains, AdapterDrop's depth) specialise ``cfg`` here.
+        """
+        return {n: cfg for n in bases}
+
+    @classmethod
     def can_adapt(cls, module: nn.Module) -> bool:
         """Whether this method can wrap ``module`` (beyond its type); used to filter broad targets."""
         return True

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from .layer import BASE_NAME, AdaptedModule, MergeError
 from .method import LayerAdapter, get_method, make_config
-from .targeting import head_module_names, match_targets
+from .targeting import TargetError, head_module_names, match_targets
 from .tree import get_user_submodule, set_user_submodule, user_named_modules
 
 
@@ -34,6 +34,7 @@ class ParamCount:
     head: int
     per_layer: dict[str, int]
     total_model: int
+    shared: int = 0  # model-wide trainable tensors of the adapter (included in ``adapter``)
 
     @property
     def trainable(self) -> int:
@@ -104,6 +105,7 @@ class AdaptedModel(nn.Module):
             raise ValueError(f"adapter {name!r} already exists; delete it first or pick another name")
         cls = get_method(method)
         cfg = make_config(cls, hyperparameters)
+        cls.check_model(self.model, cfg)
         if targets is None:
             targets = cls.default_targets
         names = [] if targets is None else match_targets(
@@ -121,12 +123,17 @@ class AdaptedModel(nn.Module):
         for n, b in bases.items():
             if isinstance(b, AdaptedModule):
                 raise ValueError(f"module {n} is nested inside another adapted module")
+        layer_cfgs = cls.layer_configs(bases, cfg)
+        bases = {n: b for n, b in bases.items() if n in layer_cfgs}
+        names = list(bases)
+        if not names and cls.default_targets is not None:
+            raise TargetError(f"{cls.name}: no module is left to adapt with this configuration")
         shared = cls.build_shared(bases, cfg)
         created: dict[str, LayerAdapter] = {}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             for n, base in bases.items():
-                adapter = cls(base, cfg, shared)
+                adapter = cls(base, layer_cfgs[n], shared)
                 ref = next(iter(base.parameters()), None)
                 if ref is not None:
                     adapter.to(device=ref.device)
@@ -134,6 +141,8 @@ class AdaptedModel(nn.Module):
         # commit (nothing above touched the model)
         if shared is not None:
             self.shared[name] = shared
+            for p in shared.parameters():  # trainable shared state (e.g. Compacter's slow factors)
+                p.requires_grad_(True)
         for n, adapter in created.items():
             layer = layers.get(n)
             if layer is None:
@@ -251,17 +260,43 @@ class AdaptedModel(nn.Module):
     def forward(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
         kwargs = self._model_input_hooks(kwargs)
         if adapter_names is None:
-            return self.model(*args, **kwargs)
-        with self.mixed_batch(adapter_names):
-            return self.model(*args, **kwargs)
+            out = self.model(*args, **kwargs)
+        else:
+            with self.mixed_batch(adapter_names):
+                out = self.model(*args, **kwargs)
+        return self._model_output_hooks(kwargs, out)
 
-    def _model_input_hooks(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        """``model.generate`` with the active adapters' model-level hooks applied (soft prompts, prefixes)."""
+        if args:
+            if "input_ids" in kwargs or len(args) > 1:
+                raise TypeError("generate() takes input_ids as its only positional argument")
+            kwargs["input_ids"] = args[0]
+        kwargs = self._model_input_hooks(kwargs, generate=True)
+        try:
+            return self.model.generate(**kwargs)
+        finally:
+            self._model_output_hooks(kwargs, None)
+
+    def _hooks_apply(self) -> bool:
         layers = self.adapted_layers()
-        if layers and all(layer.disabled for layer in layers.values()):
+        return not (layers and all(layer.disabled for layer in layers.values()))
+
+    def _model_input_hooks(self, kwargs: dict[str, Any], generate: bool = False) -> dict[str, Any]:
+        if not self._hooks_apply():
             return kwargs
         for n in self.active_adapters:
-            kwargs = get_method(self.specs[n].method).transform_model_inputs(self, n, kwargs)
+            cls = get_method(self.specs[n].method)
+            hook = cls.transform_generate_inputs if generate else cls.transform_model_inputs
+            kwargs = hook(self, n, kwargs)
         return kwargs
+
+    def _model_output_hooks(self, kwargs: dict[str, Any], out: Any) -> Any:
+        if not self._hooks_apply():
+            return out
+        for n in reversed(self.active_adapters):
+            out = get_method(self.specs[n].method).transform_model_outputs(self, n, kwargs, out)
+        return out
 
     def on_train_step(self, step: int, total_steps: int) -> None:
         """Call after each optimizer step: runs the methods' cross-layer schedules (AdaLoRA, ...)."""
@@ -314,7 +349,15 @@ class AdaptedModel(nn.Module):
             if name in layer.adapters:
                 for pn, p in layer.adapters[name].named_parameters():
                     out[f"{ln}.{pn}"] = p
+        out.update(self.shared_parameters(name))
         return out
+
+    def shared_parameters(self, name: str | None = None) -> dict[str, nn.Parameter]:
+        """Trainable model-wide tensors of one adapter (e.g. Compacter's shared factors), as ``shared.<name>.*``."""
+        name = name or (self.active_adapters[0] if self.active_adapters else None)
+        if name is None or name not in self.shared:
+            return {}
+        return {f"shared.{name}.{pn}": p for pn, p in self.shared[name].named_parameters()}
 
     def head_parameters(self) -> dict[str, nn.Parameter]:
         return self._head_params()
@@ -326,9 +369,10 @@ class AdaptedModel(nn.Module):
         for ln, layer in self.adapted_layers().items():
             if name in layer.adapters:
                 per_layer[ln] = sum(p.numel() for p in layer.adapters[name].parameters())
+        shared = sum(p.numel() for p in self.shared_parameters(name).values())
         head = sum(p.numel() for p in self._head_params().values())
         base_total = sum(p.numel() for n, p in self.model.named_parameters() if ".adapters." not in f".{n}")
-        return ParamCount(sum(per_layer.values()), head, per_layer, base_total)
+        return ParamCount(sum(per_layer.values()) + shared, head, per_layer, base_total, shared)
 
     def set_trainable(self, trainable: bool, name: str | None = None) -> None:
         for p in self.adapter_parameters(name).values():

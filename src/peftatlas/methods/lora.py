@@ -7,6 +7,12 @@ Pseudocode::
     A ~ KaimingUniform(r × d_in);  B ← 0 (d_out × r);  s = α / r   (rsLoRA: α / √r)
     y = W0 x + s · B (A dropout(x))
     merge: W ← W0 + s · B A
+
+Fast path: ``h = s·(A x)`` is tiny (r numbers per token), so the scale is applied there and the
+update is added by one fused GEMM, ``y = addmm(W0 x, h, Bᵀ)``, instead of a separate scale and add
+over the full ``d_out``-wide output (and their backward). The adapter computes in the activations'
+dtype (fp32 master weights cast down, as autocast does), so a bf16 model never upcasts its
+activations. Mixed batches gather one ``(A, B)`` per row and run two batched matmuls.
 """
 
 from __future__ import annotations
@@ -19,7 +25,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core.method import LayerAdapter, MethodError, register
+from ..core.method import BaseFn, LayerAdapter, MethodError, register
+from ..serving import as_rows, bank, row_index
+
+
+def compute_dtype(x: Tensor, param: Tensor) -> torch.dtype:
+    """The dtype adapter math runs in: the activations' (floating) dtype, else the parameter's."""
+    return x.dtype if x.is_floating_point() else param.dtype
+
+
+def add_lowrank(y: Tensor, h: Tensor, B: Tensor) -> Tensor:
+    """``y + h Bᵀ`` as one fused GEMM over the flattened leading dims.
+
+    ``y``: (..., d_out), ``h``: (..., r), ``B``: (d_out, r). Under autocast ``addmm`` picks the
+    autocast dtype itself; otherwise ``h`` and ``B`` are cast to ``y``'s dtype (tiny tensors).
+    """
+    d_out = y.shape[-1]
+    if not torch.is_autocast_enabled(y.device.type):
+        h, B = h.to(y.dtype), B.to(y.dtype)
+    out = torch.addmm(y.reshape(-1, d_out), h.reshape(-1, h.shape[-1]), B.t())
+    return out.view(y.shape)
 
 
 @register("lora")
@@ -53,14 +78,45 @@ class LoRA(LayerAdapter):
         self.scale = cfg.alpha / (math.sqrt(cfg.r) if cfg.rslora else cfg.r)
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
 
+    def _h(self, x: Tensor) -> Tensor:
+        """``s · A dropout(x)`` in the compute dtype: (..., r)."""
+        dt = compute_dtype(x, self.lora_A)
+        return F.linear(self.dropout(x.to(dt)), self.lora_A.to(dt)) * self.scale
+
+    def forward(self, x: Tensor, base_fn: BaseFn) -> Tensor:
+        return add_lowrank(base_fn(x), self._h(x), self.lora_B)
+
     def delta_output(self, x: Tensor) -> Tensor:
-        x = self.dropout(x.to(self.lora_A.dtype))
-        return F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scale
+        h = self._h(x)
+        return F.linear(h, self.lora_B.to(h.dtype))
 
     def delta_weight(self, weight: Tensor) -> Tensor:
         return (self.lora_B @ self.lora_A * self.scale).to(weight.dtype)
+
+    def reference_forward(self, x: Tensor, base: nn.Module) -> Tensor:
+        """Dense oracle: ``(W0 + s·B A) x + b`` with ``ΔW`` built explicitly in fp32."""
+        delta = self.lora_B.detach().double() @ self.lora_A.detach().double() * self.scale
+        bias = None if base.bias is None else base.bias.detach().float()
+        return F.linear(x.float(), (base.weight.detach().double() + delta).float(), bias)
 
     @classmethod
     def param_count(cls, base: nn.Module, cfg: Config) -> int:
         d_out, d_in = cls.dims(base)
         return cfg.r * (d_in + d_out)
+
+    @staticmethod
+    def mixed_batch_forward(layer: nn.Module, x: Tensor, rows: list[str], present: list[str]) -> Tensor:
+        """Each row through its own LoRA in one pass: gather ``(A_i, s_i B_i)`` per row, two ``bmm``.
+
+        Adapters of different ranks are zero-padded to the largest rank (exact).
+        """
+        y = layer.base(x)
+        adapters = [layer.adapters[n] for n in present]
+        dt = compute_dtype(x, adapters[0].lora_A)
+        idx = row_index(rows, present, x.device)
+        A = bank([a.lora_A for a in adapters], dt)[idx]                    # (batch, r, d_in)
+        B = bank([a.lora_B * a.scale for a in adapters], dt)[idx]          # (batch, d_out, r)
+        batch = len(rows)
+        h = torch.bmm(as_rows(x.to(dt), batch), A.transpose(1, 2))          # (batch, M, r)
+        out = torch.baddbmm(as_rows(y, batch).to(dt), h, B.transpose(1, 2))
+        return out.to(y.dtype).view(y.shape)

@@ -11,7 +11,13 @@ Pseudocode::
     merge: W ← W0 + diag(b) B[:d_out] diag(d) A[:, :d_in]
 
 A and B are regenerated bit-identically from ``projection_seed`` with a CPU generator, so the
-adapter file stores only b and d (d_out + r numbers per layer).
+adapter file stores only b and d (d_out + r numbers per layer). The draw order and arithmetic match
+HF PEFT's VeRA (``projection_prng_key``), so the same seed gives the same bases bit for bit there.
+
+Fast path: the gain b is folded into the frozen basis, ``B_b = diag(b) B`` (d_out × r, tiny), and
+the update is added by one fused GEMM, ``y = addmm(W0 x, d ⊙ (A x), B_bᵀ)``. Nothing ``d_out``-wide
+is computed or saved for backward besides the output itself. Mixed batches compute ``A x`` and
+``(·) Bᵀ`` once for all rows (the bases are shared) and gather only each row's vectors b and d.
 """
 
 from __future__ import annotations
@@ -24,13 +30,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core.method import LayerAdapter, MethodError, register
+from ..core.method import BaseFn, LayerAdapter, MethodError, register
+from ..serving import as_rows, bank, row_index
+from .lora import add_lowrank, compute_dtype
 
 
 def kaiming_uniform_from_seed(rows: int, cols: int, generator: torch.Generator) -> Tensor:
-    """Kaiming-uniform with gain √2 and fan_in = cols: U(−√(6/cols), √(6/cols)), on the CPU."""
-    bound = math.sqrt(6.0 / cols)
-    return torch.rand(rows, cols, generator=generator, dtype=torch.float32) * (2 * bound) - bound
+    """Kaiming-uniform with gain √2 and fan_in = cols: U(−√(6/cols), √(6/cols)), on the CPU.
+
+    The bound is evaluated as √3 · (√2 / √cols) and drawn with ``uniform_`` — the same arithmetic
+    as HF PEFT, so both libraries produce identical bits from one seed.
+    """
+    bound = math.sqrt(3.0) * (math.sqrt(2.0) / math.sqrt(cols))
+    return torch.empty(rows, cols, dtype=torch.float32).uniform_(-bound, bound, generator=generator)
 
 
 class VeRAProjections(nn.Module):
@@ -85,16 +97,64 @@ class VeRA(LayerAdapter):
         assert shared is not None
         return shared.A[:, : self.d_in], shared.B[: self.d_out, :]
 
+    def _hd(self, x: Tensor) -> Tensor:
+        """``d ⊙ (A dropout(x))`` in the compute dtype: (..., r)."""
+        A, _ = self._bases()
+        dt = compute_dtype(x, self.vera_d)
+        return F.linear(self.dropout(x.to(dt)), A.to(dt)) * self.vera_d.to(dt)
+
+    def forward(self, x: Tensor, base_fn: BaseFn) -> Tensor:
+        _, B = self._bases()
+        return add_lowrank(base_fn(x), self._hd(x), self.vera_b[:, None] * B)
+
     def delta_output(self, x: Tensor) -> Tensor:
-        A, B = self._bases()
-        x = self.dropout(x.to(self.vera_b.dtype))
-        h = F.linear(x, A.to(x.dtype)) * self.vera_d
-        return F.linear(h, B.to(x.dtype)) * self.vera_b
+        _, B = self._bases()
+        hd = self._hd(x)
+        return F.linear(hd, B.to(hd.dtype)) * self.vera_b.to(hd.dtype)
 
     def delta_weight(self, weight: Tensor) -> Tensor:
         A, B = self._bases()
         return ((self.vera_b[:, None] * B) @ (self.vera_d[:, None] * A)).to(weight.dtype)
 
+    def reference_forward(self, x: Tensor, base: nn.Module) -> Tensor:
+        """Dense oracle: ``(W0 + diag(b) B diag(d) A) x + bias`` with ``ΔW`` built in float64."""
+        A, B = (t.detach().double() for t in self._bases())
+        delta = torch.diag(self.vera_b.detach().double()) @ B @ torch.diag(self.vera_d.detach().double()) @ A
+        bias = None if base.bias is None else base.bias.detach().float()
+        return F.linear(x.float(), (base.weight.detach().double() + delta).float(), bias)
+
+    @staticmethod
+    def mixed_batch_forward(layer: nn.Module, x: Tensor, rows: list[str], present: list[str]) -> Tensor | None:
+        """Each row through its own VeRA: shared ``A x`` and ``(·) Bᵀ``, per-row vectors d and b.
+
+        Returns ``None`` (the engine then groups rows by adapter) when the present adapters do not
+        share their random bases (different seeds, ranks or shapes).
+        """
+        adapters = [layer.adapters[n] for n in present]
+        first = adapters[0]
+        key = _bases_key(first)
+        if any(_bases_key(a) != key for a in adapters[1:]):
+            return None
+        A, B = first._bases()
+        y = layer.base(x)
+        dt = compute_dtype(x, first.vera_d)
+        idx = row_index(rows, present, x.device)
+        d_rows = bank([a.vera_d for a in adapters], dt)[idx][:, None, :]   # (batch, 1, r)
+        b_rows = bank([a.vera_b for a in adapters], dt)[idx][:, None, :]   # (batch, 1, d_out)
+        batch = len(rows)
+        h = F.linear(as_rows(x.to(dt), batch), A.to(dt)) * d_rows          # (batch, M, r)
+        u = F.linear(h, B.to(dt))                                          # (batch, M, d_out)
+        out = torch.addcmul(as_rows(y, batch).to(dt), u, b_rows)
+        return out.to(y.dtype).view(y.shape)
+
     @classmethod
     def param_count(cls, base: nn.Module, cfg: Config) -> int:
         return cls.dims(base)[0] + cfg.r
+
+
+def _bases_key(adapter: VeRA) -> tuple:
+    """What determines an adapter's random bases: same key ⇒ bit-identical A and B."""
+    shared = adapter.shared
+    assert shared is not None
+    return (adapter.cfg.r, adapter.cfg.projection_seed, tuple(shared.A.shape), tuple(shared.B.shape),
+            adapter.d_in, adapter.d_out, shared.A.dtype, shared.A.device)

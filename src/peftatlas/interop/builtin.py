@@ -1,0 +1,99 @@
+"""The built-in converters: peftatlas methods that HF PEFT also has, in PEFT's on-disk layout.
+
+Each class reads like a table: which PEFT tensor is which of ours, which config field is which
+hyperparameter, and which PEFT features must stay off because our method does not have them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from .registry import Converter, InteropError, check_shape, register_converter
+
+# LoRA options PEFT has and plain LoRA here does not (they change the forward or the base weights).
+_LORA_OFF: dict[str, Any] = {
+    "fan_in_fan_out": False, "bias": "none", "lora_bias": False, "use_dora": False,
+    "rank_pattern": {}, "alpha_pattern": {}, "use_qalora": False, "alora_invocation_tokens": None,
+    "layer_replication": None, "velora_config": None, "monteclora_config": None, "arrow_config": None,
+    "kasa_config": None, "use_bdlora": None, "target_parameters": None, "trainable_token_indices": None,
+    "megatron_config": None,
+}
+# LoRA initialisations that rewrite the base weights (the adapter is relative to a modified model).
+_BASE_REWRITING_INITS = ("pissa", "olora", "corda", "loftq")
+
+
+@register_converter
+class LoRAConverter(Converter):
+    """LoRA ↔ PEFT ``LORA``: ``lora_A.weight`` = A (r × d_in), ``lora_B.weight`` = B (d_out × r)."""
+
+    method = "lora"
+    peft_type = "LORA"
+    layer_keys: ClassVar[dict[str, str]] = {"lora_A.weight": "lora_A", "lora_B.weight": "lora_B"}
+    fields: ClassVar[dict[str, str]] = {"r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout",
+                                        "use_rslora": "rslora"}
+    fixed: ClassVar[dict[str, Any]] = {**_LORA_OFF, "init_lora_weights": True}
+
+    @classmethod
+    def accepts(cls, peft_cfg: dict[str, Any]) -> bool:
+        return not peft_cfg.get("use_dora", False)
+
+    @classmethod
+    def check_fixed(cls, peft_cfg: dict[str, Any]) -> None:
+        init = peft_cfg.get("init_lora_weights", True)
+        if isinstance(init, str) and init.lower().startswith(_BASE_REWRITING_INITS):
+            raise InteropError(f"PEFT LoRA with init_lora_weights={init!r} rewrote the base weights; the adapter "
+                               "only makes sense on that modified model (convert it with PEFT's "
+                               "path_initial_model_for_weight_conversion first)")
+        super().check_fixed({k: v for k, v in peft_cfg.items() if k != "init_lora_weights"})
+
+
+@register_converter
+class VeRAConverter(Converter):
+    """VeRA ↔ PEFT ``VERA``: ``vera_lambda_b`` = b (d_out), ``vera_lambda_d`` = d (r).
+
+    The frozen bases: both libraries draw them bit-identically from the seed
+    (``projection_prng_key``). With ``save_projection=True`` (PEFT's default) the export also
+    stores them as ``base_model.vera_A`` / ``base_model.vera_B``; an import checks stored bases
+    against the regenerated ones and refuses a file whose bases differ (peftatlas keeps only the
+    seed, so it cannot hold arbitrary bases).
+    """
+
+    method = "vera"
+    peft_type = "VERA"
+    layer_keys: ClassVar[dict[str, str]] = {"vera_lambda_b": "vera_b", "vera_lambda_d": "vera_d"}
+    fields: ClassVar[dict[str, str]] = {"r": "r", "projection_prng_key": "projection_seed",
+                                        "vera_dropout": "dropout", "d_initial": "d_init"}
+    fixed: ClassVar[dict[str, Any]] = {"fan_in_fan_out": False, "bias": "none", "init_weights": True}
+
+    @classmethod
+    def config_to_peft(cls, cfg: Any, save_projection: bool = True, **options: Any) -> dict[str, Any]:
+        return {**super().config_to_peft(cfg, **options), "save_projection": bool(save_projection)}
+
+    @classmethod
+    def shared_to_peft(cls, model: Any, name: str, save_projection: bool = True, **options: Any) -> dict[str, Tensor]:
+        if not save_projection:
+            return {}
+        shared = model.shared[name]
+        return {"vera_A": shared.A, "vera_B": shared.B}
+
+    @classmethod
+    def check_shared(cls, model: Any, name: str, tensors: dict[str, Tensor], peft_cfg: dict[str, Any]) -> None:
+        unknown = sorted(set(tensors) - {"vera_A", "vera_B"})
+        if unknown:
+            raise InteropError(f"vera: unexpected model-wide tensor(s) {unknown}")
+        stored = {k: tensors[k] for k in ("vera_A", "vera_B") if k in tensors}
+        if peft_cfg.get("save_projection", True) and len(stored) != 2:
+            raise InteropError("vera: the config says save_projection=true but the file lacks "
+                               "base_model.vera_A / base_model.vera_B")
+        shared = model.shared[name]
+        for key, ours in (("vera_A", shared.A), ("vera_B", shared.B)):
+            if key in stored:
+                check_shape(f"base_model.{key}", stored[key].shape, ours.shape)
+                if not torch.equal(stored[key].to(ours), ours):
+                    seed = peft_cfg.get("projection_prng_key")
+                    raise InteropError(
+                        f"vera: the stored {key} differs from the basis regenerated from projection_prng_key={seed}; "
+                        "peftatlas keeps only the seed and cannot hold arbitrary bases")

@@ -1,0 +1,229 @@
+"""Reading and writing HF PEFT's on-disk adapter format (``adapter_config.json`` + safetensors).
+
+The format, as PEFT 0.21 writes it::
+
+    adapter_config.json          {"peft_type": "LORA", "target_modules": [...], "r": 8, ...}
+    adapter_model.safetensors    base_model.model.<module path>.<per-layer key>   (e.g. lora_A.weight)
+                                 base_model.<model-wide key>                      (e.g. vera_A)
+                                 base_model.model.<head module>.<param>            (modules_to_save)
+
+Export writes the exact module names as ``target_modules`` and the trained head as
+``modules_to_save``; import takes the adapted modules from the tensor keys (so PEFT's
+``layers_to_transform`` / regex targets need no re-interpretation) and refuses, with a message
+naming the field, any configuration our method cannot reproduce exactly. Only safetensors are
+read; a pickled ``adapter_model.bin`` is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from ..core.io import atomic_write_dir
+from ..core.model import AdaptedModel
+from .registry import Converter, InteropError, check_shape, converter_for_method, converter_for_peft
+
+CONFIG = "adapter_config.json"
+TENSORS = "adapter_model.safetensors"
+LAYER_PREFIX = "base_model.model."
+SHARED_PREFIX = "base_model."
+
+
+def peft_config_dict(model: AdaptedModel, name: str | None = None, include_head: bool = True,
+                     **options: Any) -> dict[str, Any]:
+    """The ``adapter_config.json`` content for adapter ``name`` (default: the first active)."""
+    name, conv = _resolve(model, name)
+    spec = model.specs[name]
+    heads = model.head_names if include_head and model.head_parameters() else []
+    return {
+        "peft_type": conv.peft_type,
+        "task_type": None,
+        "target_modules": list(spec.targets),
+        "modules_to_save": list(heads) or None,
+        "base_model_name_or_path": getattr(getattr(model.model, "config", None), "_name_or_path", None) or None,
+        "inference_mode": True,
+        "revision": None,
+        **conv.config_to_peft(spec.config, **options),
+    }
+
+
+def export_peft(model: AdaptedModel, path: str | os.PathLike, name: str | None = None,
+                include_head: bool = True, **options: Any) -> Path:
+    """Write adapter ``name`` (and the trained head) in HF PEFT's format to folder ``path``.
+
+    ``options`` go to the method's converter (VeRA: ``save_projection``). Raises
+    :class:`InteropError` for a method PEFT does not have.
+    """
+    name, conv = _resolve(model, name)
+    config = peft_config_dict(model, name, include_head, **options)
+    tensors: dict[str, Tensor] = {}
+    for layer_name, layer in model.adapted_layers().items():
+        if name in layer.adapters:
+            for k, v in conv.layer_to_peft(layer.adapters[name]).items():
+                tensors[f"{LAYER_PREFIX}{layer_name}.{k}"] = v
+    for k, v in conv.shared_to_peft(model, name, **options).items():
+        tensors[f"{SHARED_PREFIX}{k}"] = v
+    if config["modules_to_save"]:
+        for k, v in model.head_parameters().items():
+            tensors[f"{LAYER_PREFIX}{k}"] = v
+    tensors = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+               for k, v in tensors.items()}
+    from safetensors.torch import save
+
+    blob = save(tensors, metadata={"format": "pt"})
+    atomic_write_dir(path, {TENSORS: blob, CONFIG: (json.dumps(config, indent=2) + "\n").encode()})
+    return Path(path)
+
+
+def read_peft_files(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """Read a PEFT adapter folder; every problem becomes an :class:`InteropError`."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise InteropError(f"PEFT adapter folder {folder} does not exist")
+    cfg_path, tensor_path = folder / CONFIG, folder / TENSORS
+    if not cfg_path.is_file():
+        raise InteropError(f"{folder} has no {CONFIG}; is it a PEFT adapter folder?")
+    if not tensor_path.is_file():
+        if (folder / "adapter_model.bin").is_file():
+            raise InteropError(f"{folder} holds a pickled adapter_model.bin; peftatlas reads only safetensors "
+                               "(re-save it with save_pretrained(..., safe_serialization=True))")
+        raise InteropError(f"{folder} has no {TENSORS}")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InteropError(f"corrupt {cfg_path}: {e}") from None
+    if not isinstance(cfg, dict) or "peft_type" not in cfg:
+        raise InteropError(f"{cfg_path} has no peft_type; not a PEFT adapter config")
+    try:
+        tensors = load_file(str(tensor_path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise InteropError(f"corrupt {tensor_path}: {e}") from None
+    return cfg, tensors
+
+
+def import_peft(model: nn.Module | AdaptedModel, path: str | os.PathLike, name: str = "default",
+                trainable: bool = False) -> AdaptedModel:
+    """Load a PEFT adapter folder into ``model`` as our method (a plain model is wrapped first).
+
+    The model is left as it was if anything does not fit; the error names the problem.
+    """
+    cfg, tensors = read_peft_files(path)
+    conv = converter_for_peft(cfg)
+    hyper = conv.config_from_peft(cfg)
+    layers, shared, head = _split_keys(conv, tensors, cfg)
+    if not layers:
+        raise InteropError(f"{path}: no per-layer {conv.peft_type} tensors found "
+                           f"(expected keys ending in {', '.join(conv.peft_layer_suffixes())})")
+    fresh = not isinstance(model, AdaptedModel)
+    wrapped = AdaptedModel(model, head=_head_names(cfg, head)) if fresh else model
+    try:
+        wrapped.add_adapter(name, conv.method, targets=sorted(layers), **hyper)
+    except ValueError as e:
+        if fresh:
+            wrapped.unload()
+        raise InteropError(f"{path}: cannot build {conv.method} adapter: {e}") from None
+    try:
+        _fill(wrapped, name, conv, layers, shared, head, cfg, path)
+    except InteropError:
+        wrapped.delete_adapter(name)
+        if fresh:
+            wrapped.unload()
+        raise
+    wrapped.set_trainable(trainable, name)
+    return wrapped
+
+
+# --- helpers -----------------------------------------------------------------------------------------
+
+def _resolve(model: AdaptedModel, name: str | None) -> tuple[str, type[Converter]]:
+    if not isinstance(model, AdaptedModel):
+        raise InteropError("export_peft needs an AdaptedModel (from peftatlas.attach / load_adapter)")
+    name = name or (model.active_adapters[0] if model.active_adapters else None)
+    if name not in model.specs:
+        raise InteropError(f"unknown adapter {name!r}; known: {sorted(model.specs)}")
+    return name, converter_for_method(model.specs[name].method)
+
+
+def _split_keys(conv: type[Converter], tensors: dict[str, Tensor], cfg: dict[str, Any]
+                ) -> tuple[dict[str, dict[str, Tensor]], dict[str, Tensor], dict[str, Tensor]]:
+    """Split file keys into per-layer tensors, model-wide tensors and head (modules_to_save) tensors."""
+    suffixes = sorted(conv.peft_layer_suffixes(), key=len, reverse=True)
+    saved_modules = list(cfg.get("modules_to_save") or [])
+    layers: dict[str, dict[str, Tensor]] = {}
+    shared: dict[str, Tensor] = {}
+    head: dict[str, Tensor] = {}
+    unknown: list[str] = []
+    for key, value in tensors.items():
+        if not key.startswith(LAYER_PREFIX):
+            if key.startswith(SHARED_PREFIX):
+                shared[key[len(SHARED_PREFIX):]] = value
+            else:
+                unknown.append(key)
+            continue
+        rest = key[len(LAYER_PREFIX):]
+        suffix = next((s for s in suffixes if rest.endswith("." + s)), None)
+        if suffix is not None:
+            layers.setdefault(rest[: -len(suffix) - 1], {})[suffix] = value
+        elif any(_under_module(rest, m) for m in saved_modules):
+            head[rest] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        more = f" (+{len(unknown) - 3} more)" if len(unknown) > 3 else ""
+        raise InteropError(f"tensor(s) peftatlas {conv.method} does not understand: {', '.join(unknown[:3])}{more}"
+                           " (a bias, an embedding or a variant this converter lacks?)")
+    return layers, shared, head
+
+
+def _under_module(param_key: str, module_suffix: str) -> bool:
+    module = param_key.rsplit(".", 1)[0]
+    return module == module_suffix or module.endswith("." + module_suffix)
+
+
+def _head_names(cfg: dict[str, Any], head: dict[str, Tensor]) -> list[str] | None:
+    """Our head modules: the modules_to_save modules that have tensors in the file."""
+    if not head:
+        return None
+    return sorted({k.rsplit(".", 1)[0] for k in head})
+
+
+def _fill(model: AdaptedModel, name: str, conv: type[Converter], layers: dict[str, dict[str, Tensor]],
+          shared: dict[str, Tensor], head: dict[str, Tensor], cfg: dict[str, Any], path: Any) -> None:
+    adapted = model.adapted_layers()
+    missing_layers = sorted(n for n in layers if n not in adapted or name not in adapted[n].adapters)
+    if missing_layers:
+        raise InteropError(f"{path}: module(s) {', '.join(missing_layers[:3])} not adapted in this model")
+    extra = sorted(n for n, layer in adapted.items() if name in layer.adapters and n not in layers)
+    if extra:
+        raise InteropError(f"{path}: target(s) {', '.join(extra[:3])} matched but the file has no tensors for them")
+    conv.check_shared(model, name, shared, cfg)
+    pending: list[tuple[Tensor, Tensor]] = []
+    for layer_name, layer_tensors in layers.items():
+        adapter = adapted[layer_name].adapters[name]
+        ours = conv.layer_from_peft(layer_tensors, adapter)
+        want = adapter.state_dict(keep_vars=True)
+        missing = sorted(set(want) - set(ours))
+        if missing:
+            raise InteropError(f"{path}: {layer_name}: no value for {', '.join(missing)}")
+        for k, v in ours.items():
+            if k not in want:
+                raise InteropError(f"{path}: {layer_name}: converter produced unknown key {k}")
+            check_shape(f"{layer_name}.{k}", v.shape, want[k].shape)
+            pending.append((want[k], v))
+    head_params = model.head_parameters()
+    for k, v in head.items():
+        if k not in head_params:
+            raise InteropError(f"{path}: head tensor {k} has no matching trainable head parameter in this model "
+                               f"(head parameters: {', '.join(sorted(head_params)) or 'none'})")
+        check_shape(k, v.shape, head_params[k].shape)
+        pending.append((head_params[k], v))
+    with torch.no_grad():
+        for dest, value in pending:
+            dest.copy_(value.to(dest.dtype))

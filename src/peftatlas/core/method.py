@@ -53,6 +53,9 @@ class LayerAdapter(nn.Module):
     supports_mixed_batch: ClassVar[bool] = True
     target_types: ClassVar[tuple[type[nn.Module], ...]] = (nn.Linear,)
     default_targets: ClassVar[Any] = "all-linear"
+    # Where the method acts: "weight" (a layer's parameters), "activation" (a layer's input/output),
+    # "input" (the token embeddings), "attention cache" (per-layer keys/values), "block output".
+    insertion: ClassVar[str] = "weight"
     # The integer hyperparameter that sets the size (e.g. "r"); the arena's budget solver searches it.
     # None = the method has a fixed size for a given model.
     size_knob: ClassVar[str | None] = None

@@ -1,0 +1,312 @@
+"""One training run of a sequence classifier: the loop every arena run uses.
+
+Pseudocode::
+
+    groups   = [adapter params: lr, weight_decay],  [head params: head_lr (default lr)]
+    opt      = AdamW(groups);  lr(t) = peak · t/warmup  then  peak · (T − t)/(T − warmup)   (linear)
+    for epoch, for each batch of a seeded permutation (DDP: each rank takes rows rank::world):
+        loss = CE(model(x), y) + model.extra_loss()          # regulariser, when the method has one
+        loss.backward();  clip ‖g‖ ≤ grad_clip;  opt.step();  sched.step()
+        model.on_train_step(step, T)                          # cross-layer schedules (AdaLoRA, ...)
+        at each evaluation point: accuracy on validation → curve; keep the best trainable state
+    restore the best state;  evaluate test (+ OOD sets) there
+
+Runs are deterministic for a seed (data order, dropout, head init). Under ``torchrun`` with an
+initialised process group, the model is wrapped in DistributedDataParallel; the loss of each
+rank is scaled so the synchronised gradient equals the single-process gradient of the same global
+batch, and evaluation counts are all-reduced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .data import Split, TaskData
+
+
+class TrainError(ValueError):
+    """A training configuration cannot run (no trainable parameters, empty data, bad value)."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Hyperparameters of one run. ``head_lr=None`` trains the head at ``lr``."""
+
+    lr: float = 1e-3
+    head_lr: float | None = None
+    epochs: int = 3
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.0
+    max_length: int = 64
+    seed: int = 0
+    evals_per_epoch: int = 1
+    min_steps: int = 0  # small training sets get more epochs so that at least this many steps run
+    grad_clip: float | None = 1.0
+    target_acc: float | None = None  # for steps_to_target
+    device: str | None = None  # default: cuda (this rank's device) if available, else cpu
+
+    def validate(self) -> None:
+        checks = [
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.head_lr is None or self.head_lr > 0, f"head_lr must be > 0, got {self.head_lr}"),
+            (self.epochs >= 1, f"epochs must be ≥ 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}"),
+            (0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}"),
+            (self.evals_per_epoch >= 1, f"evals_per_epoch must be ≥ 1, got {self.evals_per_epoch}"),
+            (self.max_length >= 2, f"max_length must be ≥ 2, got {self.max_length}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise TrainError(msg)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """Metrics at the best validation point, the evaluation curve, and bookkeeping."""
+
+    metrics: dict[str, float]
+    curve: list[dict[str, float]]
+    steps: int
+    wall_seconds: float
+
+
+# --- distributed helpers ------------------------------------------------------------------------
+def dist_info() -> tuple[int, int]:
+    """(rank, world size); (0, 1) when no process group is initialised."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def default_device() -> torch.device:
+    if torch.cuda.is_available():
+        import os
+
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def _all_reduce(t: Tensor) -> Tensor:
+    if dist_info()[1] > 1:
+        torch.distributed.all_reduce(t)
+    return t
+
+
+# --- tokenisation and batches -------------------------------------------------------------------
+_TOKEN_CACHE: dict[tuple[int, int, tuple[str, ...]], tuple[Any, list[list[int]]]] = {}
+
+
+def encode(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """Token ids of ``texts`` (truncated to ``max_length``), cached per tokenizer and text tuple."""
+    key = (id(tokenizer), max_length, tuple(texts))
+    hit = _TOKEN_CACHE.get(key)
+    if hit is None or hit[0] is not tokenizer:
+        ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"] if texts else []
+        _TOKEN_CACHE[key] = hit = (tokenizer, [list(x) for x in ids])
+    return hit[1]
+
+
+def collate(ids: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> dict[str, Tensor]:
+    """Pad a batch to its longest row: ``input_ids`` and ``attention_mask``."""
+    width = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, x in enumerate(ids):
+        input_ids[i, :len(x)] = torch.tensor(x, dtype=torch.long)
+        mask[i, :len(x)] = 1
+    return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
+
+
+def logits_of(output: Any) -> Tensor:
+    return output if isinstance(output, Tensor) else output.logits
+
+
+# --- evaluation ------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(model: nn.Module, tokenizer: Any, split: Split, num_labels: int, cfg: TrainConfig,
+             device: torch.device) -> dict[str, float]:
+    """Accuracy and macro-F1 on ``split`` (rows sharded over DDP ranks, counts all-reduced)."""
+    if len(split) == 0:
+        raise TrainError("cannot evaluate on an empty split")
+    rank, world = dist_info()
+    ids = encode(tokenizer, split.texts, cfg.max_length)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))[rank::world]  # length-sorted: less padding
+    confusion = torch.zeros(num_labels, num_labels, dtype=torch.float64)
+    was_training = model.training
+    model.eval()
+    pad = tokenizer.pad_token_id or 0
+    for start in range(0, len(order), cfg.eval_batch_size):
+        rows = order[start:start + cfg.eval_batch_size]
+        pred = logits_of(model(**collate([ids[i] for i in rows], pad, device))).argmax(-1).cpu()
+        gold = torch.tensor([split.labels[i] for i in rows])
+        confusion.index_put_((gold, pred), torch.ones(len(rows), dtype=torch.float64), accumulate=True)
+    model.train(was_training)
+    confusion = _all_reduce(confusion.to(device)).cpu()
+    tp = confusion.diagonal()
+    acc = float(tp.sum() / confusion.sum())
+    precision = tp / confusion.sum(0).clamp_min(1)
+    recall = tp / confusion.sum(1).clamp_min(1)
+    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall), torch.zeros_like(tp))
+    return {"acc": acc, "macro_f1": float(f1.mean())}
+
+
+# --- training ------------------------------------------------------------------------------------
+def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW groups: the adapter (``lr``, weight decay) and the task head (``head_lr``, no decay)."""
+    head = getattr(model, "head_parameters", dict)()
+    head_ids = {id(p) for p in head.values()}
+    body = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+    head_params = [p for p in head.values() if p.requires_grad]
+    groups = []
+    if body:
+        groups.append({"params": body, "lr": cfg.lr, "weight_decay": cfg.weight_decay})
+    if head_params:
+        groups.append({"params": head_params, "lr": cfg.head_lr or cfg.lr, "weight_decay": 0.0})
+    if not groups:
+        raise TrainError("the model has no trainable parameters")
+    return groups
+
+
+def linear_schedule(total: int, warmup: int) -> Callable[[int], float]:
+    """Multiplier of the peak LR: linear warmup over ``warmup`` steps, then linear decay to 0 at ``total``."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return factor
+
+
+def batch_starts(n_train: int, batch_size: int, world: int = 1) -> list[int]:
+    """Start rows of one epoch's batches; a last batch with fewer rows than ranks is dropped."""
+    return [s for s in range(0, n_train, batch_size) if min(batch_size, n_train - s) >= world]
+
+
+def plan_steps(n_train: int, cfg: TrainConfig, world: int = 1) -> tuple[int, int, list[int]]:
+    """(epochs, steps per epoch, evaluation steps) for ``n_train`` rows."""
+    per_epoch = len(batch_starts(n_train, cfg.batch_size, world))
+    if per_epoch == 0:
+        raise TrainError(f"{n_train} training rows cannot fill a batch on each of {world} ranks")
+    epochs = max(cfg.epochs, math.ceil(cfg.min_steps / per_epoch)) if cfg.min_steps else cfg.epochs
+    evals = set()
+    for e in range(epochs):
+        for k in range(1, cfg.evals_per_epoch + 1):
+            evals.add(e * per_epoch + max(1, round(k * per_epoch / cfg.evals_per_epoch)))
+    return epochs, per_epoch, sorted(evals)
+
+
+def _trainable_state(model: nn.Module) -> dict[str, Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@torch.no_grad()
+def _restore(model: nn.Module, state: dict[str, Tensor]) -> None:
+    params = dict(model.named_parameters())
+    for n, v in state.items():
+        params[n].copy_(v)
+
+
+def _progress(total: int, enabled: bool, desc: str) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, disable=not (enabled and sys.stderr.isatty()),
+                dynamic_ncols=True)
+
+
+def train_classifier(model: nn.Module, tokenizer: Any, task: TaskData, cfg: TrainConfig, *,
+                     evaluate_test: bool = True, progress: bool = False, desc: str = "train") -> TrainResult:
+    """Train ``model`` (usually an :class:`~peftatlas.AdaptedModel`) on ``task.train``; see the module docstring.
+
+    The model is left in its best validation state. Metrics: ``val_acc``, ``val_f1``, ``best_epoch``,
+    ``best_step``, ``steps``, ``train_loss``; with ``evaluate_test`` also ``test_acc``, ``test_f1`` and
+    ``ood_acc/<name>`` for each OOD set; ``steps_to_target`` when ``cfg.target_acc`` was reached.
+    """
+    cfg.validate()
+    if len(task.train) == 0 or len(task.val) == 0:
+        raise TrainError(f"task {task.name} needs non-empty train and val splits")
+    t0 = time.time()
+    rank, world = dist_info()
+    device = torch.device(cfg.device) if cfg.device else default_device()
+    model.to(device)
+    torch.manual_seed(cfg.seed * 7919 + rank)  # dropout; identical data order on every rank comes from `order`
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+    opt = torch.optim.AdamW(param_groups(model, cfg))
+    epochs, per_epoch, eval_steps = plan_steps(len(task.train), cfg, world)
+    total = epochs * per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(total, round(cfg.warmup_ratio * total)))
+    ids = encode(tokenizer, task.train.texts, cfg.max_length)
+    labels = torch.tensor(task.train.labels)
+    pad = tokenizer.pad_token_id or 0
+    order = torch.Generator().manual_seed(cfg.seed)
+    extra = getattr(model, "extra_loss", None)
+    hook = getattr(model, "on_train_step", None)
+
+    curve: list[dict[str, float]] = []
+    best: tuple[float, dict[str, float], dict[str, Tensor]] | None = None
+    step, loss_sum, loss_n = 0, 0.0, 0
+    model.train()
+    bar = _progress(total, progress and rank == 0, desc)
+    for _ in range(epochs):
+        perm = torch.randperm(len(ids), generator=order).tolist()
+        for start in batch_starts(len(perm), cfg.batch_size, world):
+            rows = perm[start:start + cfg.batch_size]
+            mine = rows[rank::world]
+            logits = logits_of(net(**collate([ids[i] for i in mine], pad, device)))
+            # sum over this rank's rows / global rows, × world: DDP's gradient mean is the global-batch mean
+            loss = F.cross_entropy(logits.float(), labels[mine].to(device), reduction="sum") * world / len(rows)
+            reg = extra() if extra is not None else None
+            if reg is not None:
+                loss = loss + reg
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
+            opt.step()
+            sched.step()
+            step += 1
+            if hook is not None:
+                hook(step, total)
+            loss_sum += float(_all_reduce(loss.detach().clone()).item()) / world
+            loss_n += 1
+            bar.update(1)
+            if step in eval_steps:
+                val = evaluate(model, tokenizer, task.val, task.num_labels, cfg, device)
+                point = {"epoch": round(step / per_epoch, 4), "step": step, "val_acc": val["acc"],
+                         "val_f1": val["macro_f1"], "train_loss": loss_sum / max(1, loss_n)}
+                curve.append(point)
+                bar.set_postfix(val_acc=f"{val['acc']:.3f}")
+                loss_sum, loss_n = 0.0, 0
+                if best is None or val["acc"] > best[0]:
+                    best = (val["acc"], point, _trainable_state(model))
+    bar.close()
+    assert best is not None
+    _restore(model, best[2])
+    metrics = {"val_acc": best[1]["val_acc"], "val_f1": best[1]["val_f1"], "best_epoch": best[1]["epoch"],
+               "best_step": float(best[1]["step"]), "steps": float(total), "train_loss": curve[-1]["train_loss"]}
+    if cfg.target_acc is not None:
+        metrics["target_acc"] = cfg.target_acc
+        hit = next((p["step"] for p in curve if p["val_acc"] >= cfg.target_acc), None)
+        if hit is not None:
+            metrics["steps_to_target"] = float(hit)
+    if evaluate_test:
+        test = evaluate(model, tokenizer, task.test, task.num_labels, cfg, device)
+        metrics.update({"test_acc": test["acc"], "test_f1": test["macro_f1"]})
+        for name in sorted(task.ood):
+            metrics[f"ood_acc/{name}"] = evaluate(model, tokenizer, task.ood[name], task.num_labels, cfg,
+                                                  device)["acc"]
+    return TrainResult(metrics, curve, total, time.time() - t0)

@@ -100,6 +100,11 @@ class AdaptedModule(nn.Module):
             fast = _batched_mixed_forward(self, args[0], rows, present)
             if fast is not None:
                 return fast
+        elif present and all(type(self.adapters[n]) is type(self.adapters[present[0]]) for n in present):
+            # block-level methods (e.g. LoReFT) run the base once and edit each row's output
+            batched_call = getattr(type(self.adapters[present[0]]), "mixed_batch_functional_forward", None)
+            if batched_call is not None:
+                return batched_call(self, args, kwargs, rows, present)
         out: Tensor | None = None
         for n, idx in groups.items():
             index = torch.tensor(idx, device=first.device)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -258,6 +259,9 @@ class AdaptedModel(nn.Module):
 
     # --- running -------------------------------------------------------------------------------------
     def forward(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
+        if args and self._has_input_hooks():  # input-space methods read input_ids & co. by name
+            kwargs = {**inspect.signature(self.model.forward).bind_partial(*args).arguments, **kwargs}
+            args = ()
         kwargs = self._model_input_hooks(kwargs)
         if adapter_names is None:
             out = self.model(*args, **kwargs)
@@ -277,6 +281,11 @@ class AdaptedModel(nn.Module):
             return self.model.generate(**kwargs)
         finally:
             self._model_output_hooks(kwargs, None)
+
+    def _has_input_hooks(self) -> bool:
+        base_hook = LayerAdapter.transform_model_inputs.__func__  # type: ignore[attr-defined]
+        return any(get_method(self.specs[n].method).transform_model_inputs.__func__ is not base_hook
+                   for n in self.active_adapters)
 
     def _hooks_apply(self) -> bool:
         layers = self.adapted_layers()

@@ -1,0 +1,199 @@
+"""Prompt tuning: trainable soft-prompt embeddings (Lester, Al-Rfou, Constant, EMNLP 2021, arXiv:2104.08691).
+
+Hypothesis: a frozen model can be steered to fine-tuning quality by moving only its input context
+in embedding space (given a large enough model).
+
+Insertion point: input — ``p`` trainable vectors are prepended to the token embeddings of every
+sequence (the adapter sits on the input embedding module, which itself is left unchanged).
+
+Pseudocode::
+
+    P ∈ R^{p×d}  ← embeddings of p random vocabulary tokens   (init="vocab"; "random": U(−0.5, 0.5))
+    E = embed(tokens)                       # (n, d), frozen
+    X = concat(P, E)                        # (p + n, d); attention mask gets p leading ones
+    y = frozen_model(X)                     # outputs at the p virtual positions are dropped
+    parameters: p·d in total (not per layer)
+
+Labels aligned with the tokens (causal LM, token classification) get ``p`` leading ``-100``; the
+returned ``logits`` / ``last_hidden_state`` / ``hidden_states`` drop the virtual positions, so the
+adapted model's outputs line up with its inputs. ``generate()`` prepends the prompt to the prompt
+tokens' embeddings in the prefill and returns the usual ``input_ids + new tokens``. Not mergeable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ..core.method import BaseFn, LayerAdapter, MethodError, register
+from ._model_level import (
+    INPUT_EMBEDDINGS,
+    batch_and_length,
+    forward_accepts,
+    prepend_ones,
+    shared_state,
+    single_adapter,
+)
+
+INITS = ("vocab", "random")
+IGNORE_INDEX = -100
+
+
+class PromptState(nn.Module):
+    """Per-call bookkeeping: the sequence length right after this adapter prepended its prompt."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.length: int | None = None
+
+
+def check_token_model(model: nn.Module, method: str) -> None:
+    """The model must embed tokens with an ``nn.Embedding`` and accept ``inputs_embeds``."""
+    getter = getattr(model, "get_input_embeddings", None)
+    emb = getter() if callable(getter) else None
+    emb = getattr(emb, "base", emb)  # seen through an adapter wrapper
+    if not isinstance(emb, nn.Embedding):
+        kind = "none" if emb is None else type(emb).__name__
+        raise MethodError(f"{method} needs a model whose input is token ids embedded by an nn.Embedding "
+                          f"(get_input_embeddings()); {type(model).__name__} has {kind}")
+    if not forward_accepts(model, "inputs_embeds"):
+        raise MethodError(f"{method} needs a model whose forward accepts inputs_embeds; "
+                          f"{type(model).__name__}.forward does not")
+
+
+@register("prompt_tuning")
+class PromptTuning(LayerAdapter):
+    family = "input-space"
+    insertion = "input"
+    summary = "p trainable soft-prompt vectors prepended to the token embeddings; the model is frozen."
+    formula = "p·d (in total)"
+    mergeable = False
+    noop_at_init = False
+    supports_mixed_batch = False
+    stackable = False
+    size_knob: ClassVar[str | None] = "num_virtual_tokens"
+    target_types: ClassVar[tuple[type[nn.Module], ...]] = (nn.Embedding,)
+    default_targets: ClassVar[Any] = INPUT_EMBEDDINGS
+    test_config: ClassVar[dict[str, Any]] = {"num_virtual_tokens": 4}
+    test_skip: ClassVar[dict[str, str]] = {
+        "mlp": "the MLP takes feature vectors, not token ids",
+        "vit": "ViT embeds pixel patches; soft prompts for images are visual prompt tuning, a separate method",
+    }
+
+    @dataclasses.dataclass
+    class Config:
+        num_virtual_tokens: int = 20
+        init: str = "vocab"  # "vocab": embeddings of random vocabulary tokens; "random": U(-0.5, 0.5)
+        init_token_ids: list[int] | None = None  # init from these tokens' embeddings (cycled), e.g. class names
+
+    @classmethod
+    def validate_config(cls, cfg: Config) -> None:
+        if cfg.num_virtual_tokens < 1:
+            raise MethodError(f"prompt_tuning: num_virtual_tokens must be ≥ 1, got {cfg.num_virtual_tokens}")
+        if cfg.init not in INITS:
+            raise MethodError(f"prompt_tuning: init must be one of {', '.join(INITS)}, got {cfg.init!r}")
+        if cfg.init_token_ids is not None and not cfg.init_token_ids:
+            raise MethodError("prompt_tuning: init_token_ids is empty")
+
+    @classmethod
+    def check_model(cls, model: nn.Module, cfg: Config) -> None:
+        check_token_model(model, cls.name)
+
+    @classmethod
+    def build_shared(cls, targets: dict[str, nn.Module], cfg: Config) -> nn.Module:
+        if len(targets) != 1:
+            raise MethodError(f"prompt_tuning: the prompt lives on the one input embedding; {len(targets)} "
+                              f"modules matched ({', '.join(targets)})")
+        return PromptState()
+
+    def __init__(self, base: nn.Module, cfg: Config, shared: nn.Module | None = None) -> None:
+        super().__init__(base, cfg, shared)
+        vocab, d = base.weight.shape
+        p = cfg.num_virtual_tokens
+        if cfg.init_token_ids is not None:
+            ids = torch.tensor(cfg.init_token_ids, dtype=torch.long)
+            if int(ids.min()) < 0 or int(ids.max()) >= vocab:
+                raise MethodError(f"prompt_tuning: init_token_ids must lie in [0, {vocab}), got {cfg.init_token_ids}")
+            init = base.weight.detach()[ids.repeat(p // len(ids) + 1)[:p].to(base.weight.device)].float()
+        elif cfg.init == "vocab":
+            init = base.weight.detach()[torch.randint(0, vocab, (p,)).to(base.weight.device)].float()
+        else:
+            init = torch.rand(p, d) - 0.5
+        self.prompt = nn.Parameter(init.clone().cpu())
+
+    # --- layer level: the embedding module itself is unchanged --------------------------------------
+    def forward(self, x: Tensor, base_fn: BaseFn) -> Tensor:
+        return base_fn(x)
+
+    def reference_forward(self, x: Tensor, base: nn.Module) -> Tensor:
+        return base(x)
+
+    @classmethod
+    def param_count(cls, base: nn.Module, cfg: Config) -> int:
+        return cfg.num_virtual_tokens * int(base.weight.shape[1])
+
+    # --- model level ---------------------------------------------------------------------------------
+    @classmethod
+    def _prepend(cls, model: nn.Module, name: str, kwargs: dict[str, Any], keep_ids: bool) -> dict[str, Any]:
+        past = kwargs.get("past_key_values")
+        if past is not None and hasattr(past, "get_seq_length") and past.get_seq_length() > 0:
+            return kwargs  # continuing a cache that already holds the prompt
+        _, adapter = single_adapter(model, name, cls)
+        batch, n, device = batch_and_length(kwargs)
+        kwargs = dict(kwargs)
+        embeds = kwargs.get("inputs_embeds")
+        if embeds is None:
+            embeds = model.get_input_embeddings()(kwargs["input_ids"])  # through the wrapper: other adapters apply
+        if not keep_ids:
+            kwargs.pop("input_ids", None)
+        p = adapter.cfg.num_virtual_tokens
+        prompt = adapter.prompt.to(device=embeds.device, dtype=embeds.dtype).expand(batch, -1, -1)
+        kwargs["inputs_embeds"] = torch.cat([prompt, embeds], dim=1)
+        kwargs["attention_mask"] = prepend_ones(kwargs.get("attention_mask"), batch, n, p, device)
+        if isinstance(kwargs.get("token_type_ids"), Tensor):
+            tt = kwargs["token_type_ids"]
+            kwargs["token_type_ids"] = torch.cat([tt.new_zeros(batch, p), tt], dim=1)
+        if isinstance(kwargs.get("position_ids"), Tensor):
+            pos = kwargs["position_ids"]
+            lead = torch.arange(p, device=pos.device, dtype=pos.dtype).expand(pos.shape[0], p)
+            kwargs["position_ids"] = torch.cat([lead, pos + p], dim=1)
+        labels = kwargs.get("labels")
+        if isinstance(labels, Tensor) and labels.dim() == 2 and labels.shape[1] == n:
+            kwargs["labels"] = torch.cat([labels.new_full((labels.shape[0], p), IGNORE_INDEX), labels], dim=1)
+        state = shared_state(model, name)
+        if state is not None:
+            state.length = n + p
+        return kwargs
+
+    @classmethod
+    def transform_model_inputs(cls, model: nn.Module, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        return cls._prepend(model, name, kwargs, keep_ids=False)
+
+    @classmethod
+    def transform_generate_inputs(cls, model: nn.Module, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if "input_ids" not in kwargs and "inputs_embeds" not in kwargs:
+            raise MethodError("prompt_tuning: generate() needs input_ids (or inputs_embeds) to prepend the prompt to")
+        return cls._prepend(model, name, kwargs, keep_ids=True)
+
+    @classmethod
+    def transform_model_outputs(cls, model: nn.Module, name: str, kwargs: dict[str, Any], outputs: Any) -> Any:
+        state = shared_state(model, name)
+        length = None if state is None else state.length
+        if state is not None:
+            state.length = None
+        if outputs is None or length is None:
+            return outputs
+        p = single_adapter(model, name, cls)[1].cfg.num_virtual_tokens
+
+        def strip(t: Any) -> Any:
+            return t[:, p:] if isinstance(t, Tensor) and t.dim() >= 3 and t.shape[1] == length else t
+
+        for key in ("logits", "last_hidden_state"):
+            if isinstance(outputs, dict) and outputs.get(key) is not None:
+                outputs[key] = strip(outputs[key])
+        if isinstance(outputs, dict) and isinstance(outputs.get("hidden_states"), tuple):
+            outputs["hidden_states"] = tuple(strip(h) for h in outputs["hidden_states"])
+        return outputs

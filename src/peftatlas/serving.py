@@ -49,6 +49,8 @@ def bank(tensors: Sequence[Tensor], dtype: torch.dtype | None = None) -> Tensor:
     if any(t.dim() != ndim for t in tensors):
         raise ValueError(f"bank(): tensors have different numbers of dimensions {[t.dim() for t in tensors]}")
     dtype = dtype or tensors[0].dtype
+    if all(t.shape == tensors[0].shape for t in tensors):  # the common case: one stack, no padding
+        return torch.stack([*tensors, torch.zeros_like(tensors[0])]).to(dtype)
     shape = [max(int(t.shape[d]) for t in tensors) for d in range(ndim)]
     out = tensors[0].new_zeros((len(tensors) + 1, *shape), dtype=dtype)
     for i, t in enumerate(tensors):

@@ -114,8 +114,8 @@ class LoRA(LayerAdapter):
         adapters = [layer.adapters[n] for n in present]
         dt = compute_dtype(x, adapters[0].lora_A)
         idx = row_index(rows, present, x.device)
-        A = bank([a.lora_A for a in adapters], dt)[idx]                    # (batch, r, d_in)
-        B = bank([a.lora_B * a.scale for a in adapters], dt)[idx]          # (batch, d_out, r)
+        A = bank([a.lora_A for a in adapters], dt).index_select(0, idx)  # (batch, r, d_in)
+        B = bank([a.lora_B * a.scale for a in adapters], dt).index_select(0, idx)  # (batch, d_out, r)
         batch = len(rows)
         h = torch.bmm(as_rows(x.to(dt), batch), A.transpose(1, 2))          # (batch, M, r)
         out = torch.baddbmm(as_rows(y, batch).to(dt), h, B.transpose(1, 2))

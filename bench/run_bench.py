@@ -1,0 +1,158 @@
+"""Run the peftatlas-vs-PEFT benchmark suites and write ``bench/results/<suite>.{json,md}``.
+
+    python bench/run_bench.py --suite cpu                    # linear 1024/2048/4096 + small Llama + serving
+    python bench/run_bench.py --suite cpu --widths 2048 --methods lora,vera --repeats 15
+    python bench/run_bench.py --suite gpu                    # CUDA: Llama 0.95B, bf16, batch 8×512, all linear
+    python bench/run_bench.py --suite serving                # mixed-adapter batches only
+
+Every method both libraries have (``peftatlas.interop.converters()``) is timed unless
+``--methods`` narrows it. Hyperparameters: :data:`BENCH_HP` (the PEFT-benchmark defaults), else
+the method's own defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness as H
+from peftatlas.interop import converters
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# Sizes used by PEFT's own benchmark where it has one (method_comparison/), else the paper's.
+BENCH_HP: dict[str, dict[str, Any]] = {
+    "lora": {"r": 8, "alpha": 16},
+    "vera": {"r": 256},
+    "dora": {"r": 8, "alpha": 16},
+    "oft": {"block_size": 32},
+    "boft": {"block_size": 4},
+    "hra": {"r": 8},
+    "ia3": {},
+    "loha": {"r": 8},
+    "lokr": {"r": 8},
+    "fourierft": {"n_frequency": 1000},
+    "c3a": {"block_size": 64},
+    "vblora": {},
+}
+
+
+def methods_to_run(arg: str | None) -> list[str]:
+    both = list(converters())
+    if not arg:
+        return both
+    wanted = [m.strip() for m in arg.split(",") if m.strip()]
+    missing = [m for m in wanted if m not in both]
+    if missing:
+        raise SystemExit(f"no PEFT counterpart for {missing}; comparable methods: {', '.join(both)}")
+    return wanted
+
+
+def hp_for(method: str, overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    import dataclasses
+
+    import peftatlas as pa
+
+    hp = dict((overrides or {}).get(method, BENCH_HP.get(method, {})))
+    fields = {f.name for f in dataclasses.fields(pa.get_method(method).Config)}
+    return {k: v for k, v in hp.items() if k in fields}
+
+
+def compare(wl: H.Workload, methods: list[str], modes: list[str], repeats: int, warmup: int,
+            log: Any = print) -> list[H.Table]:
+    """Floor + (ours, PEFT) for each method on one workload; one table per mode."""
+    cands = [H.floor(wl)]
+    for m in methods:
+        hp = hp_for(m)
+        try:
+            mine = H.ours(wl, m, **hp)
+            theirs = H.peft(wl, m, source=mine, **hp)
+        except Exception as e:  # a method that cannot take this shape: say so, keep going
+            log(f"  skip {m} on {wl.name}: {type(e).__name__}: {e}")
+            continue
+        cands += [mine, theirs]
+    tables = []
+    for mode in modes:
+        t0 = time.time()
+        tables.append(H.measure(cands, mode=mode, warmup=warmup, repeats=repeats))
+        log(f"  {wl.name} {mode}: {time.time() - t0:.0f}s")
+    return tables
+
+
+def suite_cpu(args: argparse.Namespace) -> tuple[list[H.Table], list[dict[str, Any]]]:
+    methods = methods_to_run(args.methods)
+    tables: list[H.Table] = []
+    for width in args.widths:
+        tables += compare(H.linear_workload(width, args.tokens), methods, args.modes, args.repeats, args.warmup)
+    if not args.skip_llama:
+        wl = H.llama_workload("cpu-small", batch=2, seq=128)
+        tables += compare(wl, methods, args.modes, args.repeats, args.warmup)
+    mixed = [] if args.skip_serving else suite_serving(args)[1]
+    return tables, mixed
+
+
+def suite_serving(args: argparse.Namespace, device: str = "cpu") -> tuple[list[H.Table], list[dict[str, Any]]]:
+    out = []
+    wl = H.linear_workload(1024, 1, device=device)  # placeholder for shape; rows set below
+    g = torch.Generator().manual_seed(3)
+    rows, tokens = 512, 4
+    x = torch.randn(rows, tokens, 1024, generator=g).to(device)
+    wl = H.Workload(name="linear-1024", build=wl.build, inputs={"x": x}, loss=wl.loss, targets=wl.targets,
+                    grad_input="x", device=device, info={"shape": "linear", "d_in": 1024, "d_out": 1024,
+                                                         "rows": rows, "tokens_per_row": tokens})
+    for method, hp in (("lora", {"r": 8, "alpha": 16}), ("vera", {"r": 256})):
+        t0 = time.time()
+        out.append(H.mixed_batch_timings(wl, method, n_adapters=(1, 8, 64, 512), repeats=args.repeats,
+                                         warmup=args.warmup, with_peft=(1, 8, 64), **hp))
+        print(f"  serving {method}: {time.time() - t0:.0f}s")
+    return [], out
+
+
+def suite_gpu(args: argparse.Namespace) -> tuple[list[H.Table], list[dict[str, Any]]]:
+    if not torch.cuda.is_available():
+        raise SystemExit("--suite gpu needs CUDA; this machine has none (use --suite cpu)")
+    methods = methods_to_run(args.methods)
+    wl = H.llama_workload("llama-0.95b", batch=8, seq=512, device="cuda", dtype=torch.bfloat16)
+    tables = compare(wl, methods, args.modes, args.repeats, args.warmup)
+    mixed = []
+    if not args.skip_serving:
+        serve = H.llama_workload("llama-0.95b", batch=512, seq=16, device="cuda", dtype=torch.bfloat16)
+        mixed.append(H.mixed_batch_timings(serve, "lora", n_adapters=(1, 8, 64, 512), repeats=args.repeats,
+                                           warmup=args.warmup, with_peft=(1, 8, 64), r=16, alpha=32))
+    return tables, mixed
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", choices=("cpu", "gpu", "serving"), default="cpu")
+    p.add_argument("--methods", help="comma-separated method names (default: every method PEFT also has)")
+    p.add_argument("--widths", type=lambda s: [int(w) for w in s.split(",")], default=[1024, 2048, 4096])
+    p.add_argument("--tokens", type=int, default=1024, help="input rows of the single-layer workload")
+    p.add_argument("--modes", type=lambda s: s.split(","), default=["train", "infer"])
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--skip-llama", action="store_true")
+    p.add_argument("--skip-serving", action="store_true")
+    p.add_argument("--out", default=None, help="output path without suffix (default bench/results/<suite>)")
+    p.add_argument("--note", default="")
+    args = p.parse_args(argv)
+    with H.threads(args.threads):
+        run = {"cpu": suite_cpu, "gpu": suite_gpu, "serving": suite_serving}[args.suite]
+        tables, mixed = run(args)
+    out = Path(args.out) if args.out else RESULTS / args.suite
+    js, md = H.write_report(tables, out, mixed, note=args.note)
+    print(md.read_text())
+    print(f"wrote {js} and {md}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,67 @@
+"""The benchmark harness runs end to end on tiny shapes (no timing assertions: the machine is shared)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("peft", reason="the harness compares against HF PEFT (a benchmark-only dependency)")
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import harness as H  # noqa: E402
+
+
+def test_harness_times_ours_peft_and_floor_and_writes_reports(tmp_path):
+    wl = H.linear_workload(width=32, tokens=8)
+    mine = H.ours(wl, "lora", r=2)
+    cands = [H.floor(wl), mine, H.peft(wl, "lora", source=mine, r=2)]
+    train = H.measure(cands, mode="train", warmup=1, repeats=2)
+    infer = H.measure(cands, mode="infer", warmup=1, repeats=2)
+    for table in (train, infer):
+        assert [t.label for t in table.timings] == ["floor", "ours:lora", "peft:lora"]
+        assert all(len(t.samples_ms) == 2 and t.median > 0 for t in table.timings)
+        (row,) = table.rows()
+        assert row["method"] == "lora" and row["ours_over_peft"] > 0 and row["ours_x_floor"] > 0
+        assert row["ours_trainable"] == row["peft_trainable"] == 2 * (32 + 32)
+        assert row["max_abs_diff"] is not None and row["max_abs_diff"] < 1e-5  # same function in both libraries
+    assert train.get("floor").memory["saved_mb"] > 0
+    js, md = H.write_report([train, infer], tmp_path / "run", note="tiny")
+    data = json.loads(js.read_text())
+    assert data["tables"][0]["rows"][0]["method"] == "lora"
+    text = md.read_text()
+    assert "linear-32 — train" in text and "| lora |" in text
+
+
+def test_training_step_updates_only_adapter_params():
+    wl = H.linear_workload(width=16, tokens=4)
+    c = H.ours(wl, "vera", r=4)
+    before = {id(p): p.detach().clone() for p in c.params}
+    frozen = {n: p.detach().clone() for n, p in c.model.named_parameters() if not p.requires_grad}
+    H.train_step(c)
+    H.train_step(c)
+    assert any(not (p.detach() == before[id(p)]).all() for p in c.params)
+    for n, p in c.model.named_parameters():
+        if n in frozen:
+            assert (p.detach() == frozen[n]).all(), n
+
+
+def test_llama_workload_and_mixed_batch_serving():
+    wl = H.llama_workload("tiny", batch=4, seq=3)
+    table = H.measure([H.floor(wl), H.ours(wl, "lora", r=2)], mode="train", warmup=0, repeats=1, check=False)
+    assert table.rows()[0]["ours_x_floor"] > 0
+    serve = H.linear_workload(width=16, tokens=8)
+    result = H.mixed_batch_timings(serve, "lora", n_adapters=(1, 4), repeats=1, warmup=0, with_peft=(4,), r=2)
+    assert [e["n"] for e in result["by_n"]] == [1, 4]
+    assert result["by_n"][1]["max_abs_diff"] < 1e-5  # PEFT's adapter_names path agrees with ours
+    assert "mixed-adapter batch" in H.markdown([], [result])
+
+
+def test_measure_rejects_bad_mode():
+    wl = H.linear_workload(width=8, tokens=2)
+    with pytest.raises(ValueError, match="mode"):
+        H.measure([H.floor(wl)], mode="fast")

@@ -1,0 +1,191 @@
+"""PEFT-format interop: our exports load in HF PEFT with the same outputs, and the reverse."""
+
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import peftatlas as pa
+from peftatlas.interop import InteropError, converters, export_peft, import_peft
+from peftatlas.testing import tiny_model
+
+peft = pytest.importorskip("peft", reason="interop tests compare against HF PEFT")
+
+CONVERTIBLE = sorted(converters())
+
+
+def _perturbed(kind: str, method: str, **hp):
+    tm = tiny_model(kind)
+    base = copy.deepcopy(tm.model)
+    model = pa.attach(tm.model, method, **hp)
+    g = torch.Generator().manual_seed(5)
+    for ln in sorted(model.adapted_layers()):
+        model.adapted_layers()[ln].adapters["default"].perturb_(g, 0.1)
+    for p in model.shared_parameters().values():
+        with torch.no_grad():
+            p.add_(torch.randn(p.shape, generator=g).to(p) * 0.1)
+    with torch.no_grad():
+        for p in model.head_parameters().values():
+            p.add_(0.05)
+    return tm, base, model
+
+
+def _out(tm, model, **kw):
+    with torch.no_grad():
+        return tm.output(model(**tm.make_inputs(3, 2), **kw))
+
+
+def _peft_load(base, path, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return peft.PeftModel.from_pretrained(copy.deepcopy(base), str(path), **kw)
+
+
+@pytest.mark.parametrize("method", CONVERTIBLE)
+@pytest.mark.parametrize("kind", ["bert", "llama"])
+def test_export_loads_in_peft_and_reimports_exactly(method, kind, tmp_path):
+    cls = pa.get_method(method)
+    reason = cls.test_skip.get(kind)
+    if reason:
+        pytest.skip(reason)
+    tm, base, model = _perturbed(kind, method, **cls.test_config)
+    y = _out(tm, model)
+    export_peft(model, tmp_path / "ours")
+    cfg = json.loads((tmp_path / "ours" / "adapter_config.json").read_text())
+    assert cfg["peft_type"] == converters()[method].peft_type
+    assert sorted(cfg["target_modules"]) == sorted(model.specs["default"].targets)
+    theirs = _peft_load(base, tmp_path / "ours")
+    y_peft = _out(tm, theirs)
+    assert not torch.allclose(y_peft, _out(tm, copy.deepcopy(base)), atol=1e-4), "the adapter had no effect"
+    torch.testing.assert_close(y_peft, y, atol=max(cls.test_atol, 1e-5) * 10, rtol=1e-4)
+    # PEFT writes it back in its own way; we read that and get the same function again
+    theirs.save_pretrained(str(tmp_path / "peft"))
+    back = import_peft(copy.deepcopy(base), tmp_path / "peft")
+    torch.testing.assert_close(_out(tm, back), y, atol=max(cls.test_atol, 1e-5) * 10, rtol=1e-4)
+    assert not any(p.requires_grad for p in back.parameters()), "an imported adapter is frozen by default"
+
+
+def test_lora_from_peft_native_adapter(tmp_path):
+    tm = tiny_model("llama")
+    base = copy.deepcopy(tm.model)
+    cfg = peft.LoraConfig(r=3, lora_alpha=5, use_rslora=True, target_modules=["q_proj", "down_proj"],
+                          init_lora_weights=False)
+    pm = peft.get_peft_model(copy.deepcopy(base), cfg)
+    y = _out(tm, pm)
+    pm.save_pretrained(str(tmp_path))
+    ours = import_peft(copy.deepcopy(base), tmp_path, name="imported", trainable=True)
+    torch.testing.assert_close(_out(tm, ours), y, atol=1e-6, rtol=1e-5)
+    spec = ours.specs["imported"]
+    assert spec.method == "lora" and spec.config.r == 3 and spec.config.alpha == 5 and spec.config.rslora
+    assert len(spec.targets) == 4 and all(t.endswith(("q_proj", "down_proj")) for t in spec.targets)
+    assert all(p.requires_grad for p in ours.adapter_parameters("imported").values())
+
+
+@pytest.mark.parametrize("save_projection", [True, False])
+def test_vera_from_peft_native_adapter_both_projection_settings(save_projection, tmp_path):
+    tm = tiny_model("bert")
+    base = copy.deepcopy(tm.model)
+    cfg = peft.VeraConfig(r=8, target_modules=["query", "value", "intermediate.dense"], projection_prng_key=7,
+                          save_projection=save_projection, d_initial=0.3)
+    pm = peft.get_peft_model(copy.deepcopy(base), cfg)
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "vera_lambda" in n:
+                p.add_(torch.randn_like(p) * 0.2)
+    y = _out(tm, pm)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pm.save_pretrained(str(tmp_path))
+    keys = load_file(str(tmp_path / "adapter_model.safetensors"))
+    assert ("base_model.vera_A" in keys) == save_projection
+    ours = import_peft(copy.deepcopy(base), tmp_path)
+    torch.testing.assert_close(_out(tm, ours), y, atol=1e-6, rtol=1e-5)
+    assert ours.specs["default"].config.projection_seed == 7
+    assert ours.specs["default"].config.d_init == 0.3
+
+
+def test_vera_export_without_projections_stores_only_vectors(tmp_path):
+    tm, base, model = _perturbed("bert", "vera", r=8, projection_seed=3)
+    export_peft(model, tmp_path, save_projection=False)
+    keys = load_file(str(tmp_path / "adapter_model.safetensors"))
+    assert not any(k.startswith("base_model.vera_") for k in keys)
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["save_projection"] is False
+    torch.testing.assert_close(_out(tm, _peft_load(base, tmp_path)), _out(tm, model), atol=1e-6, rtol=1e-5)
+
+
+def test_vera_import_refuses_foreign_projections(tmp_path):
+    _tm, base, model = _perturbed("bert", "vera", r=8)
+    export_peft(model, tmp_path)
+    path = tmp_path / "adapter_model.safetensors"
+    tensors = load_file(str(path))
+    tensors["base_model.vera_A"] = tensors["base_model.vera_A"] * 1.5
+    save_file(tensors, str(path))
+    plain = copy.deepcopy(base)
+    with pytest.raises(InteropError, match="vera_A differs"):
+        import_peft(plain, tmp_path)
+    assert not any(isinstance(m, pa.AdaptedModule) for m in plain.modules()), "failed import changed the model"
+
+
+@pytest.mark.parametrize(("field", "value", "match"), [
+    ("fan_in_fan_out", True, "fan_in_fan_out"),
+    ("bias", "all", "bias"),
+    ("rank_pattern", {"q_proj": 2}, "rank_pattern"),
+    ("init_lora_weights", "pissa", "rewrote the base weights"),
+])
+def test_lora_import_refuses_features_it_lacks(field, value, match, tmp_path):
+    _tm, base, model = _perturbed("llama", "lora", r=2)
+    export_peft(model, tmp_path)
+    cfg_path = tmp_path / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg[field] = value
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(InteropError, match=match):
+        import_peft(copy.deepcopy(base), tmp_path)
+
+
+def test_bad_files_give_clear_errors(tmp_path):
+    _tm, base, model = _perturbed("llama", "lora", r=2)
+    with pytest.raises(InteropError, match="does not exist"):
+        import_peft(copy.deepcopy(base), tmp_path / "nothing")
+    export_peft(model, tmp_path / "a")
+    cfg_path = tmp_path / "a" / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg_path.write_text(json.dumps({**cfg, "peft_type": "NOT_A_METHOD"}))
+    with pytest.raises(InteropError, match="NOT_A_METHOD"):
+        import_peft(copy.deepcopy(base), tmp_path / "a")
+    cfg_path.write_text(json.dumps(cfg))
+    (tmp_path / "a" / "adapter_model.safetensors").rename(tmp_path / "a" / "adapter_model.bin")
+    with pytest.raises(InteropError, match="pickled"):
+        import_peft(copy.deepcopy(base), tmp_path / "a")
+    export_peft(model, tmp_path / "b")
+    tensors = load_file(str(tmp_path / "b" / "adapter_model.safetensors"))
+    first = next(k for k in tensors if k.endswith("lora_A.weight"))
+    tensors[first] = torch.zeros(5, 5)
+    save_file(tensors, str(tmp_path / "b" / "adapter_model.safetensors"))
+    with pytest.raises(InteropError, match="shape"):
+        import_peft(copy.deepcopy(base), tmp_path / "b")
+
+
+def test_export_refuses_method_peft_lacks(tmp_path):
+    tm = tiny_model("bert")
+    model = pa.attach(tm.model, "bitfit")
+    with pytest.raises(InteropError, match="no PEFT equivalent"):
+        export_peft(model, tmp_path)
+
+
+def test_head_travels_as_modules_to_save(tmp_path):
+    _tm, base, model = _perturbed("bert", "lora", r=2)
+    export_peft(model, tmp_path)
+    cfg = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert cfg["modules_to_save"] == ["classifier"]
+    keys = load_file(str(tmp_path / "adapter_model.safetensors"))
+    assert "base_model.model.classifier.weight" in keys
+    back = import_peft(copy.deepcopy(base), tmp_path)
+    assert back.head_names == ["classifier"]
+    head = "classifier.weight"
+    torch.testing.assert_close(back.head_parameters()[head], model.head_parameters()[head])

@@ -62,12 +62,18 @@ class C3A(LayerAdapter):
         require(cfg.block_size >= 1, "c3a", f"block_size must be ≥ 1, got {cfg.block_size}")
         require(cfg.init in ("zeros", "xavier"), "c3a", f"init must be 'zeros' or 'xavier', got {cfg.init!r}")
 
-    def __init__(self, base: nn.Module, cfg: Config, shared: nn.Module | None = None) -> None:
-        super().__init__(base, cfg, shared)
-        d_out, d_in = self.dims(base)
+    @classmethod
+    def check_layer(cls, base: nn.Module, cfg: Config) -> tuple[int, int]:
+        d_out, d_in = cls.dims(base)
         b = cfg.block_size
         require(d_in % b == 0 and d_out % b == 0, "c3a",
                 f"block_size={b} must divide both d_in={d_in} and d_out={d_out} of this layer")
+        return d_out, d_in
+
+    def __init__(self, base: nn.Module, cfg: Config, shared: nn.Module | None = None) -> None:
+        super().__init__(base, cfg, shared)
+        d_out, d_in = self.check_layer(base, cfg)
+        b = cfg.block_size
         self.b, self.d_in = b, d_in
         kernel = torch.zeros(d_out // b, d_in // b, b)
         if cfg.init == "xavier":
@@ -98,5 +104,5 @@ class C3A(LayerAdapter):
 
     @classmethod
     def param_count(cls, base: nn.Module, cfg: Config) -> int:
-        d_out, d_in = cls.dims(base)
+        d_out, d_in = cls.check_layer(base, cfg)
         return d_out * d_in // cfg.block_size

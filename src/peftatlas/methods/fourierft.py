@@ -62,11 +62,16 @@ class FourierFT(LayerAdapter):
         require(cfg.n_frequency >= 1, "fourierft", f"n_frequency must be ≥ 1, got {cfg.n_frequency}")
         require(cfg.init in ("zeros", "paper"), "fourierft", f"init must be 'zeros' or 'paper', got {cfg.init!r}")
 
-    def __init__(self, base: nn.Module, cfg: Config, shared: nn.Module | None = None) -> None:
-        super().__init__(base, cfg, shared)
-        d_out, d_in = self.dims(base)
+    @classmethod
+    def check_layer(cls, base: nn.Module, cfg: Config) -> tuple[int, int]:
+        d_out, d_in = cls.dims(base)
         require(cfg.n_frequency <= d_out * d_in, "fourierft",
                 f"n_frequency={cfg.n_frequency} exceeds the {d_out}×{d_in} = {d_out * d_in} entries of this layer")
+        return d_out, d_in
+
+    def __init__(self, base: nn.Module, cfg: Config, shared: nn.Module | None = None) -> None:
+        super().__init__(base, cfg, shared)
+        d_out, d_in = self.check_layer(base, cfg)
         self.d_out, self.d_in = d_out, d_in
         rows, cols = spectrum_entries(d_out, d_in, cfg.n_frequency, cfg.random_loc_seed)
         self.register_buffer("rows", rows, persistent=False)
@@ -98,4 +103,5 @@ class FourierFT(LayerAdapter):
 
     @classmethod
     def param_count(cls, base: nn.Module, cfg: Config) -> int:
+        cls.check_layer(base, cfg)
         return cfg.n_frequency

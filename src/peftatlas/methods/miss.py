@@ -74,7 +74,7 @@ class MiSS(LayerAdapter):
 
     @classmethod
     def param_count(cls, base: nn.Module, cfg: Config) -> int:
-        return cfg.r * cls.dims(base)[0]
+        return cfg.r * cls.check_layer(base, cfg)[0]
 
 
 @register("bone")
@@ -94,11 +94,16 @@ class Bone(LayerAdapter):
     def validate_config(cls, cfg: Config) -> None:
         require(cfg.r >= 1, "bone", f"block size r must be ≥ 1, got {cfg.r}")
 
-    def __init__(self, base: nn.Module, cfg: Config, shared: nn.Module | None = None) -> None:
-        super().__init__(base, cfg, shared)
-        d_out, d_in = self.dims(base)
+    @classmethod
+    def check_layer(cls, base: nn.Module, cfg: Config) -> tuple[int, int]:
+        d_out, d_in = cls.dims(base)
         require(d_in % cfg.r == 0 and d_out % cfg.r == 0, "bone",
                 f"block size r={cfg.r} must divide both d_in={d_in} and d_out={d_out} of this layer")
+        return d_out, d_in
+
+    def __init__(self, base: nn.Module, cfg: Config, shared: nn.Module | None = None) -> None:
+        super().__init__(base, cfg, shared)
+        d_out, _ = self.check_layer(base, cfg)
         object.__setattr__(self, "_base", base)
         self.bone_blocks = nn.Parameter(torch.zeros(d_out // cfg.r, cfg.r, cfg.r))
 
@@ -135,4 +140,4 @@ class Bone(LayerAdapter):
 
     @classmethod
     def param_count(cls, base: nn.Module, cfg: Config) -> int:
-        return cfg.r * cls.dims(base)[0]
+        return cfg.r * cls.check_layer(base, cfg)[0]

@@ -56,8 +56,6 @@ class SHiRA(LayerAdapter):
         super().__init__(base, cfg, shared)
         d_out, d_in = self.dims(base)
         k = self.param_count(base, cfg)
-        require(k <= d_out * d_in, "shira",
-                f"r={cfg.r} asks for {k} entries but this {d_out}×{d_in} layer has only {d_out * d_in}")
         object.__setattr__(self, "_base", base)
         self.shape = (d_out, d_in)
         if cfg.mask == "magnitude":
@@ -108,4 +106,7 @@ class SHiRA(LayerAdapter):
     @classmethod
     def param_count(cls, base: nn.Module, cfg: Config) -> int:
         d_out, d_in = cls.dims(base)
-        return cfg.r * (d_in + d_out)
+        k = cfg.r * (d_in + d_out)
+        require(k <= d_out * d_in, "shira",
+                f"r={cfg.r} asks for {k} entries but this {d_out}×{d_in} layer has only {d_out * d_in}")
+        return k

@@ -74,7 +74,7 @@ class MiSS(LayerAdapter):
 
     @classmethod
     def param_count(cls, base: nn.Module, cfg: Config) -> int:
-        return cfg.r * cls.check_layer(base, cfg)[0]
+        return cfg.r * cls.dims(base)[0]
 
 
 @register("bone")

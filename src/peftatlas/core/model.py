@@ -141,7 +141,7 @@ class AdaptedModel(nn.Module):
                 created[n] = adapter
         # commit (nothing above touched the model)
         if shared is not None:
-            self.shared[name] = shared
+            self.shared[name] = shared.train(self.model.training)
             for p in shared.parameters():  # trainable shared state (e.g. Compacter's slow factors)
                 p.requires_grad_(True)
         for n, adapter in created.items():
@@ -150,6 +150,7 @@ class AdaptedModel(nn.Module):
                 layer = AdaptedModule(bases[n])
                 set_user_submodule(self.model, n, layer)
             layer.add(name, adapter)
+            layer.train(self.model.training)  # new adapters follow the model's train/eval mode
             for p in adapter.parameters():
                 p.requires_grad_(True)
         self.specs[name] = AdapterSpec(cls.name, cfg, list(names), seed)

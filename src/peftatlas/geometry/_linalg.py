@@ -1,0 +1,100 @@
+"""Small shared helpers: matrix conversion, seeded generators, Haar-random orthogonal matrices.
+
+Every probe works in float64 numpy, whatever the source (torch tensor, fp16/bf16 weights, numpy),
+so a probe's answer does not depend on the dtype the model was trained in.
+
+Factorizations (SVD, QR, least squares) run through ``torch.linalg`` in float64 with a bounded
+number of threads (``PEFTATLAS_LINALG_THREADS``, default 1): the probes factor many small matrices,
+where one thread is efficient, and multi-threaded LAPACK on a busy machine can be ten times slower.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class GeometryError(ValueError):
+    """A probe was given a matrix it cannot work on (wrong rank, shape mismatch, NaN, ...)."""
+
+
+def as_matrix(x: Any, name: str = "matrix") -> np.ndarray:
+    """``x`` as a finite 2-D float64 array (torch tensors are detached and moved to CPU)."""
+    if hasattr(x, "detach"):
+        x = x.detach().to("cpu").float().numpy()
+    a = np.asarray(x, dtype=np.float64)
+    if a.ndim != 2:
+        raise GeometryError(f"{name} must be 2-D, got shape {tuple(a.shape)}")
+    if a.size == 0:
+        raise GeometryError(f"{name} is empty (shape {tuple(a.shape)})")
+    if not np.all(np.isfinite(a)):
+        raise GeometryError(f"{name} contains NaN or Inf")
+    return a
+
+
+def same_shape(a: np.ndarray, b: np.ndarray, what: str) -> None:
+    if a.shape != b.shape:
+        raise GeometryError(f"{what}: shapes differ, {a.shape} vs {b.shape}")
+
+
+def rng_of(seed: int | np.random.Generator | None) -> np.random.Generator:
+    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+
+
+@contextlib.contextmanager
+def linalg_threads() -> Iterator[None]:
+    """Run torch factorizations with ``PEFTATLAS_LINALG_THREADS`` threads, restoring the old count."""
+    old = torch.get_num_threads()
+    want = max(1, int(os.environ.get("PEFTATLAS_LINALG_THREADS", "1")))
+    torch.set_num_threads(want)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def to_torch(m: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(m, dtype=np.float64))
+
+
+def thin_svd(m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``U, σ, Vᵀ`` with ``min(d_out, d_in)`` components, σ descending."""
+    with linalg_threads():
+        u, s, vt = torch.linalg.svd(to_torch(m), full_matrices=False)
+    return u.numpy(), s.numpy(), vt.numpy()
+
+
+def svdvals(m: np.ndarray) -> np.ndarray:
+    """Singular values, descending."""
+    with linalg_threads():
+        return torch.linalg.svdvals(to_torch(m)).numpy()
+
+
+def haar_orthonormal(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """``n×k`` matrix with orthonormal columns, uniformly (Haar) distributed.
+
+    QR of a Gaussian matrix with the signs of R's diagonal folded into Q (Mezzadri 2007), which
+    makes the distribution exactly Haar rather than biased by the QR sign convention.
+    """
+    g = rng.standard_normal((n, k))
+    with linalg_threads():
+        q, r = torch.linalg.qr(to_torch(g))
+    return q.numpy() * np.sign(np.diag(r.numpy()))[None, :]
+
+
+def frob2(m: np.ndarray) -> float:
+    return float(np.sum(m * m))
+
+
+def rel_residual(target: np.ndarray, approx: np.ndarray) -> float:
+    """``‖target − approx‖_F / ‖target‖_F`` (0 for a zero target approximated exactly)."""
+    t = frob2(target)
+    r = frob2(target - approx)
+    if t == 0.0:
+        return 0.0 if r == 0.0 else float("inf")
+    return float(np.sqrt(r / t))

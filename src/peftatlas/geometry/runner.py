@@ -1,0 +1,257 @@
+"""Run the probes on the updates stored in a results database (``peftatlas probe --store PATH``).
+
+For every (model, task) with finished full fine-tuning runs of the main experiment::
+
+    single  probe_matrix(ΔW_FT, W0) on every adapted linear matrix of the lowest seed   (nulls)
+    pair    probe_pair(ΔW_FT seed a, ΔW_FT seed b) for the two lowest seeds            (seed-consistent rank)
+    method  spectra and magnitude/direction of each other mergeable method's own ΔW
+            (lowest seed, no nulls): what the method actually learned, e.g. DoRA's ΔM/ΔD
+
+``ΔW_FT`` is read from the full-FT run's saved adapter (keys ``<module>.deltas.weight``); a method's
+ΔW is ``merged_params(W0) − W0`` of its loaded adapter. W0 comes from the model loader of the arena
+(:func:`peftatlas.evidence.models.load_classifier`), or from any ``base_loader(model) -> nn.Module``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import __version__
+from ..core.io import read_adapter_files
+from .probe import PROBE_VERSION, ProbeRow, probe_matrix, probe_pair
+from .store import ProbeJob, ProbeStore, job_key
+
+BaseLoader = Callable[[str], nn.Module]
+DELTA_SUFFIX = ".deltas.weight"
+
+
+@dataclasses.dataclass
+class ProbeConfig:
+    """How much probing to do. ``draws`` null matrices per null model and statistic."""
+
+    draws: int = 20
+    budget: int | None = None  # equal-budget fits; None = a rank-1 LoRA's (d_out + d_in)
+    k: int = 8  # subspace size of the W0-alignment statistics
+    nulls: tuple[str, ...] = ("perm", "spec")
+    max_matrices: int | None = None  # None = every adapted linear matrix
+    seed: int = 0
+    methods: bool = True  # also probe other methods' own updates (no nulls)
+
+    def key_fields(self) -> dict[str, Any]:
+        return {"draws": self.draws, "budget": self.budget, "k": self.k, "nulls": list(self.nulls),
+                "max_matrices": self.max_matrices, "seed": self.seed, "probe_version": PROBE_VERSION}
+
+
+def default_base_loader(model: str) -> nn.Module:
+    """The arena's classifier for ``model`` (pristine pretrained encoder; the head is irrelevant here)."""
+    from ..evidence.models import load_classifier
+
+    return load_classifier(model, num_labels=2)[0].eval()
+
+
+def linear_weights(model: nn.Module) -> dict[str, np.ndarray]:
+    """W0 of every ``nn.Linear`` in ``model`` by module name (float64)."""
+    return {n: m.weight.detach().double().numpy() for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+
+
+def full_ft_deltas(folder: str | Path) -> dict[str, np.ndarray]:
+    """ΔW of every matrix in a full fine-tuning adapter folder (``<module>.deltas.weight``)."""
+    _, tensors = read_adapter_files(folder)
+    return {k[: -len(DELTA_SUFFIX)]: v.double().numpy() for k, v in tensors.items()
+            if k.endswith(DELTA_SUFFIX) and v.ndim == 2}
+
+
+def method_deltas(base: nn.Module, folder: str | Path) -> dict[str, np.ndarray]:
+    """ΔW = merged − W0 of every adapted linear layer of a saved mergeable adapter (empty if not mergeable)."""
+    from ..core.io import load_adapter
+
+    adapted = load_adapter(base, folder, name="probe")
+    out: dict[str, np.ndarray] = {}
+    try:
+        for layer_name, layer in adapted.adapted_layers().items():
+            adapter = layer.adapters["probe"]
+            if not getattr(adapter, "mergeable", False) or not isinstance(layer.base, nn.Linear):
+                continue
+            params = {k: v.detach().float() for k, v in layer.base.named_parameters(recurse=False)}
+            with torch.no_grad():
+                merged = adapter.merged_params(dict(params))["weight"]
+            out[layer_name] = (merged.double() - params["weight"].double()).numpy()
+    finally:
+        adapted.unload()
+    return out
+
+
+def matrix_kind(name: str) -> str:
+    """Module name with layer indices replaced, e.g. ``encoder.layer.N.attention.self.query``."""
+    return re.sub(r"\.\d+\.", ".N.", name)
+
+
+def select_matrices(names: list[str], max_n: int | None) -> list[str]:
+    """Up to ``max_n`` names, spread over module kinds and evenly over depth (all when ``None``)."""
+    names = sorted(names, key=_natural)
+    if max_n is None or len(names) <= max_n:
+        return names
+    by_kind: dict[str, list[str]] = {}
+    for n in names:
+        by_kind.setdefault(matrix_kind(n), []).append(n)
+    per_kind = max(1, math.ceil(max_n / len(by_kind)))
+    chosen: list[str] = []
+    for group in by_kind.values():
+        idx = np.unique(np.linspace(0, len(group) - 1, min(per_kind, len(group))).round().astype(int))
+        chosen += [group[i] for i in idx]
+    chosen = sorted(chosen, key=lambda n: (_natural(n)[1:], matrix_kind(n)))  # spread depth first
+    return sorted(chosen[:max_n], key=_natural)
+
+
+def _natural(name: str) -> list[Any]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def _probe_targets(deltas: dict[str, np.ndarray], w0: dict[str, np.ndarray], head: set[str]) -> list[str]:
+    """Linear matrices of the body with a non-zero update and a known W0."""
+    return [n for n, d in deltas.items() if n in w0 and n not in head and w0[n].shape == d.shape and np.any(d)]
+
+
+class ProbeRunner:
+    """Runs and stores probe jobs for one results database."""
+
+    def __init__(self, store_path: str | Path, config: ProbeConfig | None = None,
+                 base_loader: BaseLoader | None = None, log: Callable[[str], None] | None = print) -> None:
+        from ..evidence.store import ResultsStore
+
+        self.path = Path(store_path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"results database {self.path} does not exist; run `peftatlas run` first")
+        self.results = ResultsStore(self.path)
+        self.probes = ProbeStore(self.path)
+        self.config = config or ProbeConfig()
+        self.base_loader = base_loader or default_base_loader
+        self.log = log or (lambda s: None)
+        self._bases: dict[str, dict[str, np.ndarray]] = {}
+
+    def close(self) -> None:
+        self.results.close()
+        self.probes.close()
+
+    def base_weights(self, model: str) -> dict[str, np.ndarray]:
+        if model not in self._bases:
+            self._bases[model] = linear_weights(self.base_loader(model))
+        return self._bases[model]
+
+    def _artifact(self, rec: Any) -> Path | None:
+        path = self.results.artifact_path(rec)
+        return path if path is not None and path.is_dir() else None
+
+    def groups(self) -> dict[tuple[str, str], list[Any]]:
+        """Finished main-experiment records with artifacts, by (model, task), lowest seed first."""
+        out: dict[tuple[str, str], list[Any]] = {}
+        for rec in self.results.records(experiment="main", status="done"):
+            if self._artifact(rec) is not None:
+                out.setdefault((rec.model, rec.task), []).append(rec)
+        for recs in out.values():
+            recs.sort(key=lambda r: (r.method, r.budget or "", r.seed))
+        return out
+
+    def run(self) -> list[ProbeJob]:
+        jobs: list[ProbeJob] = []
+        for (model, task), recs in sorted(self.groups().items()):
+            full = _unique_seeds([r for r in recs if r.method == "full"])
+            if not full:
+                self.log(f"probe: {model}/{task}: no full fine-tuning run with a saved update; nothing to probe")
+                continue
+            jobs.append(self._job("single", [full[0]], model, task, "full"))
+            if len(full) >= 2:
+                jobs.append(self._job("pair", full[:2], model, task, "full"))
+            if self.config.methods:
+                others: dict[tuple[str, str], Any] = {}
+                for r in recs:
+                    if r.method not in ("full", "head_only"):
+                        others.setdefault((r.method, r.budget or ""), r)
+                for (method, _), rec in sorted(others.items()):
+                    jobs.append(self._job("method", [rec], model, task, method))
+        return jobs
+
+    def _job(self, kind: str, recs: list[Any], model: str, task: str, method: str) -> ProbeJob:
+        cfg = self.config.key_fields() if kind != "method" else {"probe_version": PROBE_VERSION,
+                                                                   "max_matrices": self.config.max_matrices}
+        key = job_key(kind, [r.key for r in recs], cfg)
+        done = self.probes.job(key)
+        if done is not None and done.status == "done":
+            self.log(f"probe: {kind:<6} {model}/{task}/{method}: already done")
+            return done
+        job = ProbeJob(key, kind, [r.key for r in recs], model, task, method,
+                       {**cfg, "seeds": [r.seed for r in recs], "budget_label": recs[0].budget,
+                        "peftatlas_version": __version__}, created=time.time())
+        start = time.time()
+        self.probes.put_job(job)
+        try:
+            job.n_matrices = self._execute(job, recs)
+            job.status = "done"
+        except (ValueError, RuntimeError, OSError) as e:  # one bad artifact must not stop the others
+            job.status, job.error = "failed", f"{type(e).__name__}: {e}"
+            self.log(f"probe: {kind} {model}/{task}/{method} failed: {job.error}")
+        job.wall_seconds = time.time() - start
+        self.probes.put_job(job)
+        return job
+
+    def _execute(self, job: ProbeJob, recs: list[Any]) -> int:
+        w0 = self.base_weights(job.model)
+        head = {"classifier"}
+        if job.kind == "method":
+            deltas = method_deltas(self.base_loader(job.model), self._artifact(recs[0]))  # type: ignore[arg-type]
+        else:
+            deltas = full_ft_deltas(self._artifact(recs[0]))  # type: ignore[arg-type]
+        names = select_matrices(_probe_targets(deltas, w0, head), self.config.max_matrices)
+        if not names:
+            self.log(f"probe: {job.kind} {job.model}/{job.task}/{job.method}: no linear matrix with a non-zero update")
+            return 0
+        other = full_ft_deltas(self._artifact(recs[1])) if job.kind == "pair" else {}  # type: ignore[arg-type]
+        done = self.probes.matrices_done(job.job_key)
+        for i, name in enumerate(names):
+            if name in done:
+                continue
+            t0 = time.time()
+            rows = self._probe_one(job.kind, name, deltas[name], w0[name], other.get(name))
+            self.probes.put_rows(job.job_key, rows)
+            self.log(f"probe: {job.kind:<6} {job.method:<16} [{i + 1}/{len(names)}] {name} "
+                     f"({len(rows)} rows, {time.time() - t0:.1f}s)")
+        return len(names)
+
+    def _probe_one(self, kind: str, name: str, delta: np.ndarray, w0: np.ndarray,
+                   other: np.ndarray | None) -> list[ProbeRow]:
+        cfg = self.config
+        if kind == "pair":
+            if other is None:
+                raise ValueError(f"second seed has no update for {name}")
+            return probe_pair(delta, other, name=name)
+        if kind == "method":
+            return probe_matrix(delta, w0, name=name, draws=0, groups=("spectral", "magdir"))
+        return probe_matrix(delta, w0, name=name, draws=cfg.draws, seed=cfg.seed, budget=cfg.budget, k=cfg.k,
+                            nulls=cfg.nulls)
+
+
+def _unique_seeds(recs: list[Any]) -> list[Any]:
+    seen: dict[int, Any] = {}
+    for r in sorted(recs, key=lambda r: r.seed):
+        seen.setdefault(r.seed, r)
+    return list(seen.values())
+
+
+def probe_store(store_path: str | Path, config: ProbeConfig | None = None, base_loader: BaseLoader | None = None,
+                log: Callable[[str], None] | None = print) -> list[ProbeJob]:
+    """Probe every full fine-tuning update (and other methods' updates) in the database; resumable."""
+    runner = ProbeRunner(store_path, config, base_loader, log)
+    try:
+        return runner.run()
+    finally:
+        runner.close()

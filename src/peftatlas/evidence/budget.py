@@ -19,6 +19,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..core.method import LayerAdapter, MethodError, get_method, make_config
@@ -78,34 +79,83 @@ def target_modules(model: nn.Module, cls: type[LayerAdapter], targets: TargetSpe
     return {n: modules[n] for n in names}
 
 
-def count_params(cls: type[LayerAdapter], modules: dict[str, nn.Module], hyperparameters: dict[str, Any]) -> int:
-    """Closed-form adapter parameter count over ``modules``; raises :class:`MethodError` if invalid."""
+def count_params(cls: type[LayerAdapter], modules: dict[str, nn.Module], hyperparameters: dict[str, Any],
+                 shared: bool = True) -> int:
+    """Closed-form adapter parameter count over ``modules``, as :func:`peftatlas.attach` would build it.
+
+    Per layer: ``param_count`` under the method's per-layer config (``layer_configs`` may specialise
+    or drop layers); plus, with ``shared``, the trainable tensors of the model-wide shared state
+    (e.g. VB-LoRA's vector bank), which is built to be counted. Raises :class:`MethodError` if invalid.
+    """
     cfg = make_config(cls, hyperparameters)
-    return sum(int(cls.param_count(m, cfg)) for m in modules.values())
+    layer_cfgs = cls.layer_configs(modules, cfg)
+    total = sum(int(cls.param_count(modules[n], c)) for n, c in layer_cfgs.items())
+    if shared:
+        state = cls.build_shared({n: modules[n] for n in layer_cfgs}, cfg)
+        total += 0 if state is None else sum(p.numel() for p in state.parameters())
+    return total
 
 
-def _try_count(cls: type[LayerAdapter], modules: dict[str, nn.Module], hp: dict[str, Any]) -> int | None:
+def _try_count(cls: type[LayerAdapter], modules: dict[str, nn.Module], hp: dict[str, Any],
+               shared: bool = True) -> int | None:
     try:
-        return count_params(cls, modules, hp)
+        return count_params(cls, modules, hp, shared)
     except (MethodError, ValueError, ZeroDivisionError):
         return None
 
 
+def _has_shared_params(cls: type[LayerAdapter], modules: dict[str, nn.Module], base: dict[str, Any], knob: str,
+                       max_value: int) -> bool:
+    """Whether the method's shared state holds trainable tensors (checked at its smallest valid knob value).
+
+    Building shared state can be costly (VeRA's random bases grow with r), so the scan builds it only
+    for methods where it counts.
+    """
+    for v in range(1, max_value + 1):
+        try:
+            cfg = make_config(cls, {**base, knob: v})
+            layer_cfgs = cls.layer_configs(modules, cfg)
+            state = cls.build_shared({n: modules[n] for n in layer_cfgs}, cfg)
+        except (MethodError, ValueError, ZeroDivisionError):
+            continue
+        return state is not None and any(True for _ in state.parameters())
+    return False
+
+
+def built_count(cls: type[LayerAdapter], modules: dict[str, nn.Module], hyperparameters: dict[str, Any]) -> int:
+    """Parameter count of the adapters really built on ``modules`` (raises what construction raises).
+
+    The closed form can accept a value that construction rejects (e.g. a block size that does not
+    divide a layer); the solver therefore confirms its pick by building it once.
+    """
+    cfg = make_config(cls, hyperparameters)
+    layer_cfgs = cls.layer_configs(modules, cfg)
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        shared = cls.build_shared({n: modules[n] for n in layer_cfgs}, cfg)
+        total = 0 if shared is None else sum(p.numel() for p in shared.parameters())
+        for n, c in layer_cfgs.items():
+            total += sum(p.numel() for p in cls(modules[n], c, shared).parameters())
+    return total
+
+
 def _best_value(cls: type[LayerAdapter], modules: dict[str, nn.Module], base: dict[str, Any], knob: str,
-                target: int, max_value: int) -> tuple[int, int] | None:
-    """(value, count) closest to ``target`` over valid knob values in [1, max_value]."""
+                target: int, max_value: int, max_checks: int = 64) -> tuple[int, int] | None:
+    """(value, built count) closest to ``target`` over valid knob values in [1, max_value]."""
+    shared = _has_shared_params(cls, modules, base, knob, max_value)
     upper = 1
     while upper < max_value:  # grow until the count passes the target (counts rise with the knob)
-        count = _try_count(cls, modules, {**base, knob: upper})
+        count = _try_count(cls, modules, {**base, knob: upper}, shared)
         if count is not None and count >= target:
             break
         upper = min(max_value, upper * 2)
-    best: tuple[int, int] | None = None
-    for v in range(1, upper + 1):
-        count = _try_count(cls, modules, {**base, knob: v})
-        if count is not None and (best is None or abs(count - target) < abs(best[1] - target)):
-            best = (v, count)
-    return best
+    counts = {v: c for v in range(1, upper + 1) if (c := _try_count(cls, modules, {**base, knob: v}, shared))
+              is not None}
+    for v in sorted(counts, key=lambda v: (abs(counts[v] - target), v))[:max_checks]:
+        try:
+            return v, built_count(cls, modules, {**base, knob: v})
+        except (MethodError, ValueError, ZeroDivisionError):
+            continue
+    return None
 
 
 def solve_budget(model: nn.Module, method: str, budget: str | int | None, reference: int,

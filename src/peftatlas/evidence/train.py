@@ -55,6 +55,7 @@ class TrainConfig:
     grad_clip: float | None = 1.0
     target_acc: float | None = None  # for steps_to_target
     device: str | None = None  # default: cuda (this rank's device) if available, else cpu
+    ddp_find_unused: bool = False  # DDP: set for methods with parameters a forward may not use
 
     def validate(self) -> None:
         checks = [
@@ -243,8 +244,8 @@ def train_classifier(model: nn.Module, tokenizer: Any, task: TaskData, cfg: Trai
     torch.manual_seed(cfg.seed * 7919 + rank)  # dropout; identical data order on every rank comes from `order`
     net: nn.Module = model
     if world > 1:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+        on = [device.index] if device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(model, device_ids=on, find_unused_parameters=cfg.ddp_find_unused)
     opt = torch.optim.AdamW(param_groups(model, cfg))
     epochs, per_epoch, eval_steps = plan_steps(len(task.train), cfg, world)
     total = epochs * per_epoch

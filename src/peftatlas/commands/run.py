@@ -1,0 +1,38 @@
+"""``peftatlas run``: run (or resume) an evidence profile into the results store and print the table."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..evidence.arena import format_table, run_profile
+    from ..evidence.profiles import get_profile
+
+    profile = get_profile(args.profile)
+    store = args.store or f"results/{profile.name}.sqlite"
+    methods = [m for group in args.methods for m in group.split(",") if m] if args.methods else None
+    t0 = time.time()
+    records = run_profile(profile, store, methods=methods, progress=not args.quiet)
+    print(format_table(records))
+    failed = [r for r in records if r.status == "failed"]
+    print(f"\n{len(records)} record(s) in {store}; {len(failed)} failed; wall {time.time() - t0:.0f} s")
+    for r in failed:
+        print(f"  failed: {r.method} lr={r.lr:g} seed={r.seed} ({r.experiment}): {r.error}")
+    return 1 if failed and not args.allow_failures else 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from ..evidence.profiles import PROFILES
+
+    p = sub.add_parser("run", help="run an evidence profile (budget-matched LR sweeps, seeds, OOD) into a store",
+                       description="Run (or resume: finished runs are never redone) an evidence profile. "
+                                   + " ".join(f"{k}: {v.description}." for k, v in PROFILES.items()))
+    p.add_argument("--profile", choices=sorted(PROFILES), default="smoke")
+    p.add_argument("--store", help="SQLite results file (default: results/<profile>.sqlite); adapters are "
+                                   "saved in an 'artifacts' folder beside it")
+    p.add_argument("--methods", nargs="+", help="only these registered methods (space or comma separated)")
+    p.add_argument("--quiet", action="store_true", help="no per-run log lines or progress bars")
+    p.add_argument("--allow-failures", action="store_true", help="exit 0 even if some runs failed")
+    p.set_defaults(func=run)

@@ -1,0 +1,162 @@
+"""Experiment plans: ``smoke`` (CI, seconds), ``quick`` (real MiniLM on a 2-core CPU), ``full`` (a GPU).
+
+A profile fixes the model, the data (task, OOD sets, subset sizes), the training schedule, the
+parameter budgets, each method's LR grid (``lr_center(method) × lr_factors``), the seeds, the
+learning-curve sizes and the accuracy target for steps-to-target. Every value enters each run's key,
+so changing a profile never silently reuses results computed under other settings.
+
+Per-method choices (:data:`METHOD_PLANS`): candidate target modules in order of preference (the
+budget solver takes the first set on which the method lands within ±10%), fixed hyperparameters,
+and the centre of its LR grid. LR centres follow the papers' reported ranges (e.g. full fine-tuning
+~5e-5, LoRA ~1e-3, VeRA ~5e-3, FourierFT ~5e-2); a method may also declare ``suggested_lr``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from ..core.method import get_method, registered_methods
+from .budget import TargetSpec
+
+ATTENTION_QV: tuple[str, ...] = ("query", "value")
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodPlan:
+    """How the arena runs one method: target candidates, fixed hyperparameters, LR grid centre."""
+
+    targets: tuple[TargetSpec, ...] = (None,)  # None = the method's default targets
+    hyperparameters: dict[str, Any] = dataclasses.field(default_factory=dict)
+    lr: float | None = None  # None = by method attribute `suggested_lr`, then by family
+    max_knob: int = 4096
+
+
+LR_BY_FAMILY = {"reference": 1e-3, "low-rank": 1e-3, "random-subspace": 5e-3, "rotation": 2e-3,
+                "structured": 2e-3, "structured-full-rank": 2e-3, "activation": 3e-3}
+
+METHOD_PLANS: dict[str, MethodPlan] = {
+    "full": MethodPlan(lr=5e-5),
+    "head_only": MethodPlan(lr=3e-3),
+    "bitfit": MethodPlan(lr=1e-3),
+    "lora": MethodPlan(targets=(ATTENTION_QV, "all-linear", ("value",)), lr=1e-3),
+    # VeRA's count is d_out + r per layer, so big budgets need a big shared rank; all-linear keeps r small
+    "vera": MethodPlan(targets=("all-linear", ATTENTION_QV), lr=5e-3, max_knob=2048),
+    "surm_circulant": MethodPlan(targets=(ATTENTION_QV,), lr=2e-3),
+    "goft": MethodPlan(targets=(ATTENTION_QV,), lr=2e-3),
+    "qgoft": MethodPlan(targets=(ATTENTION_QV,), lr=2e-3),
+    "fourierft": MethodPlan(targets=(ATTENTION_QV,), lr=5e-2),
+    "c3a": MethodPlan(targets=(ATTENTION_QV,), lr=1e-1),
+}
+
+
+def method_plan(method: str) -> MethodPlan:
+    """The plan of ``method`` (a registered name): explicit entry, else attention q/v targets when linear."""
+    cls = get_method(method)
+    plan = METHOD_PLANS.get(cls.name)
+    if plan is None:
+        targets: tuple[TargetSpec, ...] = (ATTENTION_QV, None) if cls.default_targets == "all-linear" else (None,)
+        plan = MethodPlan(targets=targets)
+    return plan
+
+
+def lr_center(method: str) -> float:
+    cls = get_method(method)
+    plan = method_plan(method)
+    if plan.lr is not None:
+        return plan.lr
+    suggested = getattr(cls, "suggested_lr", None)
+    if isinstance(suggested, int | float) and suggested > 0:
+        return float(suggested)
+    return LR_BY_FAMILY.get(cls.family, 1e-3)
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """One experiment plan (see the module docstring)."""
+
+    name: str
+    model: str
+    task: str
+    methods: tuple[str, ...]  # in run order; names not registered are skipped with a note
+    budgets: tuple[str, ...]  # for methods with a size knob; fixed-size methods run once
+    lr_factors: tuple[float, ...]
+    seeds: tuple[int, ...]
+    train: dict[str, Any]  # TrainConfig fields other than lr, head_lr and seed
+    head_lr: float  # for every method but head_only (whose swept LR is the head's)
+    train_size: int | None = None
+    val_size: int | None = None
+    test_size: int | None = None
+    ood_size: int | None = None
+    extra_tasks: tuple[str, ...] = ()  # further in-distribution tasks (no OOD), same plan
+    learning_curve_sizes: tuple[int | None, ...] = ()  # None = the whole training subset
+    learning_curve_methods: tuple[str, ...] = ()  # () = every method of the profile
+    learning_curve_seeds: int = 1
+    target_acc: float | None = None
+    budget_tolerance: float = 0.10
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if len(self.lr_factors) < 1 or len(self.seeds) < 1:
+            raise ValueError(f"profile {self.name}: needs at least one LR and one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"profile {self.name}: seeds must be distinct, got {self.seeds}")
+
+    def lr_grid(self, method: str) -> list[float]:
+        center = lr_center(method)
+        return [float(f"{center * f:.3g}") for f in self.lr_factors]
+
+
+SEED_METHODS = ("surm_circulant", "goft")  # the seed papers' methods, in every CPU profile when registered
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke", model="tiny-bert", task="mr",
+        methods=("full", "head_only", "lora", "vera"),
+        budgets=("1%",), lr_factors=(1.0, 3.0), seeds=(0, 1),
+        train={"epochs": 1, "batch_size": 16, "evals_per_epoch": 2, "max_length": 32, "min_steps": 4},
+        head_lr=3e-3, train_size=64, val_size=32, test_size=32, ood_size=16,
+        learning_curve_sizes=(16,), learning_curve_methods=("lora",), target_acc=0.5,
+        description="tiny config-built BERT on 64 real movie-review sentences: the pipeline end to end in seconds"),
+    "quick": Profile(
+        name="quick", model="minilm", task="mr",
+        methods=("full", "head_only", "lora", "vera", *SEED_METHODS),
+        budgets=("0.1%",), lr_factors=(1 / 3, 1.0, 3.0), seeds=(0, 1, 2),
+        train={"epochs": 1, "batch_size": 32, "evals_per_epoch": 2, "max_length": 64},
+        head_lr=3e-3, train_size=1024, val_size=400, test_size=1000, ood_size=300,
+        target_acc=0.75,
+        description="pretrained MiniLM-L6 on movie-review sentiment (1,024 training sentences), OOD on "
+                    "Amazon/tweets/NYT; budget 0.1% of the encoder; fits a 2-core CPU"),
+    "full": Profile(
+        name="full", model="minilm", task="mr",
+        methods=(),  # () = every registered method
+        budgets=("0.1%", "1%"), lr_factors=(0.1, 1 / 3, 1.0, 3.0, 10.0), seeds=(0, 1, 2),
+        train={"epochs": 3, "batch_size": 32, "evals_per_epoch": 2, "max_length": 64},
+        head_lr=3e-3, extra_tasks=("trec6", "sms_spam"),
+        learning_curve_sizes=(64, 256, 1024, None), learning_curve_seeds=3, target_acc=0.8,
+        description="every method, budgets 0.1% and 1%, 5-point LR sweeps, 3 seeds, MR + TREC-6 + SMS spam, "
+                    "OOD, learning curves; meant for a GPU"),
+}
+
+
+def get_profile(name: str | Profile) -> Profile:
+    if isinstance(name, Profile):
+        return name
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; choose from {', '.join(PROFILES)}")
+    return PROFILES[name]
+
+
+def profile_methods(profile: Profile, methods: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """(registered methods to run, requested names that are not registered)."""
+    wanted = list(methods) if methods else list(profile.methods) or list(registered_methods())
+    known, missing = [], []
+    for m in wanted:
+        try:
+            name = get_method(m).name
+        except ValueError:
+            missing.append(m)
+            continue
+        if name not in known:
+            known.append(name)
+    return known, missing

@@ -53,7 +53,7 @@ def test_export_loads_in_peft_and_reimports_exactly(method, kind, tmp_path):
     reason = cls.test_skip.get(kind)
     if reason:
         pytest.skip(reason)
-    tm, base, model = _perturbed(kind, method, **cls.test_config)
+    tm, base, model = _perturbed(kind, method, **{**cls.test_config, **converters()[method].peft_compatible})
     y = _out(tm, model)
     export_peft(model, tmp_path / "ours")
     cfg = json.loads((tmp_path / "ours" / "adapter_config.json").read_text())

@@ -1,4 +1,4 @@
-"""The built-in converters: peftatlas methods that HF PEFT also has, in PEFT's on-disk layout.
+"""Converters of the low-rank family: LoRA, DoRA, VeRA, VB-LoRA (PEFT ``LORA``, ``VERA``, ``VBLORA``).
 
 Each class reads like a table: which PEFT tensor is which of ours, which config field is which
 hyperparameter, and which PEFT features must stay off because our method does not have them.
@@ -66,7 +66,8 @@ class VeRAConverter(Converter):
     layer_keys: ClassVar[dict[str, str]] = {"vera_lambda_b": "vera_b", "vera_lambda_d": "vera_d"}
     fields: ClassVar[dict[str, str]] = {"r": "r", "projection_prng_key": "projection_seed",
                                         "vera_dropout": "dropout", "d_initial": "d_init"}
-    fixed: ClassVar[dict[str, Any]] = {"fan_in_fan_out": False, "bias": "none", "init_weights": True}
+    fixed: ClassVar[dict[str, Any]] = {"fan_in_fan_out": False, "bias": "none"}
+    export_only: ClassVar[dict[str, Any]] = {"init_weights": True}
 
     @classmethod
     def config_to_peft(cls, cfg: Any, save_projection: bool = True, **options: Any) -> dict[str, Any]:
@@ -80,7 +81,8 @@ class VeRAConverter(Converter):
         return {"vera_A": shared.A, "vera_B": shared.B}
 
     @classmethod
-    def check_shared(cls, model: Any, name: str, tensors: dict[str, Tensor], peft_cfg: dict[str, Any]) -> None:
+    def shared_from_peft(cls, model: Any, name: str, tensors: dict[str, Tensor], peft_cfg: dict[str, Any]
+                         ) -> dict[str, Tensor]:
         unknown = sorted(set(tensors) - {"vera_A", "vera_B"})
         if unknown:
             raise InteropError(f"vera: unexpected model-wide tensor(s) {unknown}")
@@ -97,3 +99,71 @@ class VeRAConverter(Converter):
                     raise InteropError(
                         f"vera: the stored {key} differs from the basis regenerated from projection_prng_key={seed}; "
                         "peftatlas keeps only the seed and cannot hold arbitrary bases")
+        return {}  # the bases are buffers regenerated from the seed, nothing to fill
+
+
+@register_converter
+class DoRAConverter(Converter):
+    """DoRA ↔ PEFT ``LORA`` with ``use_dora=True``: A, B as LoRA, ``lora_magnitude_vector`` = m.
+
+    Both normalise each output row of ``W0 + s·BA`` and treat the norm as a constant in backprop
+    (PEFT always; ours by default, ``detach_norm=True`` on import).
+    """
+
+    method = "dora"
+    peft_type = "LORA"
+    layer_keys: ClassVar[dict[str, str]] = {"lora_A.weight": "dora_A", "lora_B.weight": "dora_B",
+                                            "lora_magnitude_vector": "dora_m"}
+    fields: ClassVar[dict[str, str]] = {"r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout"}
+    fixed: ClassVar[dict[str, Any]] = {**_LORA_OFF, "use_dora": True, "use_rslora": False, "init_lora_weights": True}
+
+    @classmethod
+    def accepts(cls, peft_cfg: dict[str, Any]) -> bool:
+        return bool(peft_cfg.get("use_dora", False))
+
+    @classmethod
+    def check_fixed(cls, peft_cfg: dict[str, Any]) -> None:
+        LoRAConverter.check_fixed({**peft_cfg, "use_dora": False})
+        if peft_cfg.get("use_rslora"):
+            raise InteropError("PEFT DoRA adapter uses use_rslora=True; peftatlas dora scales by alpha / r only")
+
+
+@register_converter
+class VBLoRAConverter(Converter):
+    """VB-LoRA ↔ PEFT ``VBLORA``: the logits per layer and the shared bank ``base_model.vblora_vector_bank``.
+
+    Only ``init="paper"`` converts: our default also subtracts the frozen initial product
+    ``B₀A₀`` (a no-op start), which PEFT's VB-LoRA has no place for.
+    """
+
+    method = "vblora"
+    peft_type = "VBLORA"
+    layer_keys: ClassVar[dict[str, str]] = {"vblora_logits_A": "logits_A", "vblora_logits_B": "logits_B"}
+    fields: ClassVar[dict[str, str]] = {"r": "r", "num_vectors": "num_vectors", "vector_length": "vector_length",
+                                        "topk": "topk", "init_logits_std": "init_logits_std",
+                                        "init_vector_bank_bound": "init_bank_bound"}
+    fixed: ClassVar[dict[str, Any]] = {"fan_in_fan_out": False, "bias": "none", "save_only_topk_weights": False,
+                                       "vblora_dropout": 0.0}
+    peft_compatible: ClassVar[dict[str, Any]] = {"init": "paper"}
+
+    @classmethod
+    def config_to_peft(cls, cfg: Any, **options: Any) -> dict[str, Any]:
+        if cfg.init != "paper":
+            raise InteropError("vblora: only init='paper' converts to PEFT; the default init='noop' subtracts the "
+                               "frozen initial product B0·A0, which PEFT's VB-LoRA cannot represent")
+        return super().config_to_peft(cfg, **options)
+
+    @classmethod
+    def config_from_peft(cls, peft_cfg: dict[str, Any], layers: dict[str, dict[str, Tensor]]) -> dict[str, Any]:
+        return {**super().config_from_peft(peft_cfg, layers), "init": "paper"}
+
+    @classmethod
+    def shared_to_peft(cls, model: Any, name: str, **options: Any) -> dict[str, Tensor]:
+        return {"vblora_vector_bank": model.shared[name].bank}
+
+    @classmethod
+    def shared_from_peft(cls, model: Any, name: str, tensors: dict[str, Tensor], peft_cfg: dict[str, Any]
+                         ) -> dict[str, Tensor]:
+        if set(tensors) != {"vblora_vector_bank"}:
+            raise InteropError(f"vblora: expected exactly base_model.vblora_vector_bank, found {sorted(tensors)}")
+        return {"bank": tensors["vblora_vector_bank"]}

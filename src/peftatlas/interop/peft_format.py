@@ -50,7 +50,7 @@ def peft_config_dict(model: AdaptedModel, name: str | None = None, include_head:
         "base_model_name_or_path": getattr(getattr(model.model, "config", None), "_name_or_path", None) or None,
         "inference_mode": True,
         "revision": None,
-        **conv.config_to_peft(spec.config, **options),
+        **conv.model_config_to_peft(model, name, **options),
     }
 
 
@@ -116,11 +116,11 @@ def import_peft(model: nn.Module | AdaptedModel, path: str | os.PathLike, name: 
     """
     cfg, tensors = read_peft_files(path)
     conv = converter_for_peft(cfg)
-    hyper = conv.config_from_peft(cfg)
     layers, shared, head = _split_keys(conv, tensors, cfg)
     if not layers:
         raise InteropError(f"{path}: no per-layer {conv.peft_type} tensors found "
                            f"(expected keys ending in {', '.join(conv.peft_layer_suffixes())})")
+    hyper = conv.config_from_peft(cfg, layers)
     fresh = not isinstance(model, AdaptedModel)
     wrapped = AdaptedModel(model, head=_head_names(cfg, head)) if fresh else model
     try:
@@ -203,8 +203,13 @@ def _fill(model: AdaptedModel, name: str, conv: type[Converter], layers: dict[st
     extra = sorted(n for n, layer in adapted.items() if name in layer.adapters and n not in layers)
     if extra:
         raise InteropError(f"{path}: target(s) {', '.join(extra[:3])} matched but the file has no tensors for them")
-    conv.check_shared(model, name, shared, cfg)
     pending: list[tuple[Tensor, Tensor]] = []
+    own_shared = model.shared[name].state_dict(keep_vars=True) if name in model.shared else {}
+    for k, v in conv.shared_from_peft(model, name, shared, cfg).items():
+        if k not in own_shared:
+            raise InteropError(f"{path}: converter produced unknown shared key {k}")
+        check_shape(f"shared.{k}", v.shape, own_shared[k].shape)
+        pending.append((own_shared[k], v))
     for layer_name, layer_tensors in layers.items():
         adapter = adapted[layer_name].adapters[name]
         ours = conv.layer_from_peft(layer_tensors, adapter)

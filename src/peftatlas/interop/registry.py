@@ -9,7 +9,8 @@ A converter states the correspondence as data wherever it can:
 * ``fields`` — PEFT config field → our hyperparameter (same meaning, same value);
 * ``fixed`` — PEFT config fields that must hold exactly this value: features PEFT has and we lack
   (``use_dora``, ``fan_in_fan_out``, ``bias="all"``, ...). Exporting writes them; importing a file
-  that sets anything else fails with :class:`InteropError` naming the field.
+  that sets anything else fails with :class:`InteropError` naming the field;
+* ``export_only`` — fields written on export and ignored on import (initialisation switches).
 
 A method joins the interop layer by defining a subclass decorated with ``@register_converter``.
 Nothing here imports ``peft``: the format is plain JSON + safetensors.
@@ -40,8 +41,11 @@ class Converter:
     layer_keys: ClassVar[dict[str, str]] = {}
     fields: ClassVar[dict[str, str]] = {}
     fixed: ClassVar[dict[str, Any]] = {}
-    # PEFT fields that may be anything (they only describe initialisation or are per-run details).
-    ignored: ClassVar[tuple[str, ...]] = ()
+    # Written on export but not checked on import (initialisation switches: the file holds the weights).
+    export_only: ClassVar[dict[str, Any]] = {}
+    # Our hyperparameters under which the conversion is exact, when the method's test_config is not
+    # (e.g. an offset PEFT lacks); the interop tests build the adapter with these overrides.
+    peft_compatible: ClassVar[dict[str, Any]] = {}
 
     # --- config -----------------------------------------------------------------------------------
     @classmethod
@@ -55,11 +59,16 @@ class Converter:
         if options:
             raise InteropError(f"{cls.method}: unknown export option(s) {sorted(options)}")
         ours = config_to_dict(cfg)
-        return {**cls.fixed, **{peft: ours[mine] for peft, mine in cls.fields.items()}}
+        return {**cls.fixed, **cls.export_only, **{peft: ours[mine] for peft, mine in cls.fields.items()}}
 
     @classmethod
-    def config_from_peft(cls, peft_cfg: dict[str, Any]) -> dict[str, Any]:
-        """Our hyperparameters from PEFT's config; raises for features we do not have."""
+    def model_config_to_peft(cls, model: Any, name: str, **options: Any) -> dict[str, Any]:
+        """Like :meth:`config_to_peft`, for methods whose PEFT config depends on the layers (IA³)."""
+        return cls.config_to_peft(model.specs[name].config, **options)
+
+    @classmethod
+    def config_from_peft(cls, peft_cfg: dict[str, Any], layers: dict[str, dict[str, Tensor]]) -> dict[str, Any]:
+        """Our hyperparameters from PEFT's config (and, where needed, the per-layer tensors)."""
         cls.check_fixed(peft_cfg)
         return {mine: peft_cfg[peft] for peft, mine in cls.fields.items() if peft in peft_cfg}
 
@@ -94,10 +103,15 @@ class Converter:
         return {}
 
     @classmethod
-    def check_shared(cls, model: Any, name: str, tensors: dict[str, Tensor], peft_cfg: dict[str, Any]) -> None:
-        """On import, verify model-wide tensors from the file against ours; raise if they differ."""
+    def shared_from_peft(cls, model: Any, name: str, tensors: dict[str, Tensor], peft_cfg: dict[str, Any]
+                         ) -> dict[str, Tensor]:
+        """On import: model-wide tensors from the file → our shared state-dict entries to fill.
+
+        Raises if a tensor cannot be taken (VeRA: stored bases that differ from the seed's).
+        """
         if tensors:
             raise InteropError(f"{cls.method}: unexpected model-wide tensor(s) {sorted(tensors)}")
+        return {}
 
 
 def register_converter(cls: type[Converter]) -> type[Converter]:
@@ -147,7 +161,7 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _ensure_loaded() -> None:
-    from . import builtin  # noqa: F401  (registers the built-in converters)
+    from . import lowrank, rotation, structured  # noqa: F401  (register the built-in converters)
 
 
 def check_shape(key: str, got: torch.Size | tuple[int, ...], want: torch.Size | tuple[int, ...]) -> None:

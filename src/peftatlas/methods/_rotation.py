@@ -153,3 +153,22 @@ def effective_bias(base_fn: Callable[[Tensor], Tensor], base: nn.Module, like: T
         return bias
     zero = like.new_zeros(1, like.shape[-1])
     return base_fn(zero).reshape(-1)
+
+
+def orthogonality_report(model: nn.Module, name: str | None = None) -> dict[str, float]:
+    """``{layer: ‖RᵀR − I‖}`` for every adapter (of adapter ``name``, or all) that reports one.
+
+    Exact Cayley / Householder variants report rounding (≲1e-6 in fp32); the Neumann and
+    first-order variants report their approximation error, which grows with the generator's norm.
+    """
+    from ..core.layer import AdaptedModule
+
+    report: dict[str, float] = {}
+    for layer_name, module in model.named_modules():
+        if not isinstance(module, AdaptedModule):
+            continue
+        for adapter_name, adapter in module.adapters.items():
+            if (name is None or adapter_name == name) and hasattr(adapter, "orthogonality_error"):
+                key = layer_name if name is not None else f"{layer_name}[{adapter_name}]"
+                report[key] = adapter.orthogonality_error()
+    return report

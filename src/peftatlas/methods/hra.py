@@ -72,7 +72,9 @@ class HRA(LayerAdapter):
         return householder_dense(self.hra_u.detach())
 
     def orthogonality_error(self) -> float:
-        return orthogonality_error(self.rotation_matrix())
+        """‖HᵀH − I‖_F of the matrix the forward applies, ``I − Vᵀ T V`` (fp32)."""
+        V, T = (t.detach() for t in self.reflections())
+        return orthogonality_error(torch.eye(V.shape[1]) - V.T @ T @ V)
 
     def forward(self, x: Tensor, base_fn: BaseFn) -> Tensor:
         V, T = self.reflections()

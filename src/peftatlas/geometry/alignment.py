@@ -12,6 +12,8 @@ With ``W0 = U0 Σ0 V0ᵀ`` (thin SVD, r0 = min(m, n) components), ``P = [:, :k]`
     angle_principal  mean cos² of the principal angles between ΔW's top-k left singular
                      vectors and U0_P                                 null: k/m
     angle_minor      the same against U0_N
+    basis_diagonal   Σ_i (u0_iᵀ ΔW v0_i)² / ‖ΔW‖²  (ΔW on the diagonal of W0's singular basis: SVFT's
+                     'plain' pattern; null ≈ 1/max(m, n))
     amplification    ‖ΔW‖_F / ‖U_Δᵀ W0 V_Δ‖_F on ΔW's top-k directions (LoRA §7.3; large = ΔW
                      amplifies directions W0 does not emphasise)
 
@@ -41,6 +43,7 @@ class W0Basis:
         self.k = k
         self.up, self.un = self.u[:, :k], self.u[:, r0 - k:]
         self.vp, self.vn = self.vt[:k].T, self.vt[r0 - k:].T
+        self.v = self.vt.T
 
 
 def _mean_cos2(a: np.ndarray, b: np.ndarray) -> float:
@@ -70,6 +73,7 @@ def alignment_stats(basis: W0Basis) -> Callable[[np.ndarray], dict[str, float]]:
             "angle_principal": _mean_cos2(top, basis.up),
             "angle_minor": _mean_cos2(top, basis.un),
             "amplification": float(np.sqrt(t)) / proj if proj > 0 else float("inf"),
+            "basis_diagonal": float(np.sum(np.sum(basis.u * (d @ basis.v), axis=0) ** 2)) / t,
         }
 
     return stats

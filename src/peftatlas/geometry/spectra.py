@@ -10,12 +10,14 @@ Definitions (σ_1 ≥ σ_2 ≥ … the singular values of ``M``)::
 Seed-consistent rank (two full fine-tuning seeds a, b with left singular vectors U_a, U_b)::
 
     φ(k)   = ‖U_a[:, :k]ᵀ U_b[:, :k]‖_F² / k         subspace overlap; two random subspaces give ≈ k/d
-    c_k    = ½(‖U_b[:, :k]ᵀ u_a,k‖² + ‖U_a[:, :k]ᵀ u_b,k‖²)
-    null   : ‖P_k u‖² of a uniform unit vector ~ Beta(k/2, (d−k)/2): mean k/d, var 2k(d−k)/(d²(d+2))
-    k*     = #{k : c_k ≥ k/d + z·sd_null(k)}
+    w      = min(2k, d)                                   window (absorbs order swaps of close σ's)
+    c_k    = ½(‖U_b[:, :w]ᵀ u_a,k‖² + ‖U_a[:, :w]ᵀ u_b,k‖²)
+    null   : ‖P_w u‖² of a uniform unit vector ~ Beta(w/2, (d−w)/2): mean w/d, var 2w(d−w)/(d²(d+2))
+    k*     = #{k : c_k ≥ w/d + z·sd_null(w)}
 
-``k*`` counts the directions of one seed's update that reappear in the other seed's update more than
-chance allows, so optimisation noise (different in every seed) does not count as rank. ``r90`` of a
+``k*`` counts the directions of one seed's update that reappear among the other seed's leading
+directions more than chance allows, so optimisation noise (different in every seed) does not count
+as rank. ``r90`` of a
 single update counts that noise; reporting both separates "the signal is low-rank" from "the update
 is low-rank".
 """
@@ -119,6 +121,8 @@ def seed_consistent_rank(delta_a: Any, delta_b: Any, max_k: int | None = None, z
     """Number of update directions shared by two independently seeded fine-tuning runs.
 
     ``side="left"`` compares output-space directions (columns of U), ``"right"`` input-space ones.
+    Directions are tested up to ``max_k`` (default and cap: d/4, so every window 2k stays ≤ d/2,
+    where the null still has spread).
     """
     a, b = as_matrix(delta_a, "delta_a"), as_matrix(delta_b, "delta_b")
     same_shape(a, b, "seed_consistent_rank")
@@ -129,16 +133,18 @@ def seed_consistent_rank(delta_a: Any, delta_b: Any, max_k: int | None = None, z
     ua, _, _ = thin_svd(a)
     ub, _, _ = thin_svd(b)
     d = a.shape[0]
-    kmax = ua.shape[1] if max_k is None else min(int(max_k), ua.shape[1])
+    cap = max(1, min(ua.shape[1], d // 4))
+    kmax = cap if max_k is None else max(1, min(int(max_k), cap))
     overlap, null, cdir, thr = [], [], [], []
-    # Cumulative projections give every c_k and φ(k) in O(d·K²).
-    cross = ua[:, :kmax].T @ ub[:, :kmax]  # (K, K): cosines between individual singular vectors
+    width = min(2 * kmax, ua.shape[1])
+    cross = ua[:, :width].T @ ub[:, :width]  # cosines between individual singular vectors
     sq = cross**2
     for k in range(1, kmax + 1):
         overlap.append(float(sq[:k, :k].sum() / k))
         null.append(k / d)
-        c = 0.5 * (float(sq[k - 1, :k].sum()) + float(sq[:k, k - 1].sum()))
-        mean, sd = projection_null(k, d)
+        w = min(2 * k, width)
+        c = 0.5 * (float(sq[k - 1, :w].sum()) + float(sq[:w, k - 1].sum()))
+        mean, sd = projection_null(w, d)
         cdir.append(c)
         thr.append(mean + z * sd)
     k_star = int(sum(c >= t for c, t in zip(cdir, thr)))

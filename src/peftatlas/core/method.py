@@ -111,7 +111,8 @@ class LayerAdapter(nn.Module):
         """Model-level hook on the forward's outputs (e.g. drop soft-prompt positions); default: none.
 
         ``kwargs`` are the keyword arguments the wrapped model was called with (after the input hooks);
-        after ``generate()`` the hook is called once with ``outputs=None`` (to clear per-call state).
+        after ``generate()``, or when the forward raised, it is called with ``outputs=None`` (to clear
+        per-call state).
         """
         return outputs
 

@@ -264,11 +264,15 @@ class AdaptedModel(nn.Module):
             kwargs = {**inspect.signature(self.model.forward).bind_partial(*args).arguments, **kwargs}
             args = ()
         kwargs = self._model_input_hooks(kwargs)
-        if adapter_names is None:
-            out = self.model(*args, **kwargs)
-        else:
-            with self.mixed_batch(adapter_names):
+        try:
+            if adapter_names is None:
                 out = self.model(*args, **kwargs)
+            else:
+                with self.mixed_batch(adapter_names):
+                    out = self.model(*args, **kwargs)
+        except BaseException:
+            self._model_output_hooks(kwargs, None)  # let the hooks clear per-call state
+            raise
         return self._model_output_hooks(kwargs, out)
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:

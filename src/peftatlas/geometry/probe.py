@@ -113,6 +113,8 @@ def probe_matrix(delta: Any, w0: Any | None = None, *, name: str = "matrix", dra
     if w is not None and "magdir" in wanted:
         dm, dd = magnitude_direction(w, w + d)
         rows += [ProbeRow(name, "magdir", "delta_magnitude", dm), ProbeRow(name, "magdir", "delta_direction", dd)]
+    for r in rows:
+        r.detail.setdefault("shape", list(d.shape))
     return rows
 
 

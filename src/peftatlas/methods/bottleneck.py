@@ -121,12 +121,38 @@ class BottleneckAdapter(LayerAdapter):
 
 @register("houlsby")
 class Houlsby(BottleneckAdapter):
+    """Houlsby adapters (Houlsby et al., ICML 2019, arXiv:1902.00751).
+
+    Hypothesis: task adaptation is a small nonlinear residual correction to each sublayer's output in
+    an m-dimensional bottleneck, applied after both attention and FFN.
+
+    Pseudocode::
+
+        h = LN(h + adapter(Attn(h)))      # adapter on the attention output projection
+        h = LN(h + adapter(FFN(h)))       # and on the FFN output projection
+        adapter(z) = z + W_up f(W_down z + b_down) + b_up
+    """
+
     summary = "Nonlinear bottleneck adapters after the attention and the FFN sublayers of every layer."
     default_targets: ClassVar[Any] = f"{ATTENTION_OUTPUT}|{FFN_OUTPUT}"
 
 
 @register("pfeiffer")
 class Pfeiffer(BottleneckAdapter):
+    """Pfeiffer adapter (Pfeiffer et al., EACL 2021, arXiv:2005.00247; Lin et al., arXiv:2004.03829).
+
+    Hypothesis: adapting the FFN-side output alone is enough; one FFN-side adapter per layer beats
+    splitting the same budget between the attention and FFN sites.
+
+    Pseudocode::
+
+        h = LN(h + Attn(h))               # no adapter on the attention sublayer
+        h = LN(h + adapter(FFN(h)))       # one adapter per layer (ReLU, reduction factor 16)
+
+    AdapterHub's exact Pfeiffer layout applies the adapter after the FFN's add & norm with an extra
+    residual; here it sits on the FFN output projection, like Houlsby's second adapter.
+    """
+
     summary = "One nonlinear bottleneck adapter per layer, after the FFN sublayer only."
     default_targets: ClassVar[Any] = FFN_OUTPUT
 
@@ -156,6 +182,19 @@ class DropSchedule(nn.Module):
 
 @register("adapterdrop")
 class AdapterDrop(BottleneckAdapter):
+    """AdapterDrop (Rücklé et al., EMNLP 2021, arXiv:2010.11918).
+
+    Hypothesis: task-specific changes concentrate in the upper layers; removing adaptation from the
+    lowest layers costs little accuracy and saves compute (no backward pass below the first adapter).
+
+    Pseudocode::
+
+        for l, layer in enumerate(layers):
+            h = layer(h)                        # Houlsby adapters inside ...
+            # ... only where l ≥ drop_lowest (specialised); robust: l ≥ n, n ~ U{0..L−1} per training step
+        parameters: Houlsby's × (L − drop_lowest)/L
+    """
+
     summary = "Houlsby adapters removed from the lowest layers (robust mode: a random number per training step)."
     formula = "2·d·m + d + m per adapted sublayer, in layers ≥ drop_lowest only"
     default_targets: ClassVar[Any] = f"{ATTENTION_OUTPUT}|{FFN_OUTPUT}"

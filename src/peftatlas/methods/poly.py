@@ -53,6 +53,14 @@ class TaskIds(nn.Module):
 
 @register("poly")
 class Poly(LayerAdapter):
+    """Poly / MHR (Ponti et al., arXiv:2202.13914; Caccia et al., arXiv:2211.03831).
+
+    Hypothesis: tasks share a small inventory of low-rank skills; a learned task→skill allocation
+    recombines them, so new tasks reuse old skills.
+
+    Pseudocode: see the module docstring (Poly); ``task_ids`` goes to the adapted model's forward.
+    """
+
     family = "mixture"
     insertion = "weight"
     summary = "Per-layer library of K LoRA skills mixed by learned task→skill routing (Polytropon / MHR)."
@@ -181,6 +189,14 @@ class Poly(LayerAdapter):
 
 @register("molora")
 class MoLoRA(LayerAdapter):
+    """MoLoRA (Zadouri et al., arXiv:2309.05444), the single-pass relative of X-LoRA (arXiv:2402.07148).
+
+    Hypothesis: different tokens need different low-rank updates; a per-token soft router over K
+    LoRA experts beats one LoRA of the same size.
+
+    Pseudocode: see the module docstring (MoLoRA).
+    """
+
     family = "mixture"
     insertion = "weight"
     summary = "K LoRA experts per layer mixed per token by a learned softmax router (MoLoRA)."

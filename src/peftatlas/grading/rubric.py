@@ -202,7 +202,7 @@ def decide_ood(arm: Arm, lora: Arm | None, full: Arm | None) -> Verdict:
 
 
 # --- geometry -------------------------------------------------------------------------------------------
-def _matching(rows: list, p: Prediction) -> list:
+def matching_rows(rows: list, p: Prediction) -> list:
     pat = re.compile(p.matrices) if p.matrices else None
     return [r for r in rows if r.probe == p.probe and r.stat == p.stat and (p.null is None or r.null == p.null)
             and (pat is None or pat.search(r.matrix))]
@@ -229,7 +229,7 @@ def judge_prediction(ev: Evidence, setting: tuple[str, str], p: Prediction) -> G
             return GeometryVerdict(p, "supported" if sign == p.direction else "contradicted", text, nums)
         return GeometryVerdict(p, "not significant", text + " (CI contains 0)", nums)
     kind = "pair" if p.probe == "seed_rank" else "single"
-    rows = _matching(ev.probe_rows(setting, kind, "full"), p)
+    rows = matching_rows(ev.probe_rows(setting, kind, "full"), p)
     if not rows:
         return GeometryVerdict(p, "not measured", f"no {p.probe}/{p.stat} probe results on full fine-tuning's update")
     if p.kind == "threshold":

@@ -1,0 +1,56 @@
+"""``peftatlas atlas``: run a profile, probe the full fine-tuning updates, grade, and render the report.
+
+One command from nothing to the atlas (each step resumes: finished runs and probe jobs are kept)::
+
+    peftatlas atlas --profile quick            # store ./atlas_out/results.sqlite, report ./atlas_out
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from ..grading import grade_store
+from ..report import build_report
+from .grade import grade_table
+from .probe import add_arguments as add_probe_arguments
+from .probe import config_from_args
+
+# Probe effort per profile when --draws / --max-matrices are not given: the quick profile runs on a
+# 2-core CPU, so it probes a spread subset of matrices with fewer null draws.
+PROBE_DEFAULTS = {"smoke": (5, None), "quick": (8, 12), "full": (20, None)}
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..evidence.arena import run_profile
+    from ..geometry.runner import probe_store
+
+    out = Path(args.out)
+    store = Path(args.store) if args.store else out / "results.sqlite"
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    print(f"atlas: 1/4 runs (profile {args.profile}) → {store}")
+    run_profile(args.profile, store, methods=args.methods or None, progress=not args.quiet)
+    draws, max_m = PROBE_DEFAULTS.get(args.profile, (20, None))
+    args.draws = draws if args.draws is None else args.draws
+    args.max_matrices = max_m if args.max_matrices is None else args.max_matrices
+    print(f"atlas: 2/4 probes ({args.draws} null draws, {args.max_matrices or 'all'} matrices)")
+    jobs = probe_store(store, config_from_args(args), log=None if args.quiet else print)
+    failed = [j for j in jobs if j.status != "done"]
+    print("atlas: 3/4 grades")
+    print(grade_table(grade_store(str(store))))
+    print("atlas: 4/4 report")
+    result = build_report(store, out)
+    print(f"atlas: done in {time.time() - t0:.0f}s — open {result.index_html} ({len(failed)} probe job(s) failed)")
+    return 1 if failed else 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("atlas", help="run a profile, probe, grade and render the report in one go")
+    p.add_argument("--profile", default="quick", help="experiment profile: smoke | quick | full (default quick)")
+    p.add_argument("--store", default=None, help="results database (default: OUT/results.sqlite)")
+    p.add_argument("--out", default="atlas_out", help="report folder (default ./atlas_out)")
+    p.add_argument("--methods", nargs="*", default=None, help="only these methods (default: the profile's)")
+    add_probe_arguments(p, draws=None)
+    p.set_defaults(func=run)

@@ -1,0 +1,44 @@
+"""``peftatlas probe --store PATH``: geometry probes of the stored full fine-tuning updates, against nulls."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..geometry.runner import ProbeConfig, probe_store
+
+
+def config_from_args(args: argparse.Namespace) -> ProbeConfig:
+    return ProbeConfig(draws=args.draws, budget=args.budget, k=args.k, max_matrices=args.max_matrices,
+                       seed=args.seed, methods=not args.no_methods)
+
+
+def run(args: argparse.Namespace) -> int:
+    jobs = probe_store(args.store, config_from_args(args), log=None if args.quiet else print)
+    failed = [j for j in jobs if j.status != "done"]
+    print(f"probe: {len(jobs)} job(s), {sum(j.n_matrices for j in jobs)} matrices, {len(failed)} failed "
+          f"(results in {args.store}, tables probe_jobs / probe_rows)")
+    for j in failed:
+        print(f"  failed: {j.kind} {j.model}/{j.task}/{j.method}: {j.error}")
+    return 1 if failed else 0
+
+
+def add_arguments(p: argparse.ArgumentParser, draws: int | None = 20) -> None:
+    per = "per profile: smoke 5, quick 8, full 20" if draws is None else str(draws)
+    p.add_argument("--draws", type=int, default=draws, help=f"null matrices per null model (default {per}; "
+                   "0 = values only, no nulls)")
+    p.add_argument("--budget", type=int, default=None,
+                   help="parameter budget of the equal-budget fits (default: a rank-1 LoRA's, d_out + d_in)")
+    p.add_argument("--k", type=int, default=8, help="subspace size of the W0-alignment statistics (default 8)")
+    p.add_argument("--max-matrices", type=int, default=None,
+                   help="probe at most this many matrices, spread over module kinds and depth (default: all; "
+                   "atlas --profile quick: 12)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the null draws")
+    p.add_argument("--no-methods", action="store_true", help="skip the spectra of other methods' own updates")
+    p.add_argument("--quiet", action="store_true", help="only print the summary")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("probe", help="geometry probes of the full fine-tuning updates in a results database")
+    p.add_argument("--store", required=True, help="results database (SQLite) written by `peftatlas run`")
+    add_arguments(p)
+    p.set_defaults(func=run)

@@ -1,0 +1,456 @@
+"""``peftatlas report``: the atlas as a static HTML site plus the same pages in Markdown.
+
+Everything comes from the results database (runs and probe tables) and the packaged catalog::
+
+    index.html / index.md      scorecard sorted by measured grade, plots, theme synthesis,
+                               literature-vs-measurement disagreements, the rubric, the run table
+    methods/<id>.html / .md    per entry: hypothesis, pseudocode, grade with derivation, geometry
+                               predictions vs nulls, evidence tables and plots, literature claims
+    plots/*.png                matplotlib (Agg)
+    grades.json                every grade with its derivation
+    style.css
+
+Missing data is said as such ("not measured yet"), never filled in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..catalog import DIMENSION_NAMES, ENTRIES, FAMILIES, MAX_POINTS, SCALE, Entry, registration
+from ..grading import RULES, Evidence, Grade, grade_all
+from ..grading.evidence import Arm
+from ..grading.rubric import Z_SIGNIFICANT, matching_rows
+from . import plots
+from .doc import UL, Badge, Block, Code, H, Img, Link, Mono, Note, P, Strong, Table, page_html, page_md
+
+DIMS = ("PE", "BL", "BF", "DE", "OOD")
+STATUS_BADGE = {"pass": ("✓ pass", "pass"), "fail": ("✗ fail", "fail"),
+                "inconclusive": ("? inconclusive", "inconclusive"), "not measured": ("· not measured", "missing"),
+                "n/a": ("n/a", "info"), "reference": ("reference", "info"),
+                "literature": ("literature", "info"), "supported": ("supported", "pass"),
+                "contradicted": ("contradicted", "fail"), "not significant": ("not significant", "inconclusive")}
+GEO_SYMBOL = {"supported": "+", "contradicted": "−", "not significant": "0", "not measured": "·"}
+SHORT_BADGE = {"pass": ("✓", "pass"), "fail": ("✗", "fail"), "inconclusive": ("?", "inconclusive"),
+               "not measured": ("·", "missing"), "n/a": ("n/a", "info"), "reference": ("ref", "info"),
+               "literature": ("lit", "info")}
+
+CSS = """
+body { font-family: -apple-system, 'Segoe UI', Roboto, Helvetica, Arial, sans-serif; margin: 0; color: #1d2329;
+       background: #fafbfc; line-height: 1.45; }
+nav { background: #24292f; padding: 0.6em 1.2em; } nav a { color: #f0f3f6; margin-right: 0.6em; }
+main { max-width: 1180px; margin: 0 auto; padding: 0.5em 1.5em 3em; }
+h1 { font-size: 1.7em; margin-top: 0.6em; }
+h2 { border-bottom: 1px solid #d0d7de; padding-bottom: 0.2em; margin-top: 1.6em; }
+.table-wrap { overflow-x: auto; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.9em; background: #fff; }
+th, td { border: 1px solid #d0d7de; padding: 0.3em 0.55em; text-align: left; vertical-align: top; }
+th { background: #f0f3f6; } tbody tr:nth-child(even) { background: #f8f9fa; }
+pre { background: #f0f3f6; padding: 0.8em; overflow-x: auto; border-radius: 4px; }
+code { font-family: 'SFMono-Regular', Consolas, monospace; font-size: 0.92em; }
+figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #d0d7de; background: #fff; }
+figcaption { font-size: 0.85em; color: #57606a; }
+.badge { display: inline-block; padding: 0 0.45em; border-radius: 0.8em; font-size: 0.85em; white-space: nowrap; }
+.badge.pass { background: #dafbe1; color: #116329; } .badge.fail { background: #ffebe9; color: #a40e26; }
+.badge.inconclusive { background: #fff8c5; color: #7d4e00; } .badge.missing { background: #eaeef2; color: #57606a; }
+.badge.info { background: #ddf4ff; color: #0a3069; } .badge.warn { background: #ffebe9; color: #a40e26; }
+.note { border-left: 4px solid #8c959f; background: #f6f8fa; padding: 0.5em 0.9em; margin: 0.8em 0; }
+.note.missing { border-color: #8c959f; } .note.warn { border-color: #cf222e; background: #fff5f5; }
+.note.info { border-color: #0969da; }
+"""
+
+
+@dataclasses.dataclass
+class ReportResult:
+    out: Path
+    index_html: Path
+    index_md: Path
+    pages: list[Path]
+    plots: list[Path]
+
+
+def _fmt(x: float | None, spec: str = "g") -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def _badge(status: str, short: bool = False) -> Badge:
+    text, kind = (SHORT_BADGE if short else STATUS_BADGE).get(status, (status, "info"))
+    return Badge(text, kind)
+
+
+def _arm_label(a: Arm) -> str:
+    return f"{a.method} @{a.budget}" if a.budget not in (None, "fixed") else a.method
+
+
+def _mean_sd(vals: list[float]) -> str:
+    if not vals:
+        return "—"
+    return f"{np.mean(vals):.3f} ± {np.std(vals, ddof=1):.3f}" if len(vals) > 1 else f"{vals[0]:.3f}"
+
+
+class Site:
+    def __init__(self, ev: Evidence, out: Path) -> None:
+        self.ev = ev
+        self.out = out
+        self.setting = ev.primary_setting()
+        self.grades = grade_all(ev)
+        self.by_entry: dict[str, list[Grade]] = {}
+        for g in self.grades:
+            self.by_entry.setdefault(g.entry.id, []).append(g)
+        self.arms = ev.arms(self.setting) if self.setting else []
+        self.plots: list[Path] = []
+        self.pages: list[Path] = []
+
+    # --- helpers --------------------------------------------------------------------------------------
+    def _plot(self, path: Path | None, alt: str, caption: str, rel: str) -> Block:
+        if path is None:
+            return Note("missing", f"{alt}: not measured yet (no data in the store for this plot).")
+        self.plots.append(path)
+        return Img(f"{rel}plots/{path.name}", alt, caption)
+
+    def _write(self, stem: str, title: str, blocks: list[Block], depth: int) -> Path:
+        rel = "../" * depth
+        nav = [Link("Atlas", f"{rel}index.html"), Link("Scorecard", f"{rel}index.html#scorecard"),
+               Link("Themes", f"{rel}index.html#themes"), Link("Rubric", f"{rel}index.html#rubric")]
+        html_path = self.out / f"{stem}.html"
+        html_path.parent.mkdir(parents=True, exist_ok=True)
+        html_path.write_text(page_html(title, blocks, f"{rel}style.css", nav), encoding="utf-8")
+        (self.out / f"{stem}.md").write_text(page_md(title, blocks), encoding="utf-8")
+        self.pages.append(html_path)
+        return html_path
+
+    # --- index ----------------------------------------------------------------------------------------
+    def index(self) -> Path:
+        ev = self.ev
+        done = [r for r in ev.records if r.status == "done"]
+        failed = [r for r in ev.records if r.status == "failed"]
+        blocks: list[Block] = [H(1, "peftatlas — PEFT methods as measured hypotheses")]
+        setting = ([Strong("Primary setting: "), "model ", Mono(self.setting[0]), ", task ", Mono(self.setting[1]),
+                    ". "] if self.setting else ["No finished runs yet. "])
+        blocks.append(P([f"Built from {ev.path.name if ev.path else 'memory'} on "
+                         f"{time.strftime('%Y-%m-%d %H:%M')} by peftatlas {__version__}: {len(done)} finished runs, "
+                         f"{len(failed)} failed, {len(ev.jobs)} probe jobs. ", *setting,
+                         f"{len(ENTRIES)} catalog entries. Grades use the seed catalog's point scale (PE 1, BL 1, "
+                         f"BF 1.5, DE 1.5, OOD 2, WA 1; max {MAX_POINTS:g}): the measured grade comes from the rubric "
+                         "on this store's runs and probes, the literature grade from the papers alone (provisional)."]))
+        if not done:
+            blocks.append(Note("missing", "No finished runs in this store: every measured grade below is 'not "
+                                          "measured yet'. Run `peftatlas run --profile quick` or `peftatlas atlas`."))
+        blocks += [H(2, "Scorecard", "scorecard"), self._scorecard()]
+        blocks.append(P("Columns PE…OOD: ✓ pass, ✗ fail, ? inconclusive (CI contains the threshold or too few seeds), "
+                        "· not measured. Geometry: + supported, − contradicted, 0 not significant, · no probe data. "
+                        "Rows are sorted by measured grade, then references, then unmeasured entries by literature "
+                        "grade."))
+        blocks += [H(2, "Accuracy, parameters and shifted sets", "plots")]
+        blocks.append(self._plot(plots.pareto(self.arms, self.out / "plots" / "pareto.png"),
+                                 "Accuracy vs trainable parameters", "Test accuracy (mean ± sd over seeds) against "
+                                 "adapter parameters; dashed: full fine-tuning and head-only.", ""))
+        blocks.append(self._plot(plots.ood_bars(self._main_arms(), self.out / "plots" / "ood.png"),
+                                 "OOD accuracy", "In-distribution test accuracy beside each shifted set.", ""))
+        blocks.append(self._plot(plots.learning_curves(ev, self.setting, sorted({r.method for r in ev.done(
+            "learning_curve")}), self.out / "plots" / "learning_curves.png") if self.setting else None,
+            "Learning curves", "Test accuracy against the number of training examples.", ""))
+        blocks += [H(2, "Geometry of full fine-tuning's update", "geometry")]
+        single = ev.probe_rows(self.setting, "single") if self.setting else []
+        pair = ev.probe_rows(self.setting, "pair") if self.setting else []
+        blocks.append(self._plot(plots.z_overview(single, self.out / "plots" / "probe_overview.png"),
+                                 "Probe z-scores", "Median z over matrices of each statistic against its null model; "
+                                 "|z| < 3 (grey band) means the update shows no more of the structure than the null.",
+                                 ""))
+        blocks.append(self._plot(plots.seed_overlap(pair, self.out / "plots" / "seed_overlap.png"),
+                                 "Seed overlap", "Overlap of the top-k update directions of two full fine-tuning "
+                                 "seeds, against random subspaces (k/d).", ""))
+        blocks += self._probe_summary(single, pair)
+        blocks += [H(2, "Themes", "themes"), *self._themes()]
+        blocks += [H(2, "Literature vs measurement", "disagreements"), *self._disagreements()]
+        blocks += [H(2, "How grades are computed", "rubric"), *self._rubric()]
+        blocks += [H(2, "Runs of the main comparison", "runs"), self._arms_table(self._main_arms())]
+        return self._write("index", "peftatlas atlas", blocks, 0)
+
+    def _main_arms(self) -> list[Arm]:
+        return self.arms
+
+    def _scorecard(self) -> Table:
+        rows = []
+        for i, g in enumerate(self.grades, 1):
+            reg = g.method if g.method else "not registered yet"
+            measured = (Badge("reference", "info") if not g.entry.graded else
+                        Strong(f"{_fmt(g.measured_points)} / {MAX_POINTS:g}") if g.measured_points is not None
+                        else Badge("not measured yet", "missing"))
+            geo = " ".join(GEO_SYMBOL[v.status] for v in g.geometry) or "·"
+            flags = []
+            if g.entry.override:
+                flags.append(Badge(g.entry.override.kind, "warn"))
+            if g.disagreements:
+                flags.append(Badge(f"{len(g.disagreements)} disagreement(s)", "inconclusive"))
+            rows.append([str(i), [Link(g.label, f"methods/{g.entry.id}.html")], g.entry.family, reg, measured,
+                         f"{g.measured_dims}/5", f"{g.literature_points:g}",
+                         *[_badge(g.verdicts[d].status, short=True) for d in DIMS], geo, flags or "—"])
+        return Table(["#", "method", "family", "registered", "measured", "dims", "literature", *DIMS, "geometry",
+                      "flags"], rows, "scorecard")
+
+    def _probe_summary(self, single: list, pair: list) -> list[Block]:
+        if not single and not pair:
+            return [Note("missing", "No probe results: run `peftatlas probe --store PATH` after the full fine-tuning "
+                                    "runs.")]
+        job = self.ev.probe_job(self.setting, "single")
+        blocks: list[Block] = []
+        if job:
+            budget = job.config.get("budget")
+            blocks.append(P(f"Probed {job.n_matrices} matrices of full fine-tuning seed {job.config.get('seeds')} "
+                            f"with {job.config.get('draws')} null draws per null model (equal-budget fits at "
+                            f"{'d_out + d_in' if budget is None else budget} parameters)."))
+        stats: dict[tuple[str, str, str], list] = {}
+        for r in single:
+            if r.null:
+                stats.setdefault((r.probe, r.stat, r.null), []).append(r)
+        rows = []
+        for (probe, stat, null), rs in sorted(stats.items()):
+            zs = [r.z for r in rs if r.z is not None]
+            rows.append([f"{probe}/{stat}", null, f"{np.median([r.value for r in rs]):.4g}",
+                         f"{np.median([r.null_mean for r in rs if r.null_mean is not None]):.4g}",
+                         f"{np.median(zs):+.1f}" if zs else ("invariant" if any(r.invariant for r in rs) else "—"),
+                         f"{sum(abs(z) >= Z_SIGNIFICANT for z in zs)}/{len(rs)}"])
+        if rows:
+            blocks.append(Table(["statistic", "null", "median value", "median null mean", "median z",
+                                 "matrices |z| ≥ 3"], rows))
+        ks = [r for r in pair if r.stat.startswith("k_star")]
+        if ks:
+            rows = [[r.matrix, r.stat.replace("k_star_", ""), f"{r.value:g}", f"{r.detail.get('d', '—')}",
+                     f"{r.null_mean:.2f}" if r.null_mean is not None else "—"] for r in ks]
+            blocks += [P("Seed-consistent rank k* (directions shared by two full fine-tuning seeds beyond chance):"),
+                       Table(["matrix", "side", "k*", "d", "expected by chance"], rows)]
+        return blocks
+
+    def _themes(self) -> list[Block]:
+        blocks: list[Block] = []
+        for fam in FAMILIES:
+            entries = [e for e in ENTRIES if e.family == fam.id]
+            grades = [g for e in entries for g in self.by_entry.get(e.id, [])]
+            measured = [g for g in grades if g.measured_points is not None]
+            geo = [v for e in entries for v in (self.by_entry[e.id][0].geometry if self.by_entry.get(e.id) else [])]
+            blocks.append(H(3, fam.title))
+            parts: list = [Strong("Claim: "), fam.claim + " "]
+            if measured:
+                best = max(measured, key=lambda g: g.measured_points or 0)
+                parts += [f"Measured: {len(measured)} of {len(entries)} entries have runs; best ",
+                          Link(best.label, f"methods/{best.entry.id}.html"),
+                          f" ({best.measured_points:g}/{MAX_POINTS:g}). "]
+                mean_lit = np.mean([g.literature_points for g in measured])
+                mean_meas = np.mean([g.measured_points for g in measured])
+                parts.append(f"Mean measured {mean_meas:.1f} vs literature {mean_lit:.1f} for the same entries. ")
+            elif any(not e.graded for e in entries):
+                parts.append("References: shown with their numbers, not graded. ")
+            else:
+                parts.append("Measured: not measured yet (no runs of this family in the store). ")
+            judged = [v for v in geo if v.status != "not measured"]
+            if judged:
+                sup = sum(v.status == "supported" for v in judged)
+                con = sum(v.status == "contradicted" for v in judged)
+                parts.append(f"Geometry of full fine-tuning's update: {sup} of {len(judged)} predictions supported, "
+                             f"{con} contradicted, {len(judged) - sup - con} not significant against their nulls.")
+            else:
+                parts.append("Geometry: no probe prediction measured for this family yet.")
+            blocks.append(P(parts))
+            blocks.append(UL([[Link(e.name, f"methods/{e.id}.html"), f" — literature {e.literature_points:g}",
+                               *(f", measured {g.measured_points:g}" + (f" [{g.method}]" if len(e.methods) > 1 else "")
+                                 for g in self.by_entry.get(e.id, []) if g.measured_points is not None)]
+                              for e in entries]))
+        return blocks
+
+    def _disagreements(self) -> list[Block]:
+        items = [[Link(g.label, f"methods/{g.entry.id}.html"), ": ", d] for g in self.grades for d in g.disagreements]
+        if not items:
+            return [Note("info", "No disagreement between a measured dimension and the literature mark yet "
+                                 "(dimensions that are not measured cannot disagree).")]
+        return [P(f"{len(items)} dimension(s) where the measurement and the papers disagree:"), UL(items)]
+
+    def _rubric(self) -> list[Block]:
+        rows = [[d, DIMENSION_NAMES[d], f"{SCALE[d]:g}", RULES[d]] for d in SCALE]
+        return [Table(["dim", "meaning", "points", "test on stored results"], rows),
+                UL(["Primary setting: the (model, task) with the most full fine-tuning seeds; a method's primary "
+                    "budget is its budget label with the most seeds (ties: the smallest).",
+                    "Intervals: 95% percentile bootstrap over seeds (each arm resampled independently, 2000 draws, "
+                    "fixed generator); CI-based decisions need ≥ 2 seeds per arm.",
+                    "Geometry: each prediction of the entry is judged on full fine-tuning's update: supported when "
+                    f"the median z over matrices is ≥ {Z_SIGNIFICANT:g} in the predicted direction (|z| < "
+                    f"{Z_SIGNIFICANT:g} for a 'no structure' prediction), when a threshold is met, or when a "
+                    "magnitude/direction correlation has the predicted sign with a CI excluding 0. All supported: "
+                    "+0.5; any contradicted: −0.5.",
+                    "Overrides: an analytic refutation of the stated claim caps both grades at 1; a failed independent "
+                    "replication caps the literature grade at 4.",
+                    "The literature grade awards a dimension when the paper (or an independent study) shows it and no "
+                    "independent comparison we know of contradicts it; 'widely adopted' is our judgement."])]
+
+    def _arms_table(self, arms: list[Arm]) -> Block:
+        if not arms:
+            return Note("missing", "No finished runs of the main comparison yet.")
+        full = self.ev.reference(self.setting, "full") if self.setting else None
+        head = self.ev.reference(self.setting, "head_only") if self.setting else None
+        rows = []
+        for a in arms:
+            acc = a.metric("test_acc")
+            r = "—"
+            if full and head and acc and full.metric("test_acc") and head.metric("test_acc"):
+                gap = np.mean(full.metric("test_acc")) - np.mean(head.metric("test_acc"))
+                if gap > 0:
+                    r = f"{(np.mean(acc) - np.mean(head.metric('test_acc'))) / gap:.2f}"
+            ret = a.retention()
+            rows.append([_arm_label(a), f"{a.adapter_params:,.0f}", ", ".join(map(str, a.seeds)),
+                         f"{np.median([x.lr for x in a.records]):.3g}", _mean_sd(a.metric("val_acc")), _mean_sd(acc),
+                         r, _mean_sd(ret) if ret else "—"])
+        return Table(["method @budget", "adapter params", "seeds", "lr", "val acc", "test acc (mean ± sd)",
+                      "FT gain recovered", "OOD retention"], rows)
+
+    # --- method pages ---------------------------------------------------------------------------------
+    def method_page(self, entry: Entry) -> Path:
+        grades = self.by_entry.get(entry.id, [])
+        reg = registration(entry)
+        blocks: list[Block] = [H(1, entry.name)]
+        regs = [f"{name} → registered" if r else f"{name} → not registered yet" for name, r in reg.items()]
+        paper = entry.paper
+        blocks.append(P([Strong("Family: "), f"{entry.family}. ", Strong("Paper: "),
+                         Link(paper.cite(), paper.url) if paper.url else paper.cite(), " ",
+                         Strong("Methods: "), "; ".join(regs) + "."]))
+        blocks += [H(2, "Hypothesis"), P(entry.hypothesis), H(2, "Pseudocode"), Code(entry.pseudocode)]
+        blocks += [H(2, "What tests it"), UL(list(entry.measurements))]
+        blocks += [H(2, "Grade", "grade")]
+        if entry.override:
+            o = entry.override
+            blocks.append(Note("warn", [Strong(f"{o.kind.capitalize()} override: "), f"claim “{o.claim}”: {o.finding}. "
+                                        f"Check: {o.check}. Grade capped at {o.cap:g}."]))
+        for g in grades or []:
+            blocks += self._grade_blocks(g)
+        blocks += [H(2, "Geometry of full fine-tuning's update", "geometry"), *self._geometry_blocks(entry, grades)]
+        blocks += [H(2, "Evidence", "evidence"), *self._evidence_blocks(entry, grades)]
+        blocks += [H(2, "Literature", "literature"), *self._literature_blocks(entry)]
+        dis = [d for g in grades for d in g.disagreements]
+        blocks += [H(2, "Literature vs measurement"),
+                   UL(dis) if dis else Note("info", "No disagreement on the measured dimensions.")]
+        if entry.notes:
+            blocks += [H(2, "Notes"), P(entry.notes)]
+        return self._write(f"methods/{entry.id}", entry.name, blocks, 1)
+
+    def _grade_blocks(self, g: Grade) -> list[Block]:
+        title = f"Measured grade: {_fmt(g.measured_points)} / {MAX_POINTS:g}" if g.measured_points is not None else (
+            "Measured grade: reference (not graded)" if not g.entry.graded else "Measured grade: not measured yet")
+        blocks: list[Block] = [H(3, f"{title} · literature grade: {g.literature_points:g} / {MAX_POINTS:g}"
+                                 + (f" · method {g.method}" if g.method and len(g.entry.methods) > 1 else ""))]
+        if g.measured_points is None and g.entry.graded:
+            blocks.append(Note("missing", f"No finished runs of {g.method or 'this entry'} in the store: the measured "
+                                          "dimensions are empty; the literature grade stands alone."))
+        rows = []
+        for d in SCALE:
+            v = g.verdicts[d]
+            m = g.entry.literature[d]
+            rows.append([d, _badge(v.status), f"{v.points:g}/{SCALE[d]:g}", v.derivation,
+                         Badge("earned" if m.earned else "not earned", "pass" if m.earned else "missing"), m.why])
+        blocks.append(Table(["dim", "measured", "points", "derivation (measured)", "literature", "why (literature)"],
+                            rows))
+        if g.measured_points is not None:
+            blocks.append(P([Strong("Derivation: "), " + ".join(g.derivation[:-1]) + " " + g.derivation[-1],
+                             f" Setting {g.setting[0]}/{g.setting[1]}, budget {g.budget}." if g.setting else ""]))
+        return blocks
+
+    def _geometry_blocks(self, entry: Entry, grades: list[Grade]) -> list[Block]:
+        if not entry.predictions:
+            return [Note("info", "This hypothesis makes no prediction the weight probes can check "
+                                 "(it acts on activations, inputs, training dynamics, or several tasks).")]
+        geo = grades[0].geometry if grades else []
+        rows = [[v.prediction.meaning, _badge(v.status), v.derivation] for v in geo]
+        blocks: list[Block] = [Table(["prediction", "verdict", "derivation"], rows)]
+        single = self.ev.probe_rows(self.setting, "single") if self.setting else []
+        for i, p in enumerate(entry.predictions):
+            if p.kind == "null":
+                rows_p = matching_rows(single, p)
+                path = plots.probe_vs_null(rows_p, self.out / "plots" / f"probe_{entry.id}_{i}.png",
+                                           f"{p.probe}/{p.stat} vs {p.null} null")
+                blocks.append(self._plot(path, f"{p.stat} vs null", p.meaning, "../"))
+            elif p.kind == "magdir":
+                series = {}
+                for m in ("full", "lora", *entry.methods):
+                    kind = "single" if m == "full" else "method"
+                    rows_m = self.ev.probe_rows(self.setting, kind, m) if self.setting else []
+                    by: dict[str, dict[str, float]] = {}
+                    for r in rows_m:
+                        if r.probe == "magdir":
+                            by.setdefault(r.matrix, {})[r.stat] = r.value
+                    pts = [(v["delta_magnitude"], v["delta_direction"]) for v in by.values() if len(v) == 2]
+                    if pts:
+                        series[m] = pts
+                if i == next(j for j, q in enumerate(entry.predictions) if q.kind == "magdir"):
+                    path = plots.magdir_scatter(series, self.out / "plots" / f"magdir_{entry.id}.png")
+                    blocks.append(self._plot(path, "Magnitude vs direction",
+                                             "ΔM against ΔD per matrix (DoRA's analysis).", "../"))
+            elif p.probe == "seed_rank" and i == next(j for j, q in enumerate(entry.predictions)
+                                                      if q.probe == "seed_rank"):
+                pair = self.ev.probe_rows(self.setting, "pair") if self.setting else []
+                blocks.append(self._plot(plots.seed_overlap(pair, self.out / "plots" / f"seed_{entry.id}.png"),
+                                         "Seed overlap", "Seed-to-seed overlap of the top-k directions vs chance.",
+                                         "../"))
+        return blocks
+
+    def _evidence_blocks(self, entry: Entry, grades: list[Grade]) -> list[Block]:
+        names = [n for n in registration(entry).values() if n]
+        if not self.setting:
+            return [Note("missing", "No finished runs in the store.")]
+        mine = [a for a in self.arms if a.method in names]
+        refs = [a for a in self.arms if a.method in ("full", "head_only", "lora") and a.method not in names]
+        blocks: list[Block] = []
+        if not mine:
+            blocks.append(Note("missing", f"{', '.join(names) or entry.id} has no finished runs in the store."))
+        blocks.append(self._arms_table(mine + refs))
+        sweep = [r for r in self.ev.done("lr_sweep") if r.method in names and (r.model, r.task) == self.setting]
+        if sweep:
+            rows = [[r.method, r.budget or "—", f"{r.lr:.3g}", f"{r.metrics.get('val_acc', float('nan')):.3f}",
+                     f"{r.metrics.get('test_acc', float('nan')):.3f}"]
+                    for r in sorted(sweep, key=lambda r: (r.method, r.lr))]
+            blocks += [P("Learning-rate sweep (seed 0, chosen on validation accuracy):"),
+                       Table(["method", "budget", "lr", "val acc", "test acc"], rows)]
+        hl = names[0] if names else None
+        blocks.append(self._plot(plots.pareto(self.arms, self.out / "plots" / f"pareto_{entry.id}.png", hl,
+                                              f"{entry.name} among all methods") if mine else None,
+                                 "Accuracy vs parameters", "This method highlighted in red.", "../"))
+        blocks.append(self._plot(plots.learning_curves(self.ev, self.setting, [*names, "lora", "full"],
+                                                       self.out / "plots" / f"curve_{entry.id}.png", hl)
+                                 if any(self.ev.curve_points(self.setting, n) for n in names) else None,
+                                 "Learning curve", "Test accuracy vs training examples, beside LoRA and full FT.",
+                                 "../"))
+        blocks.append(self._plot(plots.ood_bars(mine + refs, self.out / "plots" / f"ood_{entry.id}.png", hl)
+                                 if any(a.ood_sets() for a in mine) else None,
+                                 "OOD accuracy", "In-distribution and shifted-set accuracy beside LoRA and full FT.",
+                                 "../"))
+        return blocks
+
+    def _literature_blocks(self, entry: Entry) -> list[Block]:
+        h = entry.headline
+        blocks: list[Block] = [P([Strong("Headline claim: "), f"{h.text} ", f"({h.source}; verification: {h.tag})"])]
+        if entry.counter:
+            blocks += [P(Strong("Counter-evidence and caveats:")),
+                       UL([f"{c.text} ({c.source}; {c.tag})" for c in entry.counter])]
+        blocks.append(P("Verification tags: FT full text read, ABS abstract, CODE code, CALC checked numerically, "
+                        "MEM from memory (provisional)."))
+        return blocks
+
+    # --- build ---------------------------------------------------------------------------------------
+    def build(self) -> ReportResult:
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "style.css").write_text(CSS, encoding="utf-8")
+        for e in ENTRIES:
+            self.method_page(e)
+        index = self.index()
+        (self.out / "grades.json").write_text(json.dumps([g.as_dict() for g in self.grades], indent=2, default=str),
+                                              encoding="utf-8")
+        return ReportResult(self.out, index, self.out / "index.md", self.pages, self.plots)
+
+
+def build_report(store_path: str | Path, out_dir: str | Path) -> ReportResult:
+    """Render the atlas of a results database into ``out_dir`` (HTML + Markdown + PNG + grades.json)."""
+    return Site(Evidence.from_store(store_path), Path(out_dir)).build()

@@ -139,8 +139,8 @@ class PrefixTuning(LayerAdapter):
                 keys, values = k_proj(g).float(), v_proj(g).float()
         else:
             keys, values = torch.randn(p, kv_dim), torch.randn(p, kv_dim)
-        self.prefix_key = nn.Parameter(keys.detach().clone().cpu())
-        self.prefix_value = nn.Parameter(values.detach().clone().cpu())
+        self.prefix_key = nn.Parameter(keys.detach().clone())
+        self.prefix_value = nn.Parameter(values.detach().clone())
 
     # --- layer level: the attention module runs unchanged (it reads the prefix from the cache) --------
     def forward(self, x: Tensor, base_fn: BaseFn) -> Tensor:

@@ -122,7 +122,7 @@ class PromptTuning(LayerAdapter):
             init = base.weight.detach()[torch.randint(0, vocab, (p,)).to(base.weight.device)].float()
         else:
             init = torch.rand(p, d) - 0.5
-        self.prompt = nn.Parameter(init.clone().cpu())
+        self.prompt = nn.Parameter(init.clone())  # on the embedding's device (meta models count without data)
 
     # --- layer level: the embedding module itself is unchanged --------------------------------------
     def forward(self, x: Tensor, base_fn: BaseFn) -> Tensor:

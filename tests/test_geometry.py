@@ -279,3 +279,51 @@ def test_probe_accepts_torch_tensors_of_any_float_dtype():
     a = probe_matrix(torch.from_numpy(x).to(torch.bfloat16), draws=0, groups=("spectral",))
     b = probe_matrix(x.astype(np.float32), draws=0, groups=("spectral",))
     assert row(a, "spectral", "r90").value == row(b, "spectral", "r90").value
+
+
+# --- the store runner ---------------------------------------------------------------------------------
+def test_probe_runner_reads_artifacts_stores_rows_and_resumes(tmp_path):
+    import sqlite3
+
+    from atlas_fixtures import base_loader, probe_records, put
+    from peftatlas.geometry.runner import ProbeConfig, probe_store
+    from peftatlas.geometry.store import ProbeStore
+
+    db = put(tmp_path / "results.sqlite", probe_records(tmp_path))
+    cfg = ProbeConfig(draws=4, max_matrices=4, methods=False)
+    logs: list[str] = []
+    jobs = probe_store(db, cfg, base_loader=base_loader, log=logs.append)
+    assert sorted(j.kind for j in jobs) == ["pair", "single"]
+    assert all(j.status == "done" and j.n_matrices == 4 for j in jobs), [(j.kind, j.error) for j in jobs]
+    with ProbeStore(db) as ps:
+        single = ps.rows(next(j for j in jobs if j.kind == "single").job_key)
+        pair = ps.rows(next(j for j in jobs if j.kind == "pair").job_key)
+    # planted: every ΔW = shared rank-2 signal + small seed-specific noise
+    top4 = [r for r in single if r.stat == "energy_top4" and r.null == "gauss"]
+    assert len(top4) == 4 and all(r.z > 3 for r in top4)
+    kstar = [r.value for r in pair if r.stat == "k_star_left"]
+    assert kstar and all(k == 2 for k in kstar)
+    assert {r.probe for r in single} >= {"spectral", "fit", "align", "rotation", "magdir"}
+    # a second run does nothing new
+    logs.clear()
+    probe_store(db, cfg, base_loader=base_loader, log=logs.append)
+    assert sum("already done" in line for line in logs) == 2
+    # an interrupted job resumes at the matrices without rows
+    key = next(j for j in jobs if j.kind == "single").job_key
+    victim = single[0].matrix
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE probe_jobs SET status='running' WHERE job_key=?", (key,))
+        conn.execute("DELETE FROM probe_rows WHERE job_key=? AND matrix=?", (key, victim))
+    logs.clear()
+    probe_store(db, cfg, base_loader=base_loader, log=logs.append)
+    probed = [line for line in logs if "rows," in line]
+    assert len(probed) == 1 and victim in probed[0]
+    with ProbeStore(db) as ps:
+        assert ps.job(key).status == "done" and len(ps.rows(key)) == len(single)
+
+
+def test_probe_runner_refuses_a_missing_database(tmp_path):
+    from peftatlas.geometry.runner import probe_store
+
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        probe_store(tmp_path / "nope.sqlite")

@@ -61,7 +61,7 @@ class Poly(LayerAdapter):
     Pseudocode: see the module docstring (Poly); ``task_ids`` goes to the adapted model's forward.
     """
 
-    family = "mixture"
+    family = "architecture"
     insertion = "weight"
     summary = "Per-layer library of K LoRA skills mixed by learned task→skill routing (Polytropon / MHR)."
     formula = "K·r·(d_in + d_out) + T·S·K per layer"
@@ -197,7 +197,7 @@ class MoLoRA(LayerAdapter):
     Pseudocode: see the module docstring (MoLoRA).
     """
 
-    family = "mixture"
+    family = "architecture"
     insertion = "weight"
     summary = "K LoRA experts per layer mixed per token by a learned softmax router (MoLoRA)."
     formula = "K·r·(d_in + d_out) + K·d_in per layer"

@@ -34,7 +34,7 @@ def base_loader(name: str) -> torch.nn.Module:
 
 
 def record(method: str, seed: int, test_acc: float, *, experiment: str = "main", budget: str | None = "0.1%",
-           params: int = 1000, ood: dict[str, float] | None = None, train_size: int | None = None,
+           params: int = 500, ood: dict[str, float] | None = None, train_size: int | None = None,
            lr: float = 1e-3, artifact: str | None = None, task: str = TASK) -> RunRecord:
     ident = json.dumps([method, seed, experiment, budget, train_size, lr, task], sort_keys=True)
     metrics = {"test_acc": test_acc, "val_acc": test_acc - 0.01, "adapter_params": float(params)}

@@ -183,7 +183,7 @@ def decide_de(ev: Evidence, setting: tuple[str, str], method: str) -> Verdict:
         return Verdict("DE", "not measured", 0.0, f"no learning-curve size ≤ {DE_MAX_SIZE} run by both ({have})")
     groups = [mine[s] for s in sizes] + [ref[s] for s in sizes]
     k = len(sizes)
-    diff = bootstrap(groups, lambda *m: float(np.mean([m[i] - m[k + i] for i in range(k)])))
+    diff = bootstrap(groups, lambda *m: np.mean([m[i] - m[k + i] for i in range(k)], axis=0))
     return _ci_verdict("DE", diff, f"mean difference to full FT at sizes {sizes}", {"sizes": sizes})
 
 

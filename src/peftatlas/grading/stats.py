@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -28,20 +29,21 @@ class Interval:
         return f"{f(self.estimate)} [95% CI {f(self.low)}, {f(self.high)}]"
 
 
-def bootstrap(groups: Sequence[Sequence[float]], stat: Callable[..., float], n_boot: int = N_BOOT,
+def bootstrap(groups: Sequence[Sequence[float]], stat: Callable[..., Any], n_boot: int = N_BOOT,
               level: float = LEVEL, seed: int = 0) -> Interval:
     """Resample each group of seeds independently (with replacement) and recompute ``stat(*means)``.
 
-    ``stat`` receives the groups' resampled means, e.g. ``lambda a, b: a − b``.
+    ``stat`` receives the groups' resampled means as arrays of ``n_boot`` values (and once as plain
+    means for the point estimate), so it must be written with numpy operations, e.g. ``lambda a, b: a − b``.
     """
     arrays = [np.asarray(g, dtype=np.float64) for g in groups]
     if any(a.size == 0 for a in arrays):
         raise ValueError("bootstrap needs at least one value per group")
-    point = float(stat(*(a.mean() for a in arrays)))
+    point = float(stat(*(np.float64(a.mean()) for a in arrays)))
     rng = np.random.default_rng(seed)
-    draws = np.empty(n_boot)
-    for i in range(n_boot):
-        draws[i] = stat(*(a[rng.integers(0, a.size, a.size)].mean() for a in arrays))
+    means = [a[rng.integers(0, a.size, (n_boot, a.size))].mean(axis=1) for a in arrays]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        draws = np.asarray(stat(*means), dtype=np.float64)
     draws = draws[np.isfinite(draws)]
     if draws.size == 0:
         return Interval(point, float("nan"), float("nan"), tuple(a.size for a in arrays))
@@ -56,8 +58,8 @@ def mean_difference(a: Sequence[float], b: Sequence[float], **kw) -> Interval:
 
 def gain_recovered(method: Sequence[float], full: Sequence[float], base: Sequence[float], **kw) -> Interval:
     """``R = (s − s0) / (s_FT − s0)``: the fraction of full fine-tuning's gain over the head-only floor."""
-    def ratio(s: float, ft: float, s0: float) -> float:
-        gap = ft - s0
-        return (s - s0) / gap if gap != 0 else float("nan")
+    def ratio(s: Any, ft: Any, s0: Any) -> Any:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(ft - s0 != 0, (s - s0) / (ft - s0), np.nan)
 
     return bootstrap([method, full, base], ratio, **kw)

@@ -257,6 +257,16 @@ def test_fourierft_fast_path_never_forms_the_dense_update(monkeypatch):
     assert a.spectrum.grad is not None and xr.grad is not None
 
 
+def test_fourierft_hand_written_backward_is_exact():
+    from peftatlas.methods.fourierft import _SparseSpectrum
+
+    for d_out, d_in in ((6, 10), (9, 7), (8, 8)):
+        a = make("fourierft", nn.Linear(d_in, d_out), n_frequency=d_out * d_in // 2, scaling=2.0).double()
+        randomize_(a)
+        x = torch.randn(3, d_in, dtype=torch.double, requires_grad=True)
+        assert torch.autograd.gradcheck(lambda x, c, a=a: _SparseSpectrum.apply(x, c, a), (x, a.spectrum))
+
+
 def test_fourierft_frequencies_are_shared_and_paper_init_is_not_a_noop():
     a1, a2 = make("fourierft", nn.Linear(32, 32), n_frequency=10), make("fourierft", nn.Linear(32, 32), n_frequency=10)
     assert torch.equal(a1.rows, a2.rows) and torch.equal(a1.cols, a2.cols)
@@ -286,6 +296,28 @@ def test_c3a_two_active_adapters_compose_and_merge():
         y = model(x=x)
         model.merge()
         torch.testing.assert_close(model(x=x), y, atol=1e-5, rtol=1e-5)
+
+
+def test_c3a_gemm_and_fft_paths_agree_and_hand_written_backward_is_exact():
+    from peftatlas.methods.c3a import _SpectralMix, block_circulant_dft, block_circulant_fft, real_dft_matrices
+
+    torch.manual_seed(0)
+    for b in (4, 5, 8):
+        kernel, x = torch.randn(3, 2, b, dtype=torch.double), torch.randn(7, 2 * b, dtype=torch.double)
+        D, E = (t.double() for t in real_dft_matrices(b))
+        torch.testing.assert_close(block_circulant_dft(x, kernel, 0.5, D, E), block_circulant_fft(x, kernel, 0.5))
+    D, E = (t.double() for t in real_dft_matrices(6))
+    inputs = (torch.randn(15, 6, dtype=torch.double, requires_grad=True),
+              torch.randn(4, 3, 2, dtype=torch.double, requires_grad=True),
+              torch.randn(4, 3, 2, dtype=torch.double, requires_grad=True))
+    assert torch.autograd.gradcheck(lambda x, wr, wi: _SpectralMix.apply(x, wr, wi, D, E), inputs)
+    big_base = nn.Linear(512, 256)
+    big = make("c3a", big_base, block_size=256)
+    assert not big.dft_gemm  # large blocks take the torch.fft path; both match the dense reference
+    randomize_(big, scale=0.05)
+    x = torch.randn(3, 512)
+    with torch.no_grad():
+        torch.testing.assert_close(big(x, big_base), big.reference_forward(x, big_base), atol=1e-4, rtol=1e-4)
 
 
 def test_c3a_rejects_a_block_size_that_does_not_divide_and_xavier_is_not_a_noop():

@@ -1,0 +1,81 @@
+"""Wave-2 CPU benchmark: training steps of LoHa, LoKr, FourierFT and C3A, peftatlas vs HF PEFT 0.21.
+
+One frozen ``nn.Linear(width, width)`` fed ``tokens`` rows (default 2048 × 1024 rows), one adapter
+on it; a step = forward + loss + backward + AdamW step. Everything runs in one process: the frozen
+floor, ours and PEFT's (loaded from our adapter, so both compute the same function on the same
+numbers; the report's ``max abs diff`` column checks that), alternating in rotated order, median of
+``--repeats`` (≥ 10) after ``--warmup``. Writes ``<out>.json`` (every sample) and ``<out>.md``.
+
+    python bench/bench_wave2_cpu.py                       # width 2048, 1024 tokens, 10 repeats
+    python bench/bench_wave2_cpu.py --repeats 15 --threads 2 --out bench/results/wave2_cpu
+
+Configurations are PEFT's defaults / its benchmark's: LoHa r=8, LoKr r=8 (α=8), FourierFT
+n=1000 (scaling 150), C3A block 64. Absolute times on a shared CPU are noise; read the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness as H
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    "loha": {"r": 8, "alpha": 8.0},
+    "lokr": {"r": 8, "alpha": 8.0},
+    "fourierft": {"n_frequency": 1000, "scaling": 150.0},
+    "c3a": {"block_size": 64},
+}
+
+
+def perturb(model: Any, seed: int = 0, scale: float = 0.02) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for name in sorted(model.adapted_layers()):
+        for adapter in model.adapted_layers()[name].adapters.values():
+            adapter.perturb_(g, scale)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--width", type=int, default=2048)
+    p.add_argument("--tokens", type=int, default=1024)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: leave)")
+    p.add_argument("--methods", default=",".join(CONFIGS), help="comma-separated subset of " + ", ".join(CONFIGS))
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "wave2_cpu"))
+    args = p.parse_args(argv)
+    if args.repeats < 10:
+        p.error("--repeats must be ≥ 10 (medians of fewer samples are too noisy on a shared CPU)")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(methods) - set(CONFIGS))
+    if unknown:
+        p.error(f"unknown method(s) {unknown}; choose from {', '.join(CONFIGS)}")
+
+    wl = H.linear_workload(width=args.width, tokens=args.tokens)
+    with H.threads(args.threads):
+        cands = [H.floor(wl)]
+        for m in methods:
+            mine = H.ours(wl, m, **CONFIGS[m])
+            perturb(mine.model)  # a non-trivial adapter, so both libraries compute real updates
+            cands += [mine, H.peft(wl, m, source=mine, **CONFIGS[m])]
+        table = H.measure(cands, mode="train", warmup=args.warmup, repeats=args.repeats)
+    note = (f"Training step (forward + backward + AdamW) of one {args.width}×{args.width} linear layer on "
+            f"{args.tokens} rows, CPU, {table.context['threads']} threads; {args.repeats} alternating rounds "
+            f"after {args.warmup} warm-up; ours/PEFT < 1 means peftatlas is faster.")
+    json_path, md_path = H.write_report([table], args.out, note=note)
+    for row in table.rows():
+        print(f"{row['method']:>10}: ours {row['ours_ms']:8.1f} ms  PEFT {row.get('peft_ms', float('nan')):8.1f} ms"
+              f"  ours/PEFT {row.get('ours_over_peft', float('nan')):.2f}  ours×floor {row['ours_x_floor']:.2f}"
+              f"  PEFT×floor {row.get('peft_x_floor', float('nan')):.2f}  max|Δy| {row.get('max_abs_diff')}")
+    print(f"wrote {json_path} and {md_path}")
+
+
+if __name__ == "__main__":
+    main()

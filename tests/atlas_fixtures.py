@@ -120,3 +120,40 @@ def full_ft_artifacts(root: Path, seeds: tuple[int, ...] = (0, 1), rank: int = 2
 def probe_records(root: Path, seeds: tuple[int, ...] = (0, 1)) -> list[RunRecord]:
     arts = full_ft_artifacts(root, seeds)
     return [record("full", s, 0.9, budget=None, params=100_000, artifact=arts[s]) for s in seeds]
+
+
+def add_probe_job(db: Path, kind: str, method: str, rows: list) -> str:
+    """Store a finished probe job with ``rows`` (ProbeRow) for the fixture's setting."""
+    from peftatlas.geometry.store import ProbeJob, ProbeStore
+
+    with ProbeStore(db) as ps:
+        key = f"{kind}-{method}-{len(rows)}-{time.time()}"
+        ps.put_job(ProbeJob(key, kind, ["k"], MODEL, TASK, method, {"draws": 10, "seeds": [0]}, status="done",
+                            n_matrices=len({r.matrix for r in rows}), created=time.time()))
+        ps.put_rows(key, rows)
+    return key
+
+
+def synthetic_probes(db: Path, n: int = 4) -> None:
+    """Probe rows with a known reading: low-rank and circulant structure present, Toeplitz not, FT's
+    (ΔM, ΔD) negatively correlated and LoRA's positively, two seeds sharing 2 directions."""
+    from peftatlas.geometry.probe import ProbeRow
+
+    mats = [f"bert.encoder.layer.{i // 2}.attention.self.{'query' if i % 2 == 0 else 'value'}" for i in range(n)]
+    single, pair, lora = [], [], []
+    for i, m in enumerate(mats):
+        shape = {"shape": [32, 32]}
+        single += [ProbeRow(m, "spectral", "energy_top8", 0.9, "gauss", 0.2, 0.01, 70.0 + i, 10, False, shape),
+                   ProbeRow(m, "fit", "circulant", 0.3, "perm", 0.05, 0.01, 25.0, 10, False, shape),
+                   ProbeRow(m, "fit", "toeplitz", 0.06, "perm", 0.05, 0.01, 1.0, 10, False, shape),
+                   ProbeRow(m, "fit", "low_rank", 0.5, "perm", 0.5, 0.0, None, 10, True, shape),
+                   ProbeRow(m, "magdir", "delta_magnitude", 0.1 * (i + 1), detail=shape),
+                   ProbeRow(m, "magdir", "delta_direction", 0.05 / (i + 1), detail=shape)]
+        overlap = [min(1.0, 0.9 + 0.01 * k) if k < 2 else (k + 1) / 32 + 0.05 for k in range(8)]
+        pair.append(ProbeRow(m, "seed_rank", "k_star_left", 2.0, "analytic", 0.01, None, None, 8, False,
+                             {"d": 32, "overlap": overlap, "overlap_null": [(k + 1) / 32 for k in range(8)]}))
+        lora += [ProbeRow(m, "magdir", "delta_magnitude", 0.1 * (i + 1)),
+                 ProbeRow(m, "magdir", "delta_direction", 0.02 * (i + 1) + 0.001 * (i % 2))]
+    add_probe_job(db, "single", "full", single)
+    add_probe_job(db, "pair", "full", pair)
+    add_probe_job(db, "method", "lora", lora)

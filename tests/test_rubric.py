@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
 
-from atlas_fixtures import MODEL, TASK, comparison_records, put
+from atlas_fixtures import add_probe_job, comparison_records, put
 from peftatlas.cli import main
 from peftatlas.geometry.probe import ProbeRow
-from peftatlas.geometry.store import ProbeJob, ProbeStore
 from peftatlas.grading import Evidence, bootstrap, gain_recovered, grade_all, mean_difference
 
 
@@ -90,14 +88,6 @@ def test_unmeasured_entries_say_so(grades, db):
     assert measured == sorted(measured, reverse=True) and every[0].method == "vera"
 
 
-def _add_probe_rows(db, kind: str, method: str, rows: list[ProbeRow]) -> None:
-    with ProbeStore(db) as ps:
-        key = f"{kind}-{method}-{len(rows)}-{time.time()}"
-        ps.put_job(ProbeJob(key, kind, ["k"], MODEL, TASK, method, {"draws": 10}, status="done",
-                            n_matrices=len({r.matrix for r in rows}), created=time.time()))
-        ps.put_rows(key, rows)
-
-
 def test_geometry_predictions_move_the_grade(tmp_path):
     db = put(tmp_path / "geo.sqlite", comparison_records())
     mats = [f"encoder.layer.{i}.attention.self.query" for i in range(4)]
@@ -109,14 +99,14 @@ def test_geometry_predictions_move_the_grade(tmp_path):
                    ProbeRow(m, "fit", "toeplitz", 0.06, "perm", 0.05, 0.01, 1.0, 10),
                    ProbeRow(m, "magdir", "delta_magnitude", 0.1 * (i + 1)),
                    ProbeRow(m, "magdir", "delta_direction", 0.05 / (i + 1))]
-    _add_probe_rows(db, "single", "full", single)
-    _add_probe_rows(db, "pair", "full", [ProbeRow(m, "seed_rank", "k_star_left", 2.0, "analytic", 0.1,
+    add_probe_job(db, "single", "full", single)
+    add_probe_job(db, "pair", "full", [ProbeRow(m, "seed_rank", "k_star_left", 2.0, "analytic", 0.1,
                                                   detail={"d": 64}) for m in mats])
     lora_rows = []
     for i, m in enumerate(mats):
         lora_rows += [ProbeRow(m, "magdir", "delta_magnitude", 0.1 * (i + 1)),
                       ProbeRow(m, "magdir", "delta_direction", 0.02 * (i + 1) + 0.001 * (i % 2))]
-    _add_probe_rows(db, "method", "lora", lora_rows)
+    add_probe_job(db, "method", "lora", lora_rows)
     every = {g.entry.id: g for g in grade_all(Evidence.from_store(db))}
     lora = every["lora"]
     assert [v.status for v in lora.geometry] == ["supported", "supported"]  # energy z ≫ 3; k*/d = 2/64 ≤ 0.05

@@ -1,4 +1,4 @@
-"""MiSS (Matrix Shard Sharing) and its predecessor Bone (Block-Affine adaptation) — Kang & Yin,
+"""MiSS (Matrix Shard Sharing) and its predecessor Bone (Block-Affine adaptation) — Kang et al.,
 "MiSS: Balancing LoRA Performance and Efficiency with Simple Shard Sharing", arXiv:2409.15371
 (earlier versions of the same arXiv entry: "Bone: Block-Affine Adaptation of Large Language Models").
 

@@ -1,4 +1,4 @@
-"""VB-LoRA: extreme parameter-efficient fine-tuning with a vector bank (Y. Li, S. Han, S. Ji,
+"""VB-LoRA: extreme parameter-efficient fine-tuning with a vector bank (Y. Li, S. Han, et al.,
 NeurIPS 2024, arXiv:2405.15179).
 
 Hypothesis: the low-rank factors of all layers are redundant with each other — every length-L piece

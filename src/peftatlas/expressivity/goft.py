@@ -30,7 +30,15 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from ..ops import block_procrustes, givens_tree_apply, givens_tree_dense, nearest_low_rank, procrustes, rotation_blocks
+from ..ops import (
+    block_procrustes,
+    givens_rotation_apply,
+    givens_tree_apply,
+    givens_tree_dense,
+    nearest_low_rank,
+    procrustes,
+    rotation_blocks,
+)
 from .common import ExperimentResult, summarize, timed
 
 F64 = torch.float64
@@ -92,7 +100,7 @@ def fit_tree(W0: Tensor, T: Tensor, quasi: bool, restarts: int, iters: int, gene
                 init = (torch.rand(d - 1, dtype=F64, generator=generator) * 2 - 1) * torch.pi
 
             def loss(p: Tensor) -> Tensor:
-                return (givens_tree_apply(W0, rotation_blocks(p)) - T).pow(2).sum()
+                return (givens_rotation_apply(W0, p) - T).pow(2).sum()
         best = min(best, _lbfgs(init.clone(), loss, iters))
     return best
 
@@ -100,10 +108,9 @@ def fit_tree(W0: Tensor, T: Tensor, quasi: bool, restarts: int, iters: int, gene
 def tree_family_dim(d: int, generator: torch.Generator) -> int:
     """Numerical rank of the Jacobian of θ ↦ vec R(θ) at a random point."""
     theta = (torch.rand(d - 1, dtype=F64, generator=generator) * 2 - 1) * torch.pi
-    eye = torch.eye(d, dtype=F64)
     with warnings.catch_warnings():  # torch's forward-mode AD loads jit decompositions and warns about jit
         warnings.simplefilter("ignore", DeprecationWarning)
-        J = torch.autograd.functional.jacobian(lambda t: givens_tree_apply(eye, rotation_blocks(t)).reshape(-1),
+        J = torch.autograd.functional.jacobian(lambda t: givens_tree_dense(rotation_blocks(t), d).reshape(-1),
                                                theta, strategy="forward-mode", vectorize=True)
     return int(torch.linalg.matrix_rank(J))
 

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.method import BaseFn, LayerAdapter, MethodError, register
-from ..ops.givens import givens_tree_apply, givens_tree_dense, rotation_blocks
+from ..ops.givens import givens_rotation_apply, givens_tree_apply, givens_tree_dense, rotation_blocks
 
 
 class _GivensTree(LayerAdapter):
@@ -53,9 +53,13 @@ class _GivensTree(LayerAdapter):
         """The ``(d_in − 1, 2, 2)`` blocks of the tree, level 1 first."""
         raise NotImplementedError
 
+    def apply_tree(self, x: Tensor, transpose: bool) -> Tensor:
+        """``R x`` or ``Rᵀ x`` on the last dimension, level by level (never builds R)."""
+        return givens_tree_apply(x, self.blocks(), transpose)
+
     def rotate_input(self, x: Tensor) -> Tensor:
         """``diag(s) Rᵀ x`` in float32 (the fast path)."""
-        xr = givens_tree_apply(x.to(torch.float32), self.blocks(), transpose=True)
+        xr = self.apply_tree(x.to(torch.float32), transpose=True)
         return xr * self.scaler if self.scaler is not None else xr
 
     def forward(self, x: Tensor, base_fn: BaseFn) -> Tensor:
@@ -64,7 +68,8 @@ class _GivensTree(LayerAdapter):
     def merged_params(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
         w = params["weight"]
         w32 = w.float() * self.scaler.detach() if self.scaler is not None else w.float()
-        rotated = givens_tree_apply(w32, self.blocks().detach(), transpose=False)  # rows w_o ↦ R (s ⊙ w_o)
+        with torch.no_grad():
+            rotated = self.apply_tree(w32, transpose=False)  # rows w_o ↦ R (s ⊙ w_o)
         return {**params, "weight": rotated.to(w.dtype)}
 
     def dense_rotation(self) -> Tensor:
@@ -105,6 +110,9 @@ class GOFT(_GivensTree):
 
     def blocks(self) -> Tensor:
         return rotation_blocks(self.angles())
+
+    def apply_tree(self, x: Tensor, transpose: bool) -> Tensor:
+        return givens_rotation_apply(x, self.angles(), transpose)  # cheaper backward for rotations
 
 
 @register("qgoft")

@@ -21,6 +21,7 @@ from .fft import (
     toeplitz_matvec,
 )
 from .givens import (
+    givens_rotation_apply,
     givens_tree_apply,
     givens_tree_dense,
     givens_tree_level_sizes,
@@ -41,6 +42,7 @@ __all__ = [
     "block_procrustes",
     "circulant_dense",
     "circulant_matvec",
+    "givens_rotation_apply",
     "givens_tree_apply",
     "givens_tree_dense",
     "givens_tree_level_sizes",

@@ -18,6 +18,8 @@ per token for the whole tree (O(d log d) is the bound asked for; this is O(d)).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -53,31 +55,156 @@ def givens_tree_apply(x: Tensor, blocks: Tensor, transpose: bool = False) -> Ten
 
     ``R x`` applies level 1 first; ``Rᵀ x = P_1ᵀ ⋯ P_Lᵀ x`` applies the deepest level first with each
     block transposed. ``blocks`` has shape ``(d − 1, 2, 2)``; computation runs in ``blocks.dtype``.
+    Differentiable in ``x`` and ``blocks`` (hand-written backward: the adjoint of one direction is
+    the other direction with transposed blocks, plus four column reductions per level).
     """
-    levels = _split_levels(blocks, x.shape[-1])
-    return _apply(x.to(blocks.dtype), levels, 0, transpose)
+    return _apply(_GivensTreeFn, x, blocks, blocks.shape[-3:] == (x.shape[-1] - 1, 2, 2), transpose)
 
 
-def _apply(u: Tensor, levels: list[Tensor], r: int, transpose: bool) -> Tensor:
-    m = u.shape[-1]
-    if r == len(levels):
-        return u
-    p = m // 2
-    blk = levels[r]
-    a, b, c, e = blk[:, 0, 0], blk[:, 0, 1], blk[:, 1, 0], blk[:, 1, 1]
-    even, odd = u[..., 0::2], u[..., 1::2]  # even = survivors of this level (with one leftover if m is odd)
-    if transpose:  # deeper levels act first, then this level's transposed blocks
-        even = _apply(even, levels, r + 1, transpose)
-        xi = even[..., :p]
-        new_i, new_j = a * xi + c * odd, b * xi + e * odd
-        out = torch.stack((new_i, new_j), dim=-1).flatten(-2)
-        return torch.cat((out, even[..., p:]), dim=-1) if m % 2 else out
-    xi = even[..., :p]
-    new_i, new_j = a * xi + b * odd, c * xi + e * odd
-    survivors = torch.cat((new_i, even[..., p:]), dim=-1) if m % 2 else new_i
-    survivors = _apply(survivors, levels, r + 1, transpose)
-    out = torch.stack((survivors[..., :p], new_j), dim=-1).flatten(-2)
-    return torch.cat((out, survivors[..., p:]), dim=-1) if m % 2 else out
+def givens_rotation_apply(x: Tensor, theta: Tensor, transpose: bool = False) -> Tensor:
+    """:func:`givens_tree_apply` with Givens rotations by ``theta`` (length ``d − 1``).
+
+    Same result as ``givens_tree_apply(x, rotation_blocks(theta), transpose)``, with a cheaper
+    backward: for a rotation ``∂(new_i, new_j)/∂θ = (new_j, −new_i)`` (transposed: ``(−new_j, new_i)``
+    swapped accordingly), so ``∂L/∂θ`` needs two column reductions per level instead of four.
+    """
+    return _apply(_GivensRotationFn, x, theta, theta.shape == (x.shape[-1] - 1,), transpose)
+
+
+def _apply(fn: type[torch.autograd.Function], x: Tensor, params: Tensor, ok: bool, transpose: bool) -> Tensor:
+    d = x.shape[-1]
+    if not ok:
+        raise ValueError(f"a Givens tree on R^{d} has {d - 1} blocks (2×2 or one angle each); "
+                         f"got parameters of shape {tuple(params.shape)}")
+    lead = x.shape[:-1]
+    x2 = x.to(params.dtype).reshape(-1, d).contiguous()
+    return fn.apply(x2, params, transpose).reshape(*lead, d)
+
+
+Level = tuple[Tensor, Tensor, Tensor, Tensor]  # (e, o, new_i, new_j) of one level, rows × pairs
+Reduce = Callable[[int, Tensor, Tensor], Tensor]
+
+
+def _combine(e: Tensor, o: Tensor, h0: Tensor, h1: Tensor, out: Tensor) -> None:
+    """``out ← h0 ⊙ e + h1 ⊙ o`` written in place (``out`` may be a strided view)."""
+    torch.mul(e, h0, out=out)
+    out.addcmul_(o, h1)
+
+
+def _down(x: Tensor, H: list[Tensor], reduce: Reduce | None = None) -> tuple[Tensor, list[Level], list[Tensor]]:
+    """Level 1 first. Level r pairs survivor 2k (``e``) with 2k+1 (``o``): the survivor becomes
+    ``new_i = H00 e + H01 o``, the partner is final, ``new_j = H10 e + H11 o``. ``reduce(r, e, o)``
+    (used by backward passes) is collected per level."""
+    out = torch.empty_like(x)
+    V, levels, reduced = x, [], []
+    for r, h in enumerate(H):
+        s, m = 1 << r, V.shape[1]
+        p = m // 2
+        e, o = V[:, 0 : 2 * p : 2], V[:, 1 : 2 * p : 2]
+        if reduce is not None:
+            reduced.append(reduce(r, e, o))
+        nxt = torch.empty(x.shape[0], m - p, dtype=x.dtype, device=x.device)
+        new_i, new_j = nxt[:, :p], out[:, s :: 2 * s]
+        _combine(e, o, h[:, 0, 0], h[:, 0, 1], new_i)
+        _combine(e, o, h[:, 1, 0], h[:, 1, 1], new_j)
+        levels.append((e, o, new_i, new_j))
+        if m % 2:
+            nxt[:, p] = V[:, 2 * p]
+        V = nxt
+    out[:, 0] = V[:, 0]
+    return out, levels, reduced
+
+
+def _up(x: Tensor, H: list[Tensor], reduce: Reduce | None = None) -> tuple[Tensor, list[Level], list[Tensor]]:
+    """Deepest level first. Level r takes the current survivors ``e`` (multiples of 2s) and the
+    untouched partners ``o = x[s::2s]`` and interleaves ``new_i = H00 e + H01 o`` with
+    ``new_j = H10 e + H11 o``."""
+    d = x.shape[1]
+    V = x[:, 0:1]
+    levels: list[Level] = [None] * len(H)  # type: ignore[list-item]
+    reduced: list[Tensor] = [None] * len(H)  # type: ignore[list-item]
+    for r in reversed(range(len(H))):
+        s = 1 << r
+        m = (d + s - 1) // s
+        p = m // 2
+        e, o = V[:, :p], x[:, s :: 2 * s]
+        if reduce is not None:
+            reduced[r] = reduce(r, e, o)
+        nxt = torch.empty(x.shape[0], m, dtype=x.dtype, device=x.device)
+        new_i, new_j = nxt[:, 0 : 2 * p : 2], nxt[:, 1 : 2 * p : 2]
+        _combine(e, o, H[r][:, 0, 0], H[r][:, 0, 1], new_i)
+        _combine(e, o, H[r][:, 1, 0], H[r][:, 1, 1], new_j)
+        levels[r] = (e, o, new_i, new_j)
+        if m % 2:
+            nxt[:, 2 * p] = V[:, p]
+        V = nxt
+    return (V if H else x.clone()), levels, reduced
+
+
+def _run(x: Tensor, blocks: list[Tensor], transpose: bool, reduce: Reduce | None = None
+         ) -> tuple[Tensor, list[Level], list[Tensor]]:
+    """``R x = _down(x, G)``; ``Rᵀ x = _up(x, Gᵀ)``."""
+    return _up(x, [b.transpose(1, 2) for b in blocks], reduce) if transpose else _down(x, blocks, reduce)
+
+
+class _GivensTreeFn(torch.autograd.Function):
+    """Free 2×2 blocks. The adjoint of ``R x`` is ``Rᵀ g`` and vice versa; at each level the adjoint
+    pass sees ``(g_new_i, g_new_j)`` and the block gradient is their outer product with the forward
+    level's ``(e, o)`` summed over rows (transposed when the forward used ``Gᵀ``)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, blocks: Tensor, transpose: bool) -> Tensor:  # type: ignore[override]
+        split = _split_levels(blocks, x.shape[1])
+        out, levels, _ = _run(x, split, transpose)
+        ctx.split, ctx.levels, ctx.transpose = split, levels, transpose
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: Tensor) -> tuple[Tensor, Tensor | None, None]:  # type: ignore[override]
+        dot = torch.linalg.vecdot
+
+        def block_grad(r: int, gi: Tensor, gj: Tensor) -> Tensor:
+            e, o = ctx.levels[r][:2]
+            dh = torch.stack((torch.stack((dot(gi, e, dim=0), dot(gi, o, dim=0)), -1),
+                              torch.stack((dot(gj, e, dim=0), dot(gj, o, dim=0)), -1)), -2)
+            return dh.transpose(1, 2) if ctx.transpose else dh
+
+        reduce = block_grad if ctx.needs_input_grad[1] else None
+        gx, _, grads = _run(g.contiguous(), ctx.split, not ctx.transpose, reduce)
+        gblocks = None
+        if reduce is not None:
+            gblocks = torch.cat(grads, 0) if grads else g.new_zeros(0, 2, 2)
+        return gx, gblocks, None
+
+
+class _GivensRotationFn(torch.autograd.Function):
+    """Givens rotations by θ: for ``R x`` a level maps ``(e, o) ↦ (c e − s o, s e + c o)`` so
+    ``∂L/∂θ = Σ_rows g_j·new_i − g_i·new_j``; for ``Rᵀ x`` the sign flips."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, theta: Tensor, transpose: bool) -> Tensor:  # type: ignore[override]
+        split = _split_levels(rotation_blocks(theta), x.shape[1])
+        out, levels, _ = _run(x, split, transpose)
+        ctx.split, ctx.levels, ctx.transpose = split, levels, transpose
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: Tensor) -> tuple[Tensor, Tensor | None, None]:  # type: ignore[override]
+        sign = -1.0 if ctx.transpose else 1.0
+
+        def angle_grad(r: int, gi: Tensor, gj: Tensor) -> Tensor:
+            new_i, new_j = ctx.levels[r][2:]
+            t = gj * new_i
+            return t.addcmul_(gi, new_j, value=-1.0).sum(0).mul_(sign)
+
+        reduce = angle_grad if ctx.needs_input_grad[1] else None
+        gx, _, grads = _run(g.contiguous(), ctx.split, not ctx.transpose, reduce)
+        gtheta = None
+        if reduce is not None:
+            gtheta = torch.cat(grads, 0) if grads else g.new_zeros(0)
+        return gx, gtheta, None
 
 
 def givens_tree_dense(blocks: Tensor, d: int) -> Tensor:

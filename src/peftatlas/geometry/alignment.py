@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ._linalg import GeometryError, as_matrix, frob2, same_shape, svdvals, thin_svd
+from ._linalg import GeometryError, as_matrix, frob2, same_shape, svdvals, thin_svd, top_svd
 
 
 class W0Basis:
@@ -60,7 +60,7 @@ def alignment_stats(basis: W0Basis) -> Callable[[np.ndarray], dict[str, float]]:
         t = frob2(d)
         if t == 0:
             raise GeometryError("alignment statistics are undefined for a zero update")
-        u, _, vt = thin_svd(d)
+        u, _, vt = top_svd(d, k)
         top = u[:, :k]
         proj = float(np.linalg.norm(top.T @ basis.w0 @ vt[:k].T))
         return {

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._linalg import GeometryError, as_matrix, linalg_threads, rel_residual, same_shape, svdvals, thin_svd
+from ._linalg import GeometryError, as_matrix, linalg_threads, rel_residual, same_shape, svdvals, top_svd
 
 
 @dataclasses.dataclass
@@ -68,8 +68,8 @@ def fit_low_rank(m: Any, k: int, with_approx: bool = True) -> Fit:
         total = float(e.sum())
         res = 0.0 if total == 0 else float(np.sqrt(max(e[k:].sum(), 0.0) / total))
         return Fit("low_rank", params, res, None, {"rank": k})
-    u, s, vt = thin_svd(a)
-    return _fit("low_rank", params, a, (u[:, :k] * s[:k]) @ vt[:k], rank=k)
+    u, s, vt = top_svd(a, k)
+    return _fit("low_rank", params, a, (u * s) @ vt, rank=k)
 
 
 # --- diagonal structures (averaging) --------------------------------------------------------------
@@ -147,9 +147,9 @@ def fit_kronecker(m: Any, rank: int = 1, factor_shape: tuple[int, int] | None = 
         raise GeometryError(f"factor shape {(m1, n1)} does not divide matrix shape {a.shape}")
     m2, n2 = a.shape[0] // m1, a.shape[1] // n1
     r = kron_rearrange(a, m1, n1)
-    u, s, vt = thin_svd(r)
-    k = max(1, min(rank, s.size))
-    approx = kron_unrearrange((u[:, :k] * s[:k]) @ vt[:k], m1, n1, m2, n2)
+    k = max(1, min(rank, min(r.shape)))
+    u, s, vt = top_svd(r, k)
+    approx = kron_unrearrange((u * s) @ vt, m1, n1, m2, n2)
     return _fit("kronecker", k * (m1 * n1 + m2 * n2), a, approx, rank=k, factor_shape=[m1, n1, m2, n2])
 
 
@@ -202,7 +202,7 @@ def vera_bases(shape: tuple[int, int], r: int, seed: int = 0) -> tuple[np.ndarra
     return a, b
 
 
-def fit_vera(m: Any, r: int, seed: int = 0, iters: int = 15, bases: tuple[np.ndarray, np.ndarray] | None = None) -> Fit:
+def fit_vera(m: Any, r: int, seed: int = 0, iters: int = 10, bases: tuple[np.ndarray, np.ndarray] | None = None) -> Fit:
     """Best ``diag(b)·B·diag(d)·A`` with fixed shared bases, by exact alternating least squares.
 
     b-step (d fixed): row i is a 1-D regression, ``b_i = ⟨ΔW_i, K_i⟩ / ‖K_i‖²`` with ``K = B diag(d) A``.

@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._linalg import GeometryError, as_matrix, linalg_threads, rng_of, same_shape, thin_svd, to_torch
+from ._linalg import GeometryError, as_matrix, linalg_threads, polar_rows, rng_of, same_shape, thin_svd, to_torch
 
 
 class RotationBasis:
-    """W0's thin SVD, pseudo-inverse, Gram matrix and HE, shared by the statistics of many ΔW.
+    """W0's thin SVD, pseudo-inverse, range projector, Gram matrix and HE, shared by many ΔW.
 
     The products run in torch float64 with bounded threads (see :mod:`._linalg`).
     """
@@ -42,7 +42,8 @@ class RotationBasis:
         u, s, vt = thin_svd(self.w0_np)
         keep = s > rcond * (s[0] if s.size else 0.0)
         self.w0, self.u, self.s = to_torch(self.w0_np), to_torch(u), to_torch(s)
-        self.pinv = to_torch((vt[keep].T / s[keep]) @ u[:, keep].T)
+        self.pinv_t = to_torch(((vt[keep].T / s[keep]) @ u[:, keep].T).T)  # (W0⁺)ᵀ, m×n
+        self.proj = to_torch(u[:, keep] @ u[:, keep].T)                     # W0 W0⁺, m×m
         self.gram0 = self.w0 @ self.w0.T
         self.he0 = hyperspherical_energy(self.w0_np)
 
@@ -52,20 +53,22 @@ def _sq(x: torch.Tensor) -> float:
 
 
 def procrustes_capture(basis: RotationBasis, dw: np.ndarray) -> float:
-    """Fraction of ‖ΔW‖² explained by the best input-side rotation ``W0 Q``."""
-    with linalg_threads():
-        d = to_torch(dw)
-        w1 = basis.w0 + d
-        uc, _, vct = torch.linalg.svd(basis.s[:, None] * (basis.u.T @ w1), full_matrices=False)
-        w0q = (basis.u * basis.s[None, :]) @ uc @ vct
-        t = _sq(d)
-        return 0.0 if t == 0 else 1.0 - _sq(w1 - w0q) / t
+    """Fraction of ‖ΔW‖² explained by the best input-side rotation ``W0 Q`` (polar factor of C)."""
+    w1 = basis.w0_np + dw
+    c = basis.s.numpy()[:, None] * (basis.u.numpy().T @ w1)
+    w0q = (basis.u.numpy() * basis.s.numpy()[None, :]) @ polar_rows(c)
+    t = float(np.sum(dw * dw))
+    return 0.0 if t == 0 else 1.0 - float(np.sum((w1 - w0q) ** 2)) / t
 
 
 def rotation_fraction(basis: RotationBasis, dw: np.ndarray) -> float:
+    """Skew share of ``W0·M``, ``M = W0⁺ΔW``, without forming the n×n M:
+    ``W0 M = P ΔW`` (P = W0W0⁺) and ``W0 Mᵀ = (W0 ΔWᵀ)(W0⁺)ᵀ``."""
     with linalg_threads():
-        m = basis.pinv @ to_torch(dw)
-        a, b = _sq(basis.w0 @ (0.5 * (m - m.T))), _sq(basis.w0 @ (0.5 * (m + m.T)))
+        d = to_torch(dw)
+        wm = basis.proj @ d
+        wmt = (basis.w0 @ d.T) @ basis.pinv_t
+        a, b = _sq(0.5 * (wm - wmt)), _sq(0.5 * (wm + wmt))
     return 0.0 if a + b == 0 else a / (a + b)
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ._linalg import GeometryError, as_matrix, same_shape, svdvals, thin_svd
+from ._linalg import GeometryError, as_matrix, same_shape, svdvals, top_svd
 
 
 def singular_values(m: Any) -> np.ndarray:
@@ -130,11 +130,11 @@ def seed_consistent_rank(delta_a: Any, delta_b: Any, max_k: int | None = None, z
         raise GeometryError(f"side must be 'left' or 'right', got {side!r}")
     if side == "right":
         a, b = a.T, b.T
-    ua, _, _ = thin_svd(a)
-    ub, _, _ = thin_svd(b)
     d = a.shape[0]
-    cap = max(1, min(ua.shape[1], d // 4))
+    cap = max(1, min(min(a.shape), d // 4))
     kmax = cap if max_k is None else max(1, min(int(max_k), cap))
+    ua = top_svd(a, 2 * kmax)[0]
+    ub = top_svd(b, 2 * kmax)[0]
     overlap, null, cdir, thr = [], [], [], []
     width = min(2 * kmax, ua.shape[1])
     cross = ua[:, :width].T @ ub[:, :width]  # cosines between individual singular vectors

@@ -17,15 +17,16 @@ import torch
 
 import peftatlas as pa
 from peftatlas.evidence.store import ResultsStore, RunRecord
-from peftatlas.testing import tiny_model
 
-MODEL = "tiny-test"
+MODEL = "tiny-bert"  # the arena's config-built 2-layer BERT (seeded): the probe runner's default loader builds it
 TASK = "mr"
 
 
 def base_model() -> torch.nn.Module:
-    """The tiny model whose weights are W0 for every artifact here (deterministic)."""
-    return tiny_model("bert", seed=0).model
+    """The model whose weights are W0 for every artifact here (deterministic)."""
+    from peftatlas.evidence.models import load_classifier
+
+    return load_classifier(MODEL, num_labels=2)[0].eval()
 
 
 def base_loader(name: str) -> torch.nn.Module:
@@ -139,7 +140,7 @@ def synthetic_probes(db: Path, n: int = 4) -> None:
     (ΔM, ΔD) negatively correlated and LoRA's positively, two seeds sharing 2 directions."""
     from peftatlas.geometry.probe import ProbeRow
 
-    mats = [f"bert.encoder.layer.{i // 2}.attention.self.{'query' if i % 2 == 0 else 'value'}" for i in range(n)]
+    mats = [f"encoder.encoder.layer.{i // 2}.attention.self.{'query' if i % 2 == 0 else 'value'}" for i in range(n)]
     single, pair, lora = [], [], []
     for i, m in enumerate(mats):
         shape = {"shape": [32, 32]}

@@ -327,3 +327,13 @@ def test_probe_runner_refuses_a_missing_database(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="does not exist"):
         probe_store(tmp_path / "nope.sqlite")
+
+
+def test_probe_cli_uses_the_arena_model_loader(tmp_path, capsys):
+    from atlas_fixtures import probe_records, put
+    from peftatlas.cli import main
+
+    db = put(tmp_path / "results.sqlite", probe_records(tmp_path))
+    assert main(["probe", "--store", str(db), "--draws", "2", "--max-matrices", "2", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "2 job(s), 4 matrices, 0 failed" in out

@@ -112,3 +112,26 @@ def test_report_cli(tmp_path, capsys):
     assert "pages" in capsys.readouterr().out
     assert Path(tmp_path / "site" / "index.html").is_file()
     assert main(["report", "--store", str(tmp_path / "nope.sqlite"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_atlas_runs_probe_grade_and_report_in_one_go(tmp_path, monkeypatch, capsys):
+    """`peftatlas atlas` orchestration, with the arena replaced by a fake that writes known runs."""
+    import peftatlas.evidence.arena as arena
+    from atlas_fixtures import probe_records
+
+    calls = []
+
+    def fake_run_profile(profile, store_path, methods=None, progress=True):
+        calls.append((profile, Path(store_path)))
+        root = Path(store_path).parent
+        recs = [r for r in comparison_records() if r.method != "full"] + probe_records(root)
+        return put(Path(store_path), recs) and recs
+
+    monkeypatch.setattr(arena, "run_profile", fake_run_profile)
+    out = tmp_path / "atlas"
+    assert main(["atlas", "--profile", "smoke", "--out", str(out), "--max-matrices", "2", "--quiet"]) == 0
+    assert calls == [("smoke", out / "results.sqlite")]
+    text = capsys.readouterr().out
+    assert "atlas: 4/4 report" in text and "vera" in text
+    assert (out / "index.html").is_file() and (out / "methods" / "lora.html").is_file()
+    assert "probe_overview.png" in (out / "index.md").read_text()

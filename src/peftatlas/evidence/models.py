@@ -57,13 +57,22 @@ class SequenceClassifier(nn.Module):
             self.classifier.bias.zero_()
 
     def pool(self, hidden: Tensor, attention_mask: Tensor | None) -> Tensor:
-        if self.pooling == "cls" or attention_mask is None:
-            return hidden[:, 0] if self.pooling == "cls" else hidden.mean(1)
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        """Mean over real tokens (or the first token). A mask longer than ``hidden`` (it also covers a
+        cached prefix, as in prefix tuning) is aligned to the last ``hidden.shape[1]`` positions."""
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        if attention_mask is None:
+            return hidden.mean(1)
+        mask = attention_mask[:, -hidden.shape[1]:].unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, **kwargs: Any) -> Tensor:
-        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    def get_input_embeddings(self) -> nn.Module:
+        return self.encoder.get_input_embeddings()
+
+    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+                inputs_embeds: Tensor | None = None, **kwargs: Any) -> Tensor:
+        """Logits ``(batch, num_labels)``; extra keyword arguments (``past_key_values``, ...) go to the encoder."""
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs)
         hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state
         pooled = self.pool(hidden, attention_mask)
         return self.classifier(self.dropout(pooled.to(self.classifier.weight.dtype)))

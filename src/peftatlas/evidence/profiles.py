@@ -113,7 +113,7 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke", model="tiny-bert", task="mr",
         methods=("full", "head_only", "lora", "vera"),
-        budgets=("1%",), lr_factors=(1.0, 3.0), seeds=(0, 1),
+        budgets=("0.2%",), lr_factors=(1.0, 3.0), seeds=(0, 1),
         train={"epochs": 1, "batch_size": 16, "evals_per_epoch": 2, "max_length": 32, "min_steps": 4},
         head_lr=3e-3, train_size=64, val_size=32, test_size=32, ood_size=16,
         learning_curve_sizes=(16,), learning_curve_methods=("lora",), target_acc=0.5,

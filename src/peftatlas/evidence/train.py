@@ -4,7 +4,7 @@ Pseudocode::
 
     groups   = [adapter params: lr, weight_decay],  [head params: head_lr (default lr)]
     opt      = AdamW(groups);  lr(t) = peak · t/warmup  then  peak · (T − t)/(T − warmup)   (linear)
-    for epoch, for each batch of a seeded permutation (DDP: each rank takes rows rank::world):
+    for epoch, for each batch of a seeded permutation, grouped by length (DDP: rank r takes rows r::world):
         loss = CE(model(x), y) + model.extra_loss()          # regulariser, when the method has one
         loss.backward();  clip ‖g‖ ≤ grad_clip;  opt.step();  sched.step()
         model.on_train_step(step, T)                          # cross-layer schedules (AdaLoRA, ...)
@@ -56,6 +56,7 @@ class TrainConfig:
     target_acc: float | None = None  # for steps_to_target
     device: str | None = None  # default: cuda (this rank's device) if available, else cpu
     ddp_find_unused: bool = False  # DDP: set for methods with parameters a forward may not use
+    group_by_length: bool = True  # batches of similar lengths (less padding); see epoch_batches
 
     def validate(self) -> None:
         checks = [
@@ -195,6 +196,29 @@ def batch_starts(n_train: int, batch_size: int, world: int = 1) -> list[int]:
     return [s for s in range(0, n_train, batch_size) if min(batch_size, n_train - s) >= world]
 
 
+GROUP = 16  # batches per length-sorted group
+
+
+def epoch_batches(perm: list[int], lengths: Sequence[int], cfg: TrainConfig, world: int,
+                  generator: torch.Generator) -> list[list[int]]:
+    """One epoch's batches (row indices) from a seeded permutation.
+
+    With ``group_by_length``: consecutive groups of ``GROUP · batch_size`` rows of the permutation
+    are sorted by length and cut into batches, whose order is then shuffled (less padding, same
+    number and sizes of batches as without grouping).
+    """
+    b = cfg.batch_size
+    batches = [perm[s:s + b] for s in batch_starts(len(perm), b, world)]
+    if cfg.group_by_length:
+        grouped: list[list[int]] = []
+        for s in range(0, len(perm), GROUP * b):
+            chunk = sorted(perm[s:s + GROUP * b], key=lambda i: -lengths[i])
+            grouped += [chunk[j:j + b] for j in range(0, len(chunk), b)]
+        grouped = [x for x in grouped if len(x) >= world]
+        batches = [grouped[i] for i in torch.randperm(len(grouped), generator=generator).tolist()]
+    return batches
+
+
 def plan_steps(n_train: int, cfg: TrainConfig, world: int = 1) -> tuple[int, int, list[int]]:
     """(epochs, steps per epoch, evaluation steps) for ``n_train`` rows."""
     per_epoch = len(batch_starts(n_train, cfg.batch_size, world))
@@ -251,6 +275,7 @@ def train_classifier(model: nn.Module, tokenizer: Any, task: TaskData, cfg: Trai
     total = epochs * per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(total, round(cfg.warmup_ratio * total)))
     ids = encode(tokenizer, task.train.texts, cfg.max_length)
+    lengths = [len(x) for x in ids]
     labels = torch.tensor(task.train.labels)
     pad = tokenizer.pad_token_id or 0
     order = torch.Generator().manual_seed(cfg.seed)
@@ -264,8 +289,7 @@ def train_classifier(model: nn.Module, tokenizer: Any, task: TaskData, cfg: Trai
     bar = _progress(total, progress and rank == 0, desc)
     for _ in range(epochs):
         perm = torch.randperm(len(ids), generator=order).tolist()
-        for start in batch_starts(len(perm), cfg.batch_size, world):
-            rows = perm[start:start + cfg.batch_size]
+        for rows in epoch_batches(perm, lengths, cfg, world, order):
             mine = rows[rank::world]
             logits = logits_of(net(**collate([ids[i] for i in mine], pad, device)))
             # sum over this rank's rows / global rows, × world: DDP's gradient mean is the global-batch mean

@@ -1,0 +1,170 @@
+"""The arena end to end on the smoke profile: killed mid-sweep, resumed, nothing redone or lost.
+
+One module-scoped store serves every test: a ``peftatlas run --profile smoke`` subprocess is killed
+(SIGKILL) after its first records land, then the sweep is resumed in-process and checked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+import torch
+
+import peftatlas as pa
+from peftatlas.cli import main as cli_main
+from peftatlas.evidence import arena as arena_mod
+from peftatlas.evidence.arena import Arena, format_table, run_profile, summarize
+from peftatlas.evidence.models import load_classifier
+from peftatlas.evidence.profiles import PROFILES, Profile, get_profile
+from peftatlas.evidence.store import ResultsStore
+from peftatlas.evidence.train import evaluate
+
+SMOKE = PROFILES["smoke"]
+
+
+def expected_counts(profile: Profile) -> Counter:
+    """(experiment, method) → number of records the smoke profile must produce."""
+    c: Counter = Counter()
+    for m in profile.methods:
+        c["lr_sweep", m] += len(profile.lr_factors)
+        c["main", m] += len(profile.seeds)
+        if m in profile.learning_curve_methods:
+            c["learning_curve", m] += len(profile.learning_curve_sizes) * profile.learning_curve_seeds
+    return c
+
+
+def done_count(path) -> int:
+    if not path.exists():
+        return 0
+    try:
+        with ResultsStore(path) as store:
+            return len(store.records(status="done"))
+    except Exception:  # the writer may be creating the file right now
+        return 0
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(tmp_path_factory):
+    path = tmp_path_factory.mktemp("arena") / "smoke.sqlite"
+    proc = subprocess.Popen([sys.executable, "-m", "peftatlas.cli", "run", "--profile", "smoke", "--store", str(path),
+                             "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 900
+    while done_count(path) < 3:
+        assert proc.poll() is None, f"the sweep ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+        assert time.time() < deadline, "no records after 15 minutes"
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    with ResultsStore(path) as store:
+        before = {r.key: r for r in store.records()}
+    records = run_profile("smoke", path, progress=False)
+    return path, before, records
+
+
+def test_resume_redoes_nothing_and_loses_nothing(killed_and_resumed):
+    path, before, records = killed_and_resumed
+    total = sum(expected_counts(SMOKE).values())
+    assert 3 <= len(before) < total, "the kill should land mid-sweep"
+    with ResultsStore(path) as store:
+        after = {r.key: r for r in store.records()}
+    assert len(after) == total
+    for key, rec in before.items():
+        assert after[key] == rec, "a finished run was redone or changed"
+    assert Counter((r.experiment, r.method) for r in after.values()) == expected_counts(SMOKE)
+    assert all(r.status == "done" for r in after.values())
+    assert {r.key for r in records} == set(after)
+    # a third pass trains nothing
+    with ResultsStore(path) as store:
+        arena = Arena(SMOKE, store, progress=False)
+        again = arena.run_all()
+    assert arena.counts["trained"] == 0 and arena.counts["failed"] == 0
+    assert sorted(r.key for r in again) == sorted(after)
+
+
+def test_records_carry_the_arena_design(killed_and_resumed):
+    path, _, records = killed_and_resumed
+    by = lambda **f: [r for r in records if all(getattr(r, k) == v for k, v in f.items())]  # noqa: E731
+    for method in SMOKE.methods:
+        sweep = by(method=method, experiment="lr_sweep")
+        main = by(method=method, experiment="main")
+        assert sorted(r.lr for r in sweep) == sorted(get_profile("smoke").lr_grid(method))
+        best = max(sweep, key=lambda r: (r.metrics["val_acc"], -r.lr))
+        assert {r.lr for r in main} == {best.lr}, "main runs use the LR chosen on validation"
+        assert sorted(r.seed for r in main) == list(SMOKE.seeds)
+        seed0 = next(r for r in main if r.seed == SMOKE.seeds[0])
+        assert seed0.train_key == best.train_key and seed0.metrics == best.metrics  # reused, not retrained
+        for r in main:
+            assert {"val_acc", "test_acc", "ood_acc/amazon", "ood_acc/tweets", "ood_acc/nyt"} <= set(r.metrics)
+            assert r.curve and {"epoch", "step", "val_acc", "train_loss"} <= set(r.curve[0])
+            assert r.artifact and (path.parent / r.artifact / "adapter.safetensors").is_file()
+            assert r.code_version.startswith(pa.__version__ + "+") and r.profile == "smoke"
+    lora = by(method="lora", experiment="main")[0]
+    assert lora.budget == "0.2%" and lora.metrics["budget_met"] == 1.0
+    assert abs(lora.metrics["budget_rel_error"]) <= 0.10 and lora.hyperparameters["targets"] == ["query", "value"]
+    assert lora.trainable_params == lora.metrics["adapter_params"] + lora.metrics["head_params"]
+    assert by(method="full", experiment="main")[0].budget is None
+    curve = by(experiment="learning_curve")
+    assert [r.train_size for r in curve] == list(SMOKE.learning_curve_sizes)
+
+
+def test_saved_artifact_reproduces_the_recorded_accuracy(killed_and_resumed):
+    path, _, records = killed_and_resumed
+    from peftatlas.evidence.data import load_task
+    from peftatlas.evidence.train import TrainConfig
+
+    task = load_task(SMOKE.task).subset(SMOKE.train_size, SMOKE.val_size, SMOKE.test_size, SMOKE.ood_size)
+    for method in ("lora", "full"):
+        rec = next(r for r in records if r.method == method and r.experiment == "main")
+        model, tok = load_classifier(SMOKE.model, task.num_labels, seed=123)  # a different head init
+        model = pa.load_adapter(model, path.parent / rec.artifact)
+        cfg = TrainConfig(max_length=SMOKE.train["max_length"])
+        got = evaluate(model, tok, task.test, task.num_labels, cfg, torch.device("cpu"))
+        assert got["acc"] == rec.metrics["test_acc"], method
+
+
+def test_summary_table(killed_and_resumed):
+    _, _, records = killed_and_resumed
+    rows = summarize(records)
+    assert {r["method"] for r in rows} == set(SMOKE.methods)
+    assert all(r["seeds"] == len(SMOKE.seeds) for r in rows)
+    table = format_table(records)
+    for m in SMOKE.methods:
+        assert m in table
+    assert "OOD amazon" in table and "recovered" in table
+
+
+def test_cli_prints_the_table_from_the_store(killed_and_resumed, capsys):
+    path, _, _ = killed_and_resumed
+    assert cli_main(["run", "--profile", "smoke", "--store", str(path), "--methods", "lora,head_only", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "lora" in out and "head_only" in out and "0 failed" in out
+
+
+def test_failed_runs_are_recorded_and_retried(tmp_path, monkeypatch):
+    profile = dataclasses.replace(SMOKE, name="smoke-failing", methods=("head_only",), learning_curve_sizes=())
+    real = arena_mod.train_classifier
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(arena_mod, "train_classifier", broken)
+    records = run_profile(profile, tmp_path / "s.sqlite", progress=False)
+    assert records and all(r.status == "failed" and r.error == "RuntimeError: simulated crash" for r in records)
+    assert all(r.experiment == "lr_sweep" for r in records)  # no main runs without a chosen LR
+    monkeypatch.setattr(arena_mod, "train_classifier", real)
+    records = run_profile(profile, tmp_path / "s.sqlite", progress=False)
+    assert all(r.status == "done" for r in records)
+    assert len(records) == len(profile.lr_factors) + len(profile.seeds)
+
+
+def test_unknown_methods_are_skipped_with_a_note(tmp_path, capsys):
+    profile = dataclasses.replace(SMOKE, name="smoke-unknown", methods=("no_such_method",))
+    assert run_profile(profile, tmp_path / "s.sqlite", progress=True) == []
+    assert "no_such_method: not a registered method" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown profile"):
+        get_profile("huge")

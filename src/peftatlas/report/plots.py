@@ -201,3 +201,27 @@ def magdir_scatter(series: dict[str, list[tuple[float, float]]], path: Path) -> 
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def retention_bars(arms: Sequence[Arm], path: Path, highlight: str | None = None) -> Path | None:
+    """OOD retention (mean over shifted sets of ood_acc/test_acc) per arm, mean ± sd over seeds."""
+    arms = sorted((a for a in arms if a.retention()), key=lambda a: -float(np.mean(a.retention())))
+    if not arms:
+        return None
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(arms) + 2), 3.8))
+    x = np.arange(len(arms))
+    vals = [np.mean(a.retention()) for a in arms]
+    errs = [np.std(a.retention()) if len(a.retention()) > 1 else 0 for a in arms]
+    colors = [COLORS["highlight"] if a.method == highlight else COLORS.get(a.method, COLORS["other"]) for a in arms]
+    ax.bar(x, vals, yerr=errs, color=colors, capsize=2)
+    for ref in ("lora", "full"):
+        arm = next((a for a in arms if a.method == ref), None)
+        if arm is not None:
+            ax.axhline(np.mean(arm.retention()), color=COLORS[ref], ls="--", lw=1, label=f"{ref} retention")
+    ax.set_xticks(x, [f"{a.method}@{a.budget}" if a.budget not in (None, "fixed") else a.method for a in arms],
+                  rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("OOD retention (ood acc / test acc)")
+    ax.set_title("How much accuracy survives the distribution shift")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)

@@ -154,6 +154,9 @@ class Site:
                                  "adapter parameters; dashed: full fine-tuning and head-only.", ""))
         blocks.append(self._plot(plots.ood_bars(self._main_arms(), self.out / "plots" / "ood.png"),
                                  "OOD accuracy", "In-distribution test accuracy beside each shifted set.", ""))
+        blocks.append(self._plot(plots.retention_bars(self._main_arms(), self.out / "plots" / "retention.png"),
+                                 "OOD retention", "Shifted-set accuracy as a fraction of in-distribution accuracy "
+                                 "(the OOD dimension's statistic); dashed: LoRA and full fine-tuning.", ""))
         blocks.append(self._plot(plots.learning_curves(ev, self.setting, sorted({r.method for r in ev.done(
             "learning_curve")}), self.out / "plots" / "learning_curves.png") if self.setting else None,
             "Learning curves", "Test accuracy against the number of training examples.", ""))
@@ -427,6 +430,10 @@ class Site:
                                  if any(a.ood_sets() for a in mine) else None,
                                  "OOD accuracy", "In-distribution and shifted-set accuracy beside LoRA and full FT.",
                                  "../"))
+        blocks.append(self._plot(plots.retention_bars(mine + refs, self.out / "plots" / f"retention_{entry.id}.png",
+                                                      hl) if any(a.retention() for a in mine) else None,
+                                 "OOD retention", "Shifted-set accuracy / in-distribution accuracy, mean ± sd over "
+                                 "seeds.", "../"))
         return blocks
 
     def _literature_blocks(self, entry: Entry) -> list[Block]:

@@ -243,7 +243,7 @@ class Site:
             parts: list = [Strong("Claim: "), fam.claim + " "]
             if measured:
                 best = max(measured, key=lambda g: g.measured_points or 0)
-                parts += [f"Measured: {len(measured)} of {len(entries)} entries have runs; best ",
+                parts += [f"Measured: {len(measured)} of {len(entries)} entries graded from runs; best ",
                           Link(best.label, f"methods/{best.entry.id}.html"),
                           f" ({best.measured_points:g}/{MAX_POINTS:g}). "]
                 mean_lit = np.mean([g.literature_points for g in measured])

@@ -173,7 +173,7 @@ def test_bf16_model_runs_structured_products_in_fp32(method):
         exact = layer.base.float()(x.float()) + x.float() @ adapter.delta_weight(layer.base.weight.float()).T
     assert y.dtype == torch.bfloat16
     err = (y.float() - exact).abs().max() / exact.abs().max()
-    assert err < 2e-2, f"bf16 output deviates by {err:.4f} (relative to the output scale)"
+    assert err < 1e-2, f"bf16 output deviates by {err:.4f} (relative to the output scale)"
     layer.base.float()
 
 

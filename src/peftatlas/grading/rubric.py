@@ -339,12 +339,15 @@ def grade_method(ev: Evidence, entry: Entry, method: str | None, setting: tuple[
     total = min(max(base + mod, 0.0), MAX_POINTS)
     derivation = [f"{d} {v.points:g}/{SCALE[d]:g} ({v.status})" for d, v in verdicts.items()]
     derivation.append(f"geometry {mod:+g}")
+    cap_note = ""
     if entry.override and entry.override.kind == "analytic" and total > entry.override.cap:
-        derivation.append(f"capped at {entry.override.cap:g} by the analytic override: {entry.override.finding}")
+        cap_note = (f"{total:g}, capped at {entry.override.cap:g} by the analytic override "
+                    f"({entry.override.finding}) → ")
         total = entry.override.cap
     grade = Grade(entry, arm.method, setting, arm.budget, verdicts, geo, mod, total, lit, derivation,
                   _disagreements(entry, verdicts))
-    derivation.append(f"= {total:g} / {MAX_POINTS:g} ({grade.measured_dims} of 5 measurable dimensions measured)")
+    derivation.append(f"= {cap_note}{total:g} / {MAX_POINTS:g} ({grade.measured_dims} of 5 measurable dimensions "
+                      "measured)")
     return grade
 
 

@@ -161,8 +161,10 @@ def inline_md(x: Inline, in_table: bool = False) -> str:
         elif isinstance(s, Link):
             href = s.href[:-5] + ".md" if s.href.endswith(".html") else s.href.replace(".html#", ".md#")
             out.append(f"[{_md_escape(s.text)}]({href})")
-        elif isinstance(s, Strong):
-            out.append(f"**{_md_escape(s.text) if in_table else s.text}**")
+        elif isinstance(s, Strong):  # Markdown bold cannot end in a space: move it outside
+            text = _md_escape(s.text) if in_table else s.text
+            core = text.rstrip()
+            out.append(f"**{core}**{text[len(core):]}")
         elif isinstance(s, Mono):
             out.append(f"`{s.text}`")
         else:

@@ -41,6 +41,14 @@ from ._rotation import (
 from .oft import check_cayley
 
 
+def check_span(d_in: int, cfg: Any) -> None:
+    """Every butterfly factor needs ``d_in`` divisible by ``block_size · 2^(n_factors − 1)``."""
+    span = cfg.block_size * 2 ** (cfg.n_factors - 1)
+    if d_in % span:
+        raise MethodError(f"boft: the input size {d_in} must be divisible by block_size·2^(n_factors−1) "
+                          f"= {cfg.block_size}·{2 ** (cfg.n_factors - 1)} = {span}")
+
+
 @register("boft")
 class BOFT(LayerAdapter):
     family = "rotation"
@@ -69,10 +77,7 @@ class BOFT(LayerAdapter):
         super().__init__(base, cfg, shared)
         object.__setattr__(self, "_base", base)
         d_out, d_in = self.dims(base)
-        span = cfg.block_size * 2 ** (cfg.n_factors - 1)
-        if d_in % span:
-            raise MethodError(f"boft: the input size {d_in} must be divisible by block_size·2^(n_factors−1) "
-                              f"= {cfg.block_size}·{2 ** (cfg.n_factors - 1)} = {span}")
+        check_span(d_in, cfg)
         self.boft_q = nn.Parameter(torch.zeros(cfg.n_factors, d_in // cfg.block_size, packed_size(cfg.block_size)))
         self.boft_s = nn.Parameter(torch.ones(d_out)) if cfg.scale else None
 
@@ -121,4 +126,5 @@ class BOFT(LayerAdapter):
     @classmethod
     def param_count(cls, base: nn.Module, cfg: Config) -> int:
         d_out, d_in = cls.dims(base)
+        check_span(d_in, cfg)
         return cfg.n_factors * (d_in // cfg.block_size) * packed_size(cfg.block_size) + (d_out if cfg.scale else 0)

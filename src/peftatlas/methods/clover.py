@@ -231,4 +231,8 @@ class CLOVER(LayerAdapter):
     @classmethod
     def param_count(cls, base: nn.Module, cfg: Config) -> int:
         d_out, d_in = cls.dims(base)
-        return (d_out if cfg.role == "query" else d_in) * cfg.head_dim
+        width = d_out if cfg.role == "query" else d_in
+        if cfg.role not in ("query", "output") or width % cfg.head_dim:
+            raise MethodError(f"clover: cannot count a layer with role {cfg.role!r} and head axis {width} "
+                              f"(head_dim {cfg.head_dim})")
+        return width * cfg.head_dim

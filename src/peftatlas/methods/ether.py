@@ -136,6 +136,9 @@ class ETHER(LayerAdapter):
     @classmethod
     def param_count(cls, base: nn.Module, cfg: Any) -> int:
         d_out, d_in = cls.dims(base)
+        _blocks(cls.name, d_in, cfg.n_blocks)
+        if getattr(cfg, "two_sided", False):
+            _blocks(cls.name, d_out, cfg.n_blocks)
         per_side = 2 if cls.plus else 1
         return per_side * d_in + (2 * d_out if getattr(cfg, "two_sided", False) else 0)
 

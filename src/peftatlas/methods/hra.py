@@ -100,4 +100,7 @@ class HRA(LayerAdapter):
 
     @classmethod
     def param_count(cls, base: nn.Module, cfg: Config) -> int:
-        return cfg.r * cls.dims(base)[1]
+        d_in = cls.dims(base)[1]
+        if cfg.r > d_in:
+            raise MethodError(f"hra: r = {cfg.r} exceeds the layer's input size {d_in}")
+        return cfg.r * d_in

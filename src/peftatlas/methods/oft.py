@@ -103,7 +103,7 @@ class OFT(LayerAdapter):
     @classmethod
     def param_count(cls, base: nn.Module, cfg: Config) -> int:
         _, d_in = cls.dims(base)
-        return d_in // cfg.block_size * packed_size(cfg.block_size)
+        return block_count(cls.name, d_in, cfg.block_size) * packed_size(cfg.block_size)
 
 
 @register("oftv2")

@@ -54,9 +54,7 @@ class PiSSA(LayerAdapter):
 
     def __init__(self, base: nn.Module, cfg: Config, shared: nn.Module | None = None) -> None:
         super().__init__(base, cfg, shared)
-        d_out, d_in = self.dims(base)
-        if cfg.r > min(d_out, d_in):
-            raise MethodError(f"{self.name}: r = {cfg.r} exceeds min(d_out, d_in) = {min(d_out, d_in)}")
+        self.param_count(base, cfg)  # validates r against the layer
         U, S, Vh = weight_svd(base.weight)
         idx = top_indices(S.shape[0], cfg.r, self.which)
         root = S[idx].sqrt()
@@ -80,6 +78,8 @@ class PiSSA(LayerAdapter):
     @classmethod
     def param_count(cls, base: nn.Module, cfg: Config) -> int:
         d_out, d_in = cls.dims(base)
+        if cfg.r > min(d_out, d_in):
+            raise MethodError(f"{cls.name}: r = {cfg.r} exceeds min(d_out, d_in) = {min(d_out, d_in)}")
         return cfg.r * (d_in + d_out)
 
 

@@ -51,9 +51,8 @@ class RoAd(LayerAdapter):
 
     def __init__(self, base: nn.Module, cfg: Config, shared: nn.Module | None = None) -> None:
         super().__init__(base, cfg, shared)
+        self.param_count(base, cfg)  # validates group_size against the layer
         d_out, _ = self.dims(base)
-        if d_out % cfg.group_size:
-            raise MethodError(f"road: group_size {cfg.group_size} must divide the layer's output size {d_out}")
         size = d_out * VARIANTS[cfg.variant] // 2
         self.road_theta = nn.Parameter(torch.zeros(size))
         self.road_alpha = nn.Parameter(torch.ones(size))
@@ -115,4 +114,7 @@ class RoAd(LayerAdapter):
 
     @classmethod
     def param_count(cls, base: nn.Module, cfg: Config) -> int:
-        return cls.dims(base)[0] * VARIANTS[cfg.variant]
+        d_out = cls.dims(base)[0]
+        if d_out % cfg.group_size:
+            raise MethodError(f"road: group_size {cfg.group_size} must divide the layer's output size {d_out}")
+        return d_out * VARIANTS[cfg.variant]

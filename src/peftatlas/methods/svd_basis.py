@@ -56,9 +56,7 @@ class SubspaceAdapter(LayerAdapter):
     persist_basis: ClassVar[bool] = True
 
     def _init_basis(self, base: nn.Module, k: int, which: str = "principal") -> None:
-        d_out, d_in = self.dims(base)
-        if k < 1 or k > min(d_out, d_in):
-            raise MethodError(f"{self.name}: rank r = {k} must be in [1, min(d_out, d_in) = {min(d_out, d_in)}]")
+        self.check_rank(base, k)
         U, S, Vh = weight_svd(base.weight)
         idx = top_indices(S.shape[0], k, which)
         keep = self.persist_basis
@@ -73,6 +71,12 @@ class SubspaceAdapter(LayerAdapter):
     def core_delta(self) -> Tensor:
         """Dense ``M(θ) − diag σ`` (k × k)."""
         raise NotImplementedError
+
+    @classmethod
+    def check_rank(cls, base: nn.Module, r: int) -> None:
+        d_out, d_in = cls.dims(base)
+        if r < 1 or r > min(d_out, d_in):
+            raise MethodError(f"{cls.name}: rank r = {r} must be in [1, min(d_out, d_in) = {min(d_out, d_in)}]")
 
     def delta_output(self, x: Tensor) -> Tensor:
         z = F.linear(x.to(self.basis_Vh.dtype), self.basis_Vh)
@@ -195,6 +199,7 @@ class SSVD(SubspaceAdapter):
 
     @classmethod
     def param_count(cls, base: nn.Module, cfg: Config) -> int:
+        cls.check_rank(base, cfg.r)
         return cfg.r + (cfg.r * cfg.r if cfg.rotation == "free" else packed_size(cfg.r))
 
 
@@ -253,6 +258,7 @@ class PSOFT(SubspaceAdapter):
 
     @classmethod
     def param_count(cls, base: nn.Module, cfg: Config) -> int:
+        cls.check_rank(base, cfg.r)
         core = packed_size(cfg.r) if cfg.orth else cfg.r * cfg.r
         return core + cfg.r * (int(cfg.mag_a) + int(cfg.mag_b))
 
@@ -325,6 +331,7 @@ class AntiPaSTO(SubspaceAdapter):
 
     @classmethod
     def param_count(cls, base: nn.Module, cfg: Config) -> int:
+        cls.check_rank(base, cfg.r)
         return cfg.r + packed_size(cfg.r) * (int(cfg.rotate_u) + int(cfg.rotate_v))
 
 

@@ -22,16 +22,16 @@ MODEL = "tiny-bert"  # the arena's config-built 2-layer BERT (seeded): the probe
 TASK = "mr"
 
 
-def base_model() -> torch.nn.Module:
+def base_model(num_labels: int = 2) -> torch.nn.Module:
     """The model whose weights are W0 for every artifact here (deterministic)."""
     from peftatlas.evidence.models import load_classifier
 
-    return load_classifier(MODEL, num_labels=2)[0].eval()
+    return load_classifier(MODEL, num_labels=num_labels)[0].eval()
 
 
-def base_loader(name: str) -> torch.nn.Module:
+def base_loader(name: str, num_labels: int = 2) -> torch.nn.Module:
     assert name == MODEL, name
-    return base_model()
+    return base_model(num_labels)
 
 
 def record(method: str, seed: int, test_acc: float, *, experiment: str = "main", budget: str | None = "0.1%",

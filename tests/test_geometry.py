@@ -337,3 +337,28 @@ def test_probe_cli_uses_the_arena_model_loader(tmp_path, capsys):
     assert main(["probe", "--store", str(db), "--draws", "2", "--max-matrices", "2", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "2 job(s), 4 matrices, 0 failed" in out
+
+
+def test_method_job_reads_a_mergeable_adapters_own_update(tmp_path):
+    """ΔW of a saved LoRA (6-label head) is recovered through merged_params: rank ≤ r, magnitudes stored."""
+    import peftatlas as pa
+    from atlas_fixtures import base_loader, base_model, probe_records, put, record
+    from peftatlas.geometry.runner import ProbeConfig, probe_store
+    from peftatlas.geometry.store import ProbeStore
+
+    model = pa.attach(base_model(num_labels=6), "lora", r=2, targets=["query", "value"])
+    g = torch.Generator().manual_seed(0)
+    for layer in model.adapted_layers().values():
+        layer.adapters["default"].perturb_(g, 0.5)
+    pa.save_adapter(model, tmp_path / "artifacts" / "lora")
+    recs = [*probe_records(tmp_path, seeds=(0,)), record("lora", 0, 0.9, artifact="artifacts/lora")]
+    db = put(tmp_path / "results.sqlite", recs)
+    jobs = probe_store(db, ProbeConfig(draws=2, max_matrices=2), base_loader=base_loader, log=None)
+    job = next(j for j in jobs if j.kind == "method")
+    assert job.status == "done" and job.method == "lora" and job.n_matrices == 2, job.error
+    with ProbeStore(db) as ps:
+        rows = ps.rows(job.job_key)
+    r90 = [r.value for r in rows if r.stat == "r90"]
+    assert len(r90) == 2 and all(v <= 2 for v in r90)
+    assert {r.stat for r in rows if r.probe == "magdir"} == {"delta_magnitude", "delta_direction"}
+    assert all(r.null is None for r in rows)

@@ -9,7 +9,7 @@ For every (model, task) with finished full fine-tuning runs of the main experime
 
 ``ΔW_FT`` is read from the full-FT run's saved adapter (keys ``<module>.deltas.weight``); a method's
 ΔW is ``merged_params(W0) − W0`` of its loaded adapter. W0 comes from the model loader of the arena
-(:func:`peftatlas.evidence.models.load_classifier`), or from any ``base_loader(model) -> nn.Module``.
+(:func:`peftatlas.evidence.models.load_classifier`), or from any ``base_loader(model, num_labels)``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from ..core.io import read_adapter_files
 from .probe import PROBE_VERSION, ProbeRow, probe_matrix, probe_pair
 from .store import ProbeJob, ProbeStore, job_key
 
-BaseLoader = Callable[[str], nn.Module]
+BaseLoader = Callable[[str, int], nn.Module]  # (model name, number of labels) -> the pristine model
 DELTA_SUFFIX = ".deltas.weight"
 
 
@@ -52,11 +52,18 @@ class ProbeConfig:
                 "max_matrices": self.max_matrices, "seed": self.seed, "probe_version": PROBE_VERSION}
 
 
-def default_base_loader(model: str) -> nn.Module:
-    """The arena's classifier for ``model`` (pristine pretrained encoder; the head is irrelevant here)."""
+def default_base_loader(model: str, num_labels: int = 2) -> nn.Module:
+    """The arena's classifier for ``model`` with a fresh head (the encoder is the pristine pretrained one)."""
     from ..evidence.models import load_classifier
 
-    return load_classifier(model, num_labels=2)[0].eval()
+    return load_classifier(model, num_labels=num_labels)[0].eval()
+
+
+def head_labels(folder: str | Path) -> int:
+    """Number of labels of a saved adapter's task head (2 when it saved no head)."""
+    _, tensors = read_adapter_files(folder)
+    heads = [v for k, v in tensors.items() if k.startswith("head.") and k.endswith("weight") and v.ndim == 2]
+    return int(heads[-1].shape[0]) if heads else 2
 
 
 def linear_weights(model: nn.Module) -> dict[str, np.ndarray]:
@@ -145,7 +152,7 @@ class ProbeRunner:
 
     def base_weights(self, model: str) -> dict[str, np.ndarray]:
         if model not in self._bases:
-            self._bases[model] = linear_weights(self.base_loader(model))
+            self._bases[model] = linear_weights(self.base_loader(model, 2))
         return self._bases[model]
 
     def _artifact(self, rec: Any) -> Path | None:
@@ -208,7 +215,8 @@ class ProbeRunner:
         w0 = self.base_weights(job.model)
         head = {"classifier"}
         if job.kind == "method":
-            deltas = method_deltas(self.base_loader(job.model), self._artifact(recs[0]))  # type: ignore[arg-type]
+            folder = self._artifact(recs[0])
+            deltas = method_deltas(self.base_loader(job.model, head_labels(folder)), folder)  # type: ignore[arg-type]
         else:
             deltas = full_ft_deltas(self._artifact(recs[0]))  # type: ignore[arg-type]
         names = select_matrices(_probe_targets(deltas, w0, head), self.config.max_matrices)

@@ -152,3 +152,12 @@ class Evidence:
     def probe_rows(self, setting: tuple[str, str], kind: str, method: str = "full") -> list[ProbeRow]:
         job = self.probe_job(setting, kind, method)
         return self.rows.get(job.job_key, []) if job else []
+
+    def magdir_points(self, setting: tuple[str, str], method: str) -> list[tuple[float, float]]:
+        """DoRA's (ΔM, ΔD) per matrix of ``method``'s update (full FT: the single job; others: method jobs)."""
+        rows = self.probe_rows(setting, "single" if method == "full" else "method", method)
+        by: dict[str, dict[str, float]] = {}
+        for r in rows:
+            if r.probe == "magdir":
+                by.setdefault(r.matrix, {})[r.stat] = r.value
+        return [(v["delta_magnitude"], v["delta_direction"]) for _, v in sorted(by.items()) if len(v) == 2]

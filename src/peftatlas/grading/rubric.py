@@ -210,13 +210,7 @@ def matching_rows(rows: list, p: Prediction) -> list:
 
 def judge_prediction(ev: Evidence, setting: tuple[str, str], p: Prediction) -> GeometryVerdict:
     if p.kind == "magdir":
-        kind = "single" if p.job_method == "full" else "method"
-        rows = ev.probe_rows(setting, kind, p.job_method)
-        by: dict[str, dict[str, float]] = {}
-        for r in rows:
-            if r.probe == "magdir":
-                by.setdefault(r.matrix, {})[r.stat] = r.value
-        pts = [(v["delta_magnitude"], v["delta_direction"]) for v in by.values() if len(v) == 2]
+        pts = ev.magdir_points(setting, p.job_method)
         if len(pts) < 3:
             return GeometryVerdict(p, "not measured",
                                    f"needs ≥ 3 matrices of {p.job_method}'s update, have {len(pts)}")

@@ -377,17 +377,8 @@ class Site:
                                            f"{p.probe}/{p.stat} vs {p.null} null")
                 blocks.append(self._plot(path, f"{p.stat} vs null", p.meaning, "../"))
             elif p.kind == "magdir":
-                series = {}
-                for m in ("full", "lora", *entry.methods):
-                    kind = "single" if m == "full" else "method"
-                    rows_m = self.ev.probe_rows(self.setting, kind, m) if self.setting else []
-                    by: dict[str, dict[str, float]] = {}
-                    for r in rows_m:
-                        if r.probe == "magdir":
-                            by.setdefault(r.matrix, {})[r.stat] = r.value
-                    pts = [(v["delta_magnitude"], v["delta_direction"]) for v in by.values() if len(v) == 2]
-                    if pts:
-                        series[m] = pts
+                series = {m: pts for m in ("full", "lora", *entry.methods)
+                          if self.setting and (pts := self.ev.magdir_points(self.setting, m))}
                 if i == next(j for j, q in enumerate(entry.predictions) if q.kind == "magdir"):
                     path = plots.magdir_scatter(series, self.out / "plots" / f"magdir_{entry.id}.png")
                     blocks.append(self._plot(path, "Magnitude vs direction",

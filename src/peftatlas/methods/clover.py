@@ -48,9 +48,10 @@ ROLES = {
     "query": re.compile(r"(^|.*\.)(q_proj|query|q_lin|q)$"),
     "key": re.compile(r"(^|.*\.)(k_proj|key|k_lin|k)$"),
     "value": re.compile(r"(^|.*\.)(v_proj|value|v_lin|v)$"),
-    "output": re.compile(r"(^|.*\.)(o_proj|out_proj|out_lin|attention\.output\.dense)$"),
+    "output": re.compile(r"(^|.*\.)(o_proj|out_proj|out_lin|o|attention\.output\.dense)$"),
 }
-ATTENTION_PROJECTIONS = r".*\.(q_proj|k_proj|v_proj|o_proj|out_proj|query|key|value|attention\.output\.dense)"
+ATTENTION_PROJECTIONS = (r".*\.(q_proj|k_proj|v_proj|o_proj|out_proj|query|key|value|q_lin|k_lin|v_lin|out_lin"
+                         r"|q|k|v|o|attention\.output\.dense)")
 PAIRS = {"qk,vo": ("qk", "vo"), "qk": ("qk",), "vo": ("vo",)}
 
 

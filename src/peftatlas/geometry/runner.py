@@ -171,7 +171,11 @@ class ProbeRunner:
 
     def run(self) -> list[ProbeJob]:
         jobs: list[ProbeJob] = []
-        for (model, task), recs in sorted(self.groups().items()):
+        groups = self.groups()
+        if not groups:
+            self.log(f"probe: {self.path} has no finished main-experiment runs with saved adapters; "
+                     "run `peftatlas run --profile …` first")
+        for (model, task), recs in sorted(groups.items()):
             full = _unique_seeds([r for r in recs if r.method == "full"])
             if not full:
                 self.log(f"probe: {model}/{task}: no full fine-tuning run with a saved update; nothing to probe")

@@ -120,7 +120,7 @@ DFT_GEMM_MAX_BLOCK = 128
 
 @register("c3a")
 class C3A(LayerAdapter):
-    family = "structured"
+    family = "structured-full-rank"
     summary = "ΔW block-circulant (b×b circulant blocks), applied by FFT convolution; full rank."
     formula = "d_out·d_in / b"
     size_knob: ClassVar[str | None] = "block_size"  # larger block → fewer parameters

@@ -115,7 +115,7 @@ class _SparseSpectrum(torch.autograd.Function):
 
 @register("fourierft")
 class FourierFT(LayerAdapter):
-    family = "structured"
+    family = "structured-full-rank"
     summary = "ΔW = α·Re(IFFT2(F)); F has n trainable real coefficients at fixed random frequencies."
     formula = "n_frequency"
     size_knob: ClassVar[str | None] = "n_frequency"

@@ -39,7 +39,7 @@ def _kaiming(rows: int, cols: int) -> Tensor:
 
 @register("loha")
 class LoHa(LayerAdapter):
-    family = "structured"
+    family = "structured-full-rank"
     summary = "ΔW = s·(B1A1) ⊙ (B2A2): a Hadamard product of two rank-r factors, rank up to r²."
     formula = "2·r·(d_in + d_out)"
     size_knob: ClassVar[str | None] = "r"

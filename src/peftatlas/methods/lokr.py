@@ -34,7 +34,7 @@ def _kaiming(rows: int, cols: int) -> Tensor:
 
 @register("lokr")
 class LoKr(LayerAdapter):
-    family = "structured"
+    family = "structured-full-rank"
     summary = "ΔW = s·C ⊗ (BA): a small dense block pattern times a low-rank block (Kronecker)."
     formula = "u_p·u_q + r·(v_p + v_q),  d_out = u_p·v_p, d_in = u_q·v_q"
     size_knob: ClassVar[str | None] = "r"

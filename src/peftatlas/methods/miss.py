@@ -34,7 +34,7 @@ from ._factors import dense_linear, require
 
 @register("miss")
 class MiSS(LayerAdapter):
-    family = "structured"
+    family = "structured-full-rank"
     summary = "ΔW = [Mᵀ Mᵀ … Mᵀ]: one r×d_out shard shared by every input block (periodic along the input)."
     formula = "r·d_out"
     size_knob: ClassVar[str | None] = "r"
@@ -79,7 +79,7 @@ class MiSS(LayerAdapter):
 
 @register("bone")
 class Bone(LayerAdapter):
-    family = "structured"
+    family = "structured-full-rank"
     summary = "ΔW_ij = W_ij M_i + M_i on r×r blocks: a weight-guided block-affine update (MiSS's predecessor)."
     formula = "r·d_out"
     size_knob: ClassVar[str | None] = "r"

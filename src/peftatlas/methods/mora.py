@@ -39,7 +39,7 @@ def rope_angles(groups: int, size: int) -> Tensor:
 
 @register("mora")
 class MoRA(LayerAdapter):
-    family = "structured"
+    family = "structured-full-rank"
     summary = "ΔW x = decompress(M · compress(x)) with a trainable square r̂×r̂ M: rank r̂ at LoRA's budget."
     formula = "r̂²,  r̂ = round(√((d_in + d_out)·r))"
     size_knob: ClassVar[str | None] = "r"

@@ -33,7 +33,7 @@ from ._factors import dense_linear, require
 
 @register("shira")
 class SHiRA(LayerAdapter):
-    family = "structured"
+    family = "structured-full-rank"
     summary = "Train a fixed sparse set of r·(d_in+d_out) weight entries (chosen by importance): sparse, high rank."
     formula = "r·(d_in + d_out)"
     size_knob: ClassVar[str | None] = "r"

@@ -133,3 +133,15 @@ def test_grade_cli(db, capsys):
     assert {d["entry"] for d in data} >= {"vera", "lora", "goft", "dora"}
     assert np.isclose(next(d for d in data if d["method"] == "vera")["measured_points"], 7.0)
     assert main(["grade", "--store", str(db.parent / "missing.sqlite")]) == 2
+
+
+def test_practical_threshold_guards_against_tiny_significant_effects(tmp_path):
+    """z ≥ 3 alone is not support when a stated effect size (value/null ≥ 3 for PiSSA) is missed."""
+    db = put(tmp_path / "ratio.sqlite", comparison_records(seeds=(0, 1)))
+    small = [ProbeRow(f"m{i}", "align", "block_pp", 0.02, "spec", 0.015, 0.0005, 10.0, 10) for i in range(3)]
+    big = [ProbeRow(f"m{i}", "align", "block_mm", 0.09, "spec", 0.015, 0.0005, 150.0, 10) for i in range(3)]
+    add_probe_job(db, "single", "full", small + big)
+    every = {g.entry.id: g for g in grade_all(Evidence.from_store(db))}
+    pissa, milora = every["pissa"].geometry[0], every["milora"].geometry[0]
+    assert pissa.status == "not significant" and "value/null = 1.33" in pissa.derivation
+    assert milora.status == "supported" and milora.numbers["ratio"] == pytest.approx(6.0)

@@ -23,12 +23,12 @@ ENTRIES = [
         literature=marks((True, "one vector per adapted layer"), (True, "above LoRA in few-shot T0 evaluation (self)"),
                          (True, "above full fine-tuning few-shot (self)"), (True, "designed and shown for few-shot"),
                          (False, "no"), (True, "in PEFT, commonly used")),
-        predictions=(Prediction("null", "ΔW_FT of key/value projections is more of a row rescaling of W0 than "
-                                "chance", probe="fit", stat="row_gains", null="perm", direction=1,
-                                matrices=r"(key|value|k_proj|v_proj)$"),
-                     Prediction("null", "ΔW_FT of the FFN down-projection is more of a column rescaling than chance",
-                                probe="fit", stat="col_gains", null="perm", direction=1,
-                                matrices=r"(output\.dense|down_proj|fc2)$"))),
+        predictions=(Prediction("null", "a row rescaling of W0 captures ≥ 20× more of ΔW_FT on key/value "
+                                "projections than of the permuted null", probe="fit", stat="row_gains", null="perm",
+                                direction=1, matrices=r"(key|value|k_proj|v_proj)$", min_ratio=20.0),
+                     Prediction("null", "a column rescaling captures ≥ 20× more of ΔW_FT on the FFN down-projection "
+                                "than of the null", probe="fit", stat="col_gains", null="perm", direction=1,
+                                matrices=r"(output\.dense|down_proj|fc2)$", min_ratio=20.0))),
     Entry(
         id="ln_tuning", name="LayerNorm tuning", family="activation", methods=("ln_tuning",),
         paper=Paper("Tuning LayerNorm in Attention: Towards Efficient Multi-Modal LLM Finetuning",

@@ -10,10 +10,10 @@ ROTATION = Prediction("null", "the best input-side rotation W0·Q explains more 
                       direction=1)
 GRAM_KEPT = Prediction("null", "ΔW_FT changes the neuron Gram matrix W Wᵀ less than a random update of the same "
                        "spectrum", probe="rotation", stat="gram_change", null="spec", direction=-1)
-PRINCIPAL = Prediction("null", "ΔW_FT's energy in W0's top-k × top-k singular block exceeds the random-orientation "
-                       "null", probe="align", stat="block_pp", null="spec", direction=1)
-MINOR = Prediction("null", "ΔW_FT's energy in W0's bottom-k × bottom-k singular block exceeds the null",
-                   probe="align", stat="block_mm", null="spec", direction=1)
+PRINCIPAL = Prediction("null", "ΔW_FT's energy in W0's top-k × top-k singular block is ≥ 3× the random-orientation "
+                       "null", probe="align", stat="block_pp", null="spec", direction=1, min_ratio=3.0)
+MINOR = Prediction("null", "ΔW_FT's energy in W0's bottom-k × bottom-k singular block is ≥ 3× the null",
+                   probe="align", stat="block_mm", null="spec", direction=1, min_ratio=3.0)
 MAGDIR_FT = Prediction("magdir", "for full fine-tuning, magnitude and direction changes are negatively correlated "
                        "across matrices (DoRA Fig. 2: −0.62)", direction=-1, job_method="full")
 MAGDIR_LORA = Prediction("magdir", "for LoRA, they are positively correlated (DoRA Fig. 2: +0.83)", direction=1,
@@ -213,8 +213,8 @@ ENTRIES = [
                        "Lingam et al. 2024, Table 2", "FT"),),
         literature=marks((True, "0.006–0.25% parameters"), (True, "above LoRA r=1 on math (self)"), (False, "no"),
                          (False, "no"), (False, "no"), (False, "no")),
-        predictions=(Prediction("null", "ΔW_FT's energy on the diagonal of W0's singular basis exceeds the null",
-                                probe="align", stat="basis_diagonal", null="spec", direction=1),)),
+        predictions=(Prediction("null", "ΔW_FT's energy on the diagonal of W0's singular basis is ≥ 10× the null",
+                                probe="align", stat="basis_diagonal", null="spec", direction=1, min_ratio=10.0),)),
     Entry(
         id="ssvd", name="SSVD (structured SVD-guided)", family="svd-basis", methods=("ssvd",),
         paper=Paper("Structured SVD-guided fine-tuning", "Wang, Watanabe, Van hamme", "arXiv", 2025, "2509.02830"),

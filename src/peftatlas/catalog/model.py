@@ -74,7 +74,9 @@ class Prediction:
     ``kind="threshold"``: the median value (divided by the matrix's ``d`` when ``per_d``) satisfies
     ``op`` ``value``. ``kind="magdir"``: the Pearson correlation of (ΔM, ΔD) over matrices of
     ``job_method``'s update has sign ``direction`` with a 95% bootstrap CI excluding 0.
-    ``matrices`` is a regular expression on module names (``None`` = all).
+    ``min_ratio`` (null kind, direction +1): also require median value ≥ ``min_ratio`` × median null
+    mean — the practical threshold the research notes state (a large matrix makes tiny effects
+    significant). ``matrices`` is a regular expression on module names (``None`` = all).
     """
 
     kind: Literal["null", "threshold", "magdir"]
@@ -89,6 +91,7 @@ class Prediction:
     aggregate: Literal["median", "cv"] = "median"
     matrices: str | None = None
     job_method: str = "full"
+    min_ratio: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)

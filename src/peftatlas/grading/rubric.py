@@ -255,10 +255,15 @@ def judge_prediction(ev: Evidence, setting: tuple[str, str], p: Prediction) -> G
             f"median value {np.median(vals):.3g} vs null {np.median(nulls) if nulls.size else float('nan'):.3g} "
             f"({p.null}, {rows[0].n} draws)")
     nums = {"median_z": med, "fraction_significant": frac, "matrices": int(zs.size)}
+    ratio = float(np.median(vals) / np.median(nulls)) if nulls.size and np.median(nulls) > 0 else float("nan")
+    if p.min_ratio is not None:
+        text += f"; value/null = {ratio:.3g} (practical threshold ≥ {p.min_ratio:g})"
+        nums["ratio"] = ratio
     if p.direction == 0:
         status = "supported" if abs(med) < Z_SIGNIFICANT else "contradicted"
     elif med * p.direction >= Z_SIGNIFICANT:
-        status = "supported"
+        practical = p.min_ratio is None or (math.isfinite(ratio) and ratio >= p.min_ratio)
+        status = "supported" if practical else "not significant"
     elif med * p.direction <= -Z_SIGNIFICANT:
         status = "contradicted"
     else:

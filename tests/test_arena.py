@@ -168,3 +168,19 @@ def test_unknown_methods_are_skipped_with_a_note(tmp_path, capsys):
     assert "no_such_method: not a registered method" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown profile"):
         get_profile("huge")
+
+
+@pytest.mark.slow
+@pytest.mark.realmodel
+def test_quick_profile_lora_and_full_reach_78_percent(tmp_path):
+    """Acceptance: on real MiniLM + movie reviews, LoRA and full FT average ≥ 78% test accuracy over
+    the seeds, and the store re-reads every record identically (about 10–20 minutes on 2 CPU cores)."""
+    path = tmp_path / "quick.sqlite"
+    records = run_profile("quick", path, methods=["full", "lora"], progress=False)
+    for method in ("full", "lora"):
+        main = [r for r in records if r.method == method and r.experiment == "main"]
+        assert len(main) == len(PROFILES["quick"].seeds)
+        mean = sum(r.metrics["test_acc"] for r in main) / len(main)
+        assert mean >= 0.78, f"{method}: mean test accuracy {mean:.3f}"
+    with ResultsStore(path) as store:
+        assert {r.key: r for r in store.records()} == {r.key: r for r in records}

@@ -155,12 +155,15 @@ def test_length_grouped_batches_cover_each_row_once():
 
 def test_model_is_left_at_its_best_validation_state(small_mr):
     model, tok = lora_model(dropout=0.0)
+    model.register_buffer("steps_seen", torch.zeros(()))  # schedule state kept in a buffer (like AdaLoRA's masks)
+    model.on_train_step = lambda step, total: model.steps_seen.fill_(step)
     cfg = TrainConfig(lr=3e-2, epochs=3, **{k: v for k, v in CFG.items() if k != "epochs"})
     result = train_classifier(model, tok, small_mr, cfg)
     best = max(result.curve, key=lambda p: p["val_acc"])
     assert result.metrics["best_step"] == next(p["step"] for p in result.curve if p["val_acc"] == best["val_acc"])
     again = evaluate(model, tok, small_mr.val, 2, cfg, torch.device("cpu"))
     assert again["acc"] == result.metrics["val_acc"]
+    assert float(model.steps_seen) == result.metrics["best_step"]  # buffers travel back to the best step too
 
 
 def test_progress_bar_is_silent_without_a_terminal(small_mr, capsys):

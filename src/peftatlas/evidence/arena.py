@@ -129,10 +129,10 @@ class Arena:
         return out
 
     # --- one run ------------------------------------------------------------------------------------
-    def train_config(self, conf: Configuration, lr: float, seed: int) -> TrainConfig:
+    def train_config(self, task: str, conf: Configuration, lr: float, seed: int) -> TrainConfig:
         p = self.profile
         head_lr = None if conf.method == "head_only" else p.head_lr
-        return TrainConfig(lr=lr, head_lr=head_lr, seed=seed, target_acc=p.target_acc, **p.train)
+        return TrainConfig(lr=lr, head_lr=head_lr, seed=seed, target_acc=p.target_for(task), **p.train)
 
     def run(self, experiment: str, task_name: str, conf: Configuration, lr: float, seed: int,
             train_size: int | None = None) -> RunRecord:
@@ -141,7 +141,7 @@ class Arena:
         if train_size is not None and train_size >= len(task.train):
             train_size = None
         data = task if train_size is None else task.subset(train=train_size)
-        cfg = self.train_config(conf, lr, seed)
+        cfg = self.train_config(task_name, conf, lr, seed)
         version = code_version(conf.method)
         identity = {
             "model": model_info(self.profile.model)["source"], "task": task.name, "data": data.fingerprint(),

@@ -233,14 +233,18 @@ def plan_steps(n_train: int, cfg: TrainConfig, world: int = 1) -> tuple[int, int
 
 
 def _trainable_state(model: nn.Module) -> dict[str, Tensor]:
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    """Trainable parameters and every buffer: schedules keep state in buffers (AdaLoRA's rank masks,
+    Delta-LoRA's last factors), which must travel with the parameters to the best step."""
+    state = {f"p:{n}": p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    state.update({f"b:{n}": b.detach().clone() for n, b in model.named_buffers()})
+    return state
 
 
 @torch.no_grad()
 def _restore(model: nn.Module, state: dict[str, Tensor]) -> None:
-    params = dict(model.named_parameters())
+    tensors = {f"p:{n}": p for n, p in model.named_parameters()} | {f"b:{n}": b for n, b in model.named_buffers()}
     for n, v in state.items():
-        params[n].copy_(v)
+        tensors[n].copy_(v)
 
 
 def _progress(total: int, enabled: bool, desc: str) -> Any:

@@ -128,7 +128,7 @@ class C3A(LayerAdapter):
 
     @dataclasses.dataclass
     class Config:
-        block_size: int = 256
+        block_size: int = 128  # HF PEFT's default is 256, which does not divide 384-wide models (MiniLM)
         init: str = "zeros"  # "zeros" (no-op start) or "xavier" (the paper's random start)
 
     @classmethod

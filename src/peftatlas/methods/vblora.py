@@ -58,7 +58,7 @@ class VBLoRA(LayerAdapter):
     class Config:
         r: int = 4
         num_vectors: int = 256
-        vector_length: int = 256
+        vector_length: int = 128  # the paper / HF PEFT use 256; 128 also divides 384-wide models (MiniLM)
         topk: int = 2
         init_logits_std: float = 0.1
         init_bank_bound: float = 0.02

@@ -68,6 +68,19 @@ def test_hand_written_backward_passes_gradcheck(d, transpose):
                                givens_tree_apply(x, rotation_blocks(theta), transpose), atol=1e-12, rtol=0)
 
 
+def test_in_place_edit_of_the_output_is_detected():
+    x = torch.randn(4, 8, requires_grad=True)
+    theta = torch.randn(7, requires_grad=True)
+    y = givens_rotation_apply(x, theta, transpose=True)
+    with pytest.raises(RuntimeError, match="inplace"):  # refused at the edit or at backward, never silent
+        y.mul_(2.0)
+        y.sum().backward()
+    z = givens_tree_apply(x, torch.eye(2).repeat(7, 1, 1), transpose=True)
+    with pytest.raises(RuntimeError, match="inplace"):
+        z.mul_(2.0)
+        z.sum().backward()
+
+
 def test_tree_rejects_wrong_block_count():
     with pytest.raises(ValueError, match="R\\^8 has 7 blocks"):
         givens_tree_apply(torch.randn(2, 8), torch.randn(6, 2, 2))

@@ -64,9 +64,9 @@ def givens_tree_apply(x: Tensor, blocks: Tensor, transpose: bool = False) -> Ten
 def givens_rotation_apply(x: Tensor, theta: Tensor, transpose: bool = False) -> Tensor:
     """:func:`givens_tree_apply` with Givens rotations by ``theta`` (length ``d − 1``).
 
-    Same result as ``givens_tree_apply(x, rotation_blocks(theta), transpose)``, with a cheaper
-    backward: for a rotation ``∂(new_i, new_j)/∂θ = (new_j, −new_i)`` (transposed: ``(−new_j, new_i)``
-    swapped accordingly), so ``∂L/∂θ`` needs two column reductions per level instead of four.
+    Same result as ``givens_tree_apply(x, rotation_blocks(theta), transpose)``, computed faster: each
+    level is one complex multiplication of the pairs ``e + i·o`` by ``e^{±iθ}``, and ``∂L/∂θ`` needs one
+    column reduction per level instead of four.
     """
     return _apply(_GivensRotationFn, x, theta, theta.shape == (x.shape[-1] - 1,), transpose)
 
@@ -157,6 +157,7 @@ class _GivensTreeFn(torch.autograd.Function):
         split = _split_levels(blocks, x.shape[1])
         out, levels, _ = _run(x, split, transpose)
         ctx.split, ctx.levels, ctx.transpose = split, levels, transpose
+        ctx.save_for_backward(x, out)  # the level views alias these: autograd now detects in-place edits
         return out
 
     @staticmethod
@@ -170,6 +171,7 @@ class _GivensTreeFn(torch.autograd.Function):
                               torch.stack((dot(gj, e, dim=0), dot(gj, o, dim=0)), -1)), -2)
             return dh.transpose(1, 2) if ctx.transpose else dh
 
+        ctx.saved_tensors  # noqa: B018  (raises if x or the output was modified in place)
         reduce = block_grad if ctx.needs_input_grad[1] else None
         gx, _, grads = _run(g.contiguous(), ctx.split, not ctx.transpose, reduce)
         gblocks = None
@@ -178,31 +180,83 @@ class _GivensTreeFn(torch.autograd.Function):
         return gx, gblocks, None
 
 
+def _rot_up(x: Tensor, w: list[Tensor], fwd: list[Tensor] | None = None, sign: float = 1.0
+            ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """:func:`_up` for rotations in complex form: a level maps the pair ``z = e + i·o`` to ``z·w``.
+
+    With ``fwd`` (the forward's complex level outputs) it also returns ``sign·Im Σ_rows conj(z'_fwd)·z``
+    per level — the angle gradient when this pass is the adjoint."""
+    n, d = x.shape
+    V = x[:, 0:1]
+    outs: list[Tensor] = [None] * len(w)  # type: ignore[list-item]
+    grads: list[Tensor] = [None] * len(w)  # type: ignore[list-item]
+    for r in reversed(range(len(w))):
+        s = 1 << r
+        m = (d + s - 1) // s
+        p = m // 2
+        z = torch.complex(V[:, :p], x[:, s :: 2 * s])
+        if fwd is not None:
+            grads[r] = torch.linalg.vecdot(fwd[r], z, dim=0).imag.mul_(sign)
+        outs[r] = z.mul_(w[r])
+        pairs = torch.view_as_real(z).view(n, 2 * p)  # (new_i, new_j) interleaved, no copy
+        V = torch.cat((pairs, V[:, p : p + 1]), 1) if m % 2 else pairs
+    return (V if w else x.clone()), outs, grads
+
+
+def _rot_down(x: Tensor, w: list[Tensor], fwd: list[Tensor] | None = None, sign: float = 1.0
+              ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """:func:`_down` for rotations in complex form; survivor arrays keep an even physical width so
+    adjacent (e, o) pairs can be viewed as complex numbers without copying."""
+    n, d = x.shape
+    out = torch.empty_like(x)
+    V, m = (torch.nn.functional.pad(x, (0, 1)) if d % 2 and d > 1 else x), d
+    outs: list[Tensor] = []
+    grads: list[Tensor] = []
+    for r in range(len(w)):
+        s, p = 1 << r, m // 2
+        z = torch.view_as_complex(V.view(n, -1, 2))[:, :p]
+        if fwd is not None:
+            grads.append(torch.linalg.vecdot(fwd[r], z, dim=0).imag.mul_(sign))
+        zp = z * w[r]
+        outs.append(zp)
+        left = m - p
+        nxt = torch.empty(n, left + (left % 2 if left > 1 else 0), dtype=x.dtype, device=x.device)
+        nxt[:, :p].copy_(zp.real)
+        out[:, s :: 2 * s].copy_(zp.imag)
+        if m % 2:
+            nxt[:, p] = V[:, 2 * p]
+        V, m = nxt, left
+    out[:, 0] = V[:, 0]
+    return out, outs, grads
+
+
 class _GivensRotationFn(torch.autograd.Function):
-    """Givens rotations by θ: for ``R x`` a level maps ``(e, o) ↦ (c e − s o, s e + c o)`` so
-    ``∂L/∂θ = Σ_rows g_j·new_i − g_i·new_j``; for ``Rᵀ x`` the sign flips."""
+    """Givens rotations by θ in complex form: for ``R x`` a level maps ``z = e + i·o`` to ``z·e^{iθ}``
+    (``Rᵀ x``: ``z·e^{−iθ}``). The adjoint multiplies by the conjugate phases in the opposite traversal,
+    and ``∂L/∂θ = ±Im Σ_rows conj(z')·g'`` (z' the level output, g' its gradient): one reduction per level."""
 
     @staticmethod
     def forward(ctx, x: Tensor, theta: Tensor, transpose: bool) -> Tensor:  # type: ignore[override]
-        split = _split_levels(rotation_blocks(theta), x.shape[1])
-        out, levels, _ = _run(x, split, transpose)
-        ctx.split, ctx.levels, ctx.transpose = split, levels, transpose
+        d = x.shape[1]
+        angles = torch.split(theta, givens_tree_level_sizes(d)) if d > 1 else ()
+        phases = [torch.polar(torch.ones_like(t), -t if transpose else t) for t in angles]
+        out, outs, _ = (_rot_up if transpose else _rot_down)(x, phases)
+        ctx.phases, ctx.outs, ctx.transpose = phases, outs, transpose
+        ctx.save_for_backward(x, out)  # the level outputs alias these: autograd detects in-place edits
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g: Tensor) -> tuple[Tensor, Tensor | None, None]:  # type: ignore[override]
-        sign = -1.0 if ctx.transpose else 1.0
-
-        def angle_grad(r: int, gi: Tensor, gj: Tensor) -> Tensor:
-            new_i, new_j = ctx.levels[r][2:]
-            t = gj * new_i
-            return t.addcmul_(gi, new_j, value=-1.0).sum(0).mul_(sign)
-
-        reduce = angle_grad if ctx.needs_input_grad[1] else None
-        gx, _, grads = _run(g.contiguous(), ctx.split, not ctx.transpose, reduce)
+        ctx.saved_tensors  # noqa: B018  (raises if x or the output was modified in place)
+        fwd = ctx.outs if ctx.needs_input_grad[1] else None
+        conj = [ph.conj() for ph in ctx.phases]
+        if ctx.transpose:  # forward was _rot_up: its adjoint is _rot_down with conjugate phases
+            gx, _, grads = _rot_down(g.contiguous(), conj, fwd, -1.0)
+        else:
+            gx, _, grads = _rot_up(g.contiguous(), conj, fwd, 1.0)
         gtheta = None
-        if reduce is not None:
+        if fwd is not None:
             gtheta = torch.cat(grads, 0) if grads else g.new_zeros(0)
         return gx, gtheta, None
 

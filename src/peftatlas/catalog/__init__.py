@@ -11,6 +11,11 @@ contradicts it; "widely adopted" is our judgement of use beyond the paper (a sta
 or broad community use). Analytic refutations cap the grade at 1 point, failed independent
 replications at 4 (:class:`Override`). These grades are provisional; the rubric
 (:mod:`peftatlas.grading`) replaces each dimension with a measured verdict where the store has data.
+
+Sources: entries 1–30 of the research draft (read in full text or abstracts, tags FT/ABS/CODE/CALC)
+and, for the methods it did not cover (RandLoRA, VB-LoRA, C3A, MiSS, SHiRA, OFTv2, BOFT, ETHER, RoAd,
+SSVD, PSOFT, CLOVER, AntiPaSTO, DeLoRA, trainable tokens, Poly, X-LoRA), paper metadata and claims
+partly from memory: every such claim is tagged ``MEM`` and should be checked before it is quoted.
 """
 
 from __future__ import annotations

@@ -247,15 +247,15 @@ ENTRIES = [
         predictions=(PRINCIPAL,)),
     Entry(
         id="clover", name="CLOVER", family="svd-basis", methods=("clover",),
-        paper=Paper("CLOVER: Cross-Layer Orthogonal Vectors Pruning and Fine-Tuning", "Meng, Zhang", "arXiv", 2024,
-                    "2411.17426"),
+        paper=Paper("CLOVER: Cross-Layer Orthogonal Vectors Pruning and Fine-Tuning", "Meng et al.", "arXiv", 2024,
+                    None),
         hypothesis="Each attention head's Q–K and V–O products have their own natural orthogonal bases; training the "
                    "small core between those bases adapts the head with few parameters.",
         pseudocode="for each head: U, S, Vᵀ = svd(W_Q,h W_K,hᵀ)  (and V–O)\n"
                    "W_Q,h ← U S_trainable, W_K,h ← V      # train the d_h×d_h core",
         measurements=("arena: CLOVER vs LoRA at equal parameters",),
         headline=Claim("Outperforms LoRA, DoRA, HiRA and PiSSA on commonsense reasoning (self-reported).",
-                       "Meng & Zhang 2024, abstract", "MEM"),
+                       "Meng et al. 2024, abstract (arXiv id not verified here)", "MEM"),
         counter=(),
         literature=marks((True, "head-sized cores"), (True, "self-reported"), (False, "no"), (False, "no"),
                          (False, "no"), (False, "no")),

@@ -41,7 +41,7 @@ class _GivensTree(LayerAdapter):
     """Input-side tree rotation ``W' = W0 · diag(s) · Rᵀ``; subclasses define the 2×2 blocks."""
 
     family = "rotation"
-    stackable: ClassVar[bool] = True
+    params_per_block: ClassVar[int] = 1  # trainable numbers per 2×2 block
 
     def __init__(self, base: nn.Module, cfg: Any, shared: nn.Module | None = None) -> None:
         super().__init__(base, cfg, shared)
@@ -86,8 +86,6 @@ class _GivensTree(LayerAdapter):
     def param_count(cls, base: nn.Module, cfg: Any) -> int:
         _, d_in = cls.dims(base)
         return cls.params_per_block * (d_in - 1) + (d_in if cfg.scaling else 0)
-
-    params_per_block: ClassVar[int] = 1
 
 
 @register("goft")

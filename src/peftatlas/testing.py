@@ -6,6 +6,7 @@ deterministic input batch, and a function extracting the output tensor to compar
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable
 from typing import Any
@@ -46,8 +47,24 @@ def _ids(vocab: int, length: int) -> Callable[[int, int], dict[str, Tensor]]:
     return make
 
 
+_TEMPLATES: dict[tuple[str, int, int], TinyModel] = {}
+
+
 def tiny_model(kind: str, seed: int = 0, hidden: int = 32) -> TinyModel:
-    """Build a tiny model of ``kind`` (one of :data:`TINY_KINDS`) with weights from ``seed``."""
+    """A tiny model of ``kind`` (one of :data:`TINY_KINDS`) with weights from ``seed``.
+
+    Each call returns a fresh deep copy of a template built once per (kind, seed, hidden):
+    building transformers models from configs is ~10× slower than copying them.
+    """
+    key = (kind, seed, hidden)
+    if key not in _TEMPLATES:
+        _TEMPLATES[key] = _build_tiny_model(kind, seed, hidden)
+    torch.manual_seed(seed)  # same global RNG state after the call as a fresh build would leave
+    template = _TEMPLATES[key]
+    return dataclasses.replace(template, model=copy.deepcopy(template.model))
+
+
+def _build_tiny_model(kind: str, seed: int, hidden: int) -> TinyModel:
     torch.manual_seed(seed)
     if kind == "mlp":
         def make_x(batch: int, s: int) -> dict[str, Tensor]:

@@ -57,7 +57,7 @@ LLAMA_PRESETS: dict[str, dict[str, Any]] = {
     "llama-0.95b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=16, num_attention_heads=32,
                         num_key_value_heads=32, vocab_size=32000),
     # A CPU-sized model of the same shape family (GQA, SwiGLU), for 2-core runs.
-    "cpu-small": dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=4, num_attention_heads=8,
+    "cpu-small": dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=8,
                       num_key_value_heads=4, vocab_size=1000),
     # For tests.
     "tiny": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -339,6 +339,30 @@ def context() -> dict[str, Any]:
     }
 
 
+def alternate(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int, device: str = "cpu"
+              ) -> dict[str, list[float]]:
+    """Run every function ``warmup`` times, then ``repeats`` rounds in rotated order; ms per call.
+
+    Each round calls every function once, starting one further along each time, so a slow
+    phase of a shared machine lands on all of them alike.
+    """
+    items = list(fns.items())
+    for _, fn in items:
+        for _ in range(warmup):
+            fn()
+    _sync(device)
+    samples: dict[str, list[float]] = {k: [] for k, _ in items}
+    for r in range(repeats):
+        k = r % len(items)
+        for label, fn in items[k:] + items[:k]:
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            samples[label].append((time.perf_counter() - t0) * 1e3)
+    return samples
+
+
 def measure(cands: Sequence[Candidate], mode: str = "train", warmup: int = 3, repeats: int = 10,
             check: bool = True) -> Table:
     """Time ``cands`` alternately (rotated order each round); median of ``repeats`` after ``warmup``.
@@ -354,19 +378,7 @@ def measure(cands: Sequence[Candidate], mode: str = "train", warmup: int = 3, re
     device = cands[0].workload.device
     diffs = _agreement(cands) if check else {}
     memory = {c.label: memory_of_step(c, step) for c in cands}
-    for c in cands:
-        for _ in range(warmup):
-            step(c)
-    _sync(device)
-    samples: dict[str, list[float]] = {c.label: [] for c in cands}
-    for r in range(repeats):
-        k = r % len(cands)
-        for c in list(cands[k:]) + list(cands[:k]):
-            _sync(device)
-            t0 = time.perf_counter()
-            step(c)
-            _sync(device)
-            samples[c.label].append((time.perf_counter() - t0) * 1e3)
+    samples = alternate({c.label: (lambda c=c: step(c)) for c in cands}, repeats, warmup, device)
     wl = cands[0].workload
     timings = [Timing(c.label, c.library, c.method, samples[c.label], memory[c.label], c.n_trainable, c.config,
                       diffs.get(c.label)) for c in cands]
@@ -400,7 +412,9 @@ def mixed_batch_timings(wl: Workload, method: str = "lora", n_adapters: Sequence
 
     The batch is the workload's input (dim 0 = rows); row *i* uses adapter ``i mod n``. The
     reference is the same batch through one adapter merged into the weights. PEFT's
-    ``adapter_names`` path is timed for the ``with_peft`` counts.
+    ``adapter_names`` path is timed for the ``with_peft`` counts. Everything alternates.
+    ``max_abs_diff`` compares PEFT's rows with ours (PEFT ignores ``adapter_names`` for every
+    tuner but the LoRA family, so a large value there is PEFT routing every row to one adapter).
     """
     rows_total = next(iter(wl.inputs.values())).shape[0]
     if max(n_adapters) > rows_total:
@@ -408,29 +422,39 @@ def mixed_batch_timings(wl: Workload, method: str = "lora", n_adapters: Sequence
     merged = ours(wl, method, label="merged", **hp)
     _perturb(merged.model, 0)
     merged.model.merge()
-    base_ms = _time(lambda: infer_step(merged), repeats, warmup, wl.device)
-    result: dict[str, Any] = {"workload": wl.name, "info": wl.info, "method": method, "config": hp,
-                              "rows": rows_total, "merged_ms": statistics.median(base_ms), "merged_samples": base_ms,
-                              "by_n": [], "context": context()}
-    biggest = ours(wl, method, label="mixed", name="a0", **hp)
-    model = biggest.model
+    mixed = ours(wl, method, label="mixed", name="a0", **hp)
+    model = mixed.model
     for i in range(1, max(n_adapters)):
         model.add_adapter(f"a{i}", method, targets=wl.targets, seed=i, **hp)
     _perturb(model, 1)
+    names = {n: [f"a{i % n}" for i in range(rows_total)] for n in n_adapters}
+    fns: dict[str, Callable[[], Any]] = {"merged": lambda: infer_step(merged)}
     for n in n_adapters:
-        names = [f"a{i % n}" for i in range(rows_total)]
-        ms = _time(lambda names=names: infer_step(biggest, adapter_names=names), repeats, warmup, wl.device)
-        entry: dict[str, Any] = {"n": n, "ours_ms": statistics.median(ms), "ours_samples": ms,
-                                 "ours_x_merged": statistics.median(ms) / result["merged_ms"]}
+        fns[f"ours-{n}"] = lambda n=n: infer_step(mixed, adapter_names=names[n])
+    theirs = _peft_with_adapters(wl, model, max(with_peft)) if with_peft else None
+    diffs: dict[int, float] = {}
+    for n in with_peft:
+        fns[f"peft-{n}"] = lambda n=n: infer_step(theirs, adapter_names=names[n])
+        diffs[n] = float((_as_tensor(infer_step(theirs, adapter_names=names[n])).float()
+                          - _as_tensor(infer_step(mixed, adapter_names=names[n])).float()).abs().max())
+    samples = alternate(fns, repeats, warmup, wl.device)
+    merged_ms = statistics.median(samples["merged"])
+    by_n = []
+    for n in n_adapters:
+        entry: dict[str, Any] = {"n": n, "ours_ms": statistics.median(samples[f"ours-{n}"]),
+                                 "ours_samples": samples[f"ours-{n}"]}
+        entry["ours_x_merged"] = entry["ours_ms"] / merged_ms
         if n in with_peft:
-            entry.update(_peft_mixed(wl, model, n, names, repeats, warmup))
-            entry["peft_x_merged"] = entry["peft_ms"] / result["merged_ms"]
-        result["by_n"].append(entry)
-    return result
+            entry.update(peft_ms=statistics.median(samples[f"peft-{n}"]), peft_samples=samples[f"peft-{n}"],
+                         max_abs_diff=diffs[n])
+            entry["peft_x_merged"] = entry["peft_ms"] / merged_ms
+        by_n.append(entry)
+    return {"workload": wl.name, "info": wl.info, "method": method, "config": hp, "rows": rows_total,
+            "merged_ms": merged_ms, "merged_samples": samples["merged"], "by_n": by_n, "context": context()}
 
 
-def _peft_mixed(wl: Workload, model: pa.AdaptedModel, n: int, names: list[str], repeats: int,
-                warmup: int) -> dict[str, Any]:
+def _peft_with_adapters(wl: Workload, model: pa.AdaptedModel, n: int) -> Candidate:
+    """A PEFT model holding our adapters ``a0 … a{n-1}`` (exported and loaded one by one)."""
     from peft import PeftModel
 
     from peftatlas.interop import export_peft
@@ -441,12 +465,7 @@ def _peft_mixed(wl: Workload, model: pa.AdaptedModel, n: int, names: list[str], 
         for i in range(1, n):
             export_peft(model, Path(tmp) / f"a{i}", name=f"a{i}", include_head=False)
             pm.load_adapter(Path(tmp) / f"a{i}", adapter_name=f"a{i}")
-    cand = Candidate("peft-mixed", "peft", None, pm, wl, [])
-    ms = _time(lambda: infer_step(cand, adapter_names=names), repeats, warmup, wl.device)
-    ours_cand = Candidate("ours-mixed", "peftatlas", None, model, wl, [])
-    diff = (_as_tensor(infer_step(cand, adapter_names=names)).float()
-            - _as_tensor(infer_step(ours_cand, adapter_names=names)).float()).abs().max()
-    return {"peft_ms": statistics.median(ms), "peft_samples": ms, "max_abs_diff": float(diff)}
+    return Candidate("peft-mixed", "peft", None, pm, wl, [])
 
 
 def _perturb(model: pa.AdaptedModel, seed: int, scale: float = 0.02) -> None:
@@ -455,19 +474,6 @@ def _perturb(model: pa.AdaptedModel, seed: int, scale: float = 0.02) -> None:
         layer = model.adapted_layers()[ln]
         for an in sorted(layer.adapters):
             layer.adapters[an].perturb_(g, scale)
-
-
-def _time(fn: Callable[[], Any], repeats: int, warmup: int, device: str) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        out.append((time.perf_counter() - t0) * 1e3)
-    return out
 
 
 # --- reporting -----------------------------------------------------------------------------------------
@@ -557,7 +563,24 @@ def threads(n: int | None):
 
 
 __all__ = [
-    "LLAMA_PRESETS", "Candidate", "Table", "Timing", "Workload", "context", "floor", "infer_step",
-    "linear_workload", "llama_workload", "markdown", "measure", "memory_of_step", "mixed_batch_timings", "ours",
-    "peft", "threads", "train_step", "write_report",
+    "LLAMA_PRESETS",
+    "Candidate",
+    "Table",
+    "Timing",
+    "Workload",
+    "alternate",
+    "context",
+    "floor",
+    "infer_step",
+    "linear_workload",
+    "llama_workload",
+    "markdown",
+    "measure",
+    "memory_of_step",
+    "mixed_batch_timings",
+    "ours",
+    "peft",
+    "threads",
+    "train_step",
+    "write_report",
 ]

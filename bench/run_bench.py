@@ -32,15 +32,16 @@ BENCH_HP: dict[str, dict[str, Any]] = {
     "lora": {"r": 8, "alpha": 16},
     "vera": {"r": 256},
     "dora": {"r": 8, "alpha": 16},
-    "oft": {"block_size": 32},
-    "boft": {"block_size": 4},
+    "oft": {"block_size": 32},  # exact Cayley ↔ PEFT use_cayley_neumann=False
+    "oftv2": {"block_size": 32},  # Cayley–Neumann ↔ PEFT's default OFT
+    "boft": {"block_size": 4, "n_factors": 1},  # PEFT 0.21 keeps one factor on CPU
     "hra": {"r": 8},
     "ia3": {},
     "loha": {"r": 8},
     "lokr": {"r": 8},
-    "fourierft": {"n_frequency": 1000},
+    "fourierft": {"n_frequency": 1000, "scaling": 150.0},
     "c3a": {"block_size": 64},
-    "vblora": {},
+    "vblora": {"r": 4, "num_vectors": 256, "vector_length": 256, "init": "paper"},  # paper init converts
 }
 
 
@@ -107,7 +108,10 @@ def suite_serving(args: argparse.Namespace, device: str = "cpu") -> tuple[list[H
     wl = H.Workload(name="linear-1024", build=wl.build, inputs={"x": x}, loss=wl.loss, targets=wl.targets,
                     grad_input="x", device=device, info={"shape": "linear", "d_in": 1024, "d_out": 1024,
                                                          "rows": rows, "tokens_per_row": tokens})
+    wanted = set(args.methods.split(",")) if args.methods else {"lora", "vera"}
     for method, hp in (("lora", {"r": 8, "alpha": 16}), ("vera", {"r": 256})):
+        if method not in wanted:
+            continue
         t0 = time.time()
         out.append(H.mixed_batch_timings(wl, method, n_adapters=(1, 8, 64, 512), repeats=args.repeats,
                                          warmup=args.warmup, with_peft=(1, 8, 64), **hp))

@@ -362,3 +362,17 @@ def test_method_job_reads_a_mergeable_adapters_own_update(tmp_path):
     assert len(r90) == 2 and all(v <= 2 for v in r90)
     assert {r.stat for r in rows if r.probe == "magdir"} == {"delta_magnitude", "delta_direction"}
     assert all(r.null is None for r in rows)
+
+
+def test_matrix_selection_spreads_over_kinds_and_depth():
+    from peftatlas.geometry.runner import select_matrices
+
+    kinds = ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+             "intermediate.dense", "output.dense"]
+    names = [f"encoder.encoder.layer.{i}.{k}" for i in range(6) for k in kinds]
+    chosen = select_matrices(names, 12)
+    assert len(chosen) == 12
+    for k in kinds:
+        layers = sorted(int(n.split(".")[3]) for n in chosen if n.endswith(k) and n.split(".", 4)[4] == k)
+        assert layers == [0, 5], (k, layers)
+    assert select_matrices(names, None) == sorted(names, key=lambda n: (int(n.split(".")[3]), n))

@@ -11,7 +11,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evidence.profiles import get_profile
 
     profile = get_profile(args.profile)
-    store = args.store or f"results/{profile.name}.sqlite"
+    store = args.store or f"runs/{profile.name}.sqlite"
     methods = [m for group in args.methods for m in group.split(",") if m] if args.methods else None
     t0 = time.time()
     records = run_profile(profile, store, methods=methods, progress=not args.quiet)
@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Run (or resume: finished runs are never redone) an evidence profile. "
                                    + " ".join(f"{k}: {v.description}." for k, v in PROFILES.items()))
     p.add_argument("--profile", choices=sorted(PROFILES), default="smoke")
-    p.add_argument("--store", help="SQLite results file (default: results/<profile>.sqlite); adapters are "
+    p.add_argument("--store", help="SQLite results file (default: runs/<profile>.sqlite); adapters are "
                                    "saved in an 'artifacts' folder beside it")
     p.add_argument("--methods", nargs="+", help="only these registered methods (space or comma separated)")
     p.add_argument("--quiet", action="store_true", help="no per-run log lines or progress bars")

@@ -19,6 +19,7 @@ store, so geometry probes can read any update — full fine-tuning's ΔW include
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import hashlib
 import inspect
@@ -45,9 +46,13 @@ from .train import TrainConfig, train_classifier
 ARTIFACTS = "artifacts"
 
 
+@functools.cache
 def code_version(method: str) -> str:
     """``<version>+<hash>`` of the sources a run's numbers depend on: the engine, the evidence data/model/
-    training code, the method's own module and the shared helpers (``ops``, ``methods/_*.py``)."""
+    training code, the method's own module and the shared helpers (``ops``, ``methods/_*.py``).
+
+    Computed once per process (at a sweep's first run): files edited while a sweep runs do not change
+    the code already imported and running, so they must not change its keys either."""
     root = Path(__file__).resolve().parent.parent
     files = sorted((root / "core").glob("*.py")) + [root / "evidence" / f for f in ("data.py", "models.py",
                                                                                      "train.py")]

@@ -266,6 +266,7 @@ class Timing:
     n_trainable: int
     config: dict[str, Any]
     max_abs_diff_vs_ours: float | None = None
+    group: str | None = None  # set by combine(): timings measured together (their own floor)
 
     @property
     def median(self) -> float:
@@ -300,12 +301,12 @@ class Table:
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per method: ours vs PEFT and both against the floor."""
-        fl = self.get("floor")
         out = []
         methods = [t.method for t in self.timings if t.library == "peftatlas"]
         for m in dict.fromkeys(methods):
             mine = next(t for t in self.timings if t.method == m and t.library == "peftatlas")
             theirs = next((t for t in self.timings if t.method == m and t.library == "peft"), None)
+            fl = next((t for t in self.timings if t.library == "floor" and t.group == mine.group), None)
             row = {"method": m, "config": mine.config, "ours_ms": mine.median, "ours_spread": mine.spread,
                    "ours_trainable": mine.n_trainable, "ours_mem": mine.memory}
             if fl is not None:
@@ -318,6 +319,19 @@ class Table:
                     row["peft_x_floor"] = theirs.median / fl.median
             out.append(row)
         return out
+
+
+def combine(tables: Sequence[Table]) -> Table:
+    """One table from several measured separately (e.g. one method at a time on a GPU, where every
+    model pair cannot be resident at once); each row keeps the floor measured in its own group."""
+    if not tables:
+        raise ValueError("combine() needs at least one table")
+    timings = []
+    for i, t in enumerate(tables):
+        for tm in t.timings:
+            timings.append(dataclasses.replace(tm, group=str(i)))
+    first = tables[0]
+    return Table(first.workload, first.mode, first.info, timings, first.context)
 
 
 def context() -> dict[str, Any]:
@@ -426,7 +440,7 @@ def mixed_batch_timings(wl: Workload, method: str = "lora", n_adapters: Sequence
     model = mixed.model
     for i in range(1, max(n_adapters)):
         model.add_adapter(f"a{i}", method, targets=wl.targets, seed=i, **hp)
-    _perturb(model, 1)
+    _perturb(model, 1, only={f"a{i}" for i in range(max((*with_peft, 8)))})  # the adapters PEFT is checked on
     names = {n: [f"a{i % n}" for i in range(rows_total)] for n in n_adapters}
     fns: dict[str, Callable[[], Any]] = {"merged": lambda: infer_step(merged)}
     for n in n_adapters:
@@ -468,12 +482,14 @@ def _peft_with_adapters(wl: Workload, model: pa.AdaptedModel, n: int) -> Candida
     return Candidate("peft-mixed", "peft", None, pm, wl, [])
 
 
-def _perturb(model: pa.AdaptedModel, seed: int, scale: float = 0.02) -> None:
+def _perturb(model: pa.AdaptedModel, seed: int, scale: float = 0.02, only: set[str] | None = None) -> None:
+    """Move adapters (all, or those named in ``only``) off their init so outputs differ per adapter."""
     g = torch.Generator().manual_seed(seed)
     for ln in sorted(model.adapted_layers()):
         layer = model.adapted_layers()[ln]
         for an in sorted(layer.adapters):
-            layer.adapters[an].perturb_(g, scale)
+            if only is None or an in only:
+                layer.adapters[an].perturb_(g, scale)
 
 
 # --- reporting -----------------------------------------------------------------------------------------
@@ -569,6 +585,7 @@ __all__ = [
     "Timing",
     "Workload",
     "alternate",
+    "combine",
     "context",
     "floor",
     "infer_step",

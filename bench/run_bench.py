@@ -67,9 +67,15 @@ def hp_for(method: str, overrides: dict[str, dict[str, Any]] | None = None) -> d
 
 
 def compare(wl: H.Workload, methods: list[str], modes: list[str], repeats: int, warmup: int,
-            log: Any = print) -> list[H.Table]:
-    """Floor + (ours, PEFT) for each method on one workload; one table per mode."""
-    cands = [H.floor(wl)]
+            grouped: bool = False, log: Any = print) -> list[H.Table]:
+    """Floor + (ours, PEFT) for each method on one workload; one table per mode.
+
+    ``grouped`` measures one method at a time (floor, ours, PEFT), freeing each pair afterwards —
+    for large models on a GPU, where all pairs cannot be resident together.
+    """
+    fl = H.floor(wl)
+    pending: list[H.Candidate] = [fl]
+    per_mode: dict[str, list[H.Table]] = {m: [] for m in modes}
     for m in methods:
         hp = hp_for(m)
         try:
@@ -78,13 +84,30 @@ def compare(wl: H.Workload, methods: list[str], modes: list[str], repeats: int, 
         except Exception as e:  # a method that cannot take this shape: say so, keep going
             log(f"  skip {m} on {wl.name}: {type(e).__name__}: {e}")
             continue
-        cands += [mine, theirs]
+        if not grouped:
+            pending += [mine, theirs]
+            continue
+        for mode in modes:
+            per_mode[mode].append(H.measure([fl, mine, theirs], mode=mode, warmup=warmup, repeats=repeats))
+        log(f"  {wl.name} {m}: done")
+        del mine, theirs
+        _free(wl.device)
+    if grouped:
+        return [H.combine(per_mode[mode]) for mode in modes if per_mode[mode]]
     tables = []
     for mode in modes:
         t0 = time.time()
-        tables.append(H.measure(cands, mode=mode, warmup=warmup, repeats=repeats))
+        tables.append(H.measure(pending, mode=mode, warmup=warmup, repeats=repeats))
         log(f"  {wl.name} {mode}: {time.time() - t0:.0f}s")
     return tables
+
+
+def _free(device: str) -> None:
+    import gc
+
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
 
 
 def suite_cpu(args: argparse.Namespace) -> tuple[list[H.Table], list[dict[str, Any]]]:
@@ -124,7 +147,7 @@ def suite_gpu(args: argparse.Namespace) -> tuple[list[H.Table], list[dict[str, A
         raise SystemExit("--suite gpu needs CUDA; this machine has none (use --suite cpu)")
     methods = methods_to_run(args.methods)
     wl = H.llama_workload("llama-0.95b", batch=8, seq=512, device="cuda", dtype=torch.bfloat16)
-    tables = compare(wl, methods, args.modes, args.repeats, args.warmup)
+    tables = compare(wl, methods, args.modes, args.repeats, args.warmup, grouped=True)
     mixed = []
     if not args.skip_serving:
         serve = H.llama_workload("llama-0.95b", batch=512, seq=16, device="cuda", dtype=torch.bfloat16)

@@ -65,3 +65,18 @@ def test_measure_rejects_bad_mode():
     wl = H.linear_workload(width=8, tokens=2)
     with pytest.raises(ValueError, match="mode"):
         H.measure([H.floor(wl)], mode="fast")
+
+
+def test_grouped_comparison_keeps_each_groups_floor():
+    import run_bench
+
+    wl = H.linear_workload(width=16, tokens=4)
+    (table,) = run_bench.compare(wl, ["lora", "vera"], ["train"], repeats=1, warmup=0, grouped=True,
+                                 log=lambda *_: None)
+    rows = {r["method"]: r for r in table.rows()}
+    assert set(rows) == {"lora", "vera"}
+    floors = [t for t in table.timings if t.library == "floor"]
+    assert len(floors) == 2 and {t.group for t in floors} == {"0", "1"}
+    for r in rows.values():
+        assert r["ours_x_floor"] > 0 and r["peft_x_floor"] > 0 and r["max_abs_diff"] < 1e-5
+    assert "| lora |" in H.markdown([table])

@@ -206,7 +206,7 @@ def _check_common(name: str, cfg: Any) -> None:
 class _SURMDelta(LayerAdapter):
     """``y = W0 x + α · M x`` with ``M`` one :class:`StructuredOp`; mergeable."""
 
-    family = "structured"
+    family = "structured-full-rank"
     op_class: ClassVar[type[StructuredOp]] = StructuredOp
 
     @classmethod
@@ -332,7 +332,7 @@ HOULSBY_TARGETS = r"(.*\.)?(output\.dense|o_proj|down_proj|out_proj|fc2)"
 
 @register("surm_adapter")
 class SURMAdapter(LayerAdapter):
-    family = "structured"
+    family = "structured-full-rank"
     summary = "Adapter y + act(S y) + bias with one structured d×d layer S (no bottleneck) after a linear layer."
     formula = "circulant 3·d_out (hadamard) | toeplitz 3·d_out − 1 | kronecker 3·d_out | ldr (2r+1)·d_out"
     mergeable: ClassVar[bool] = False

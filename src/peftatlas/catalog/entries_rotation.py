@@ -5,9 +5,9 @@ from __future__ import annotations
 from .entries_lowrank import LOW_RANK_ENERGY
 from .model import Claim, Entry, Override, Paper, Prediction, marks
 
-ROTATION = Prediction("null", "the best input-side rotation W0·Q explains more of ΔW_FT than of a spectrum-matched "
-                      "random update of the same norm", probe="rotation", stat="procrustes_capture", null="spec",
-                      direction=1)
+ROTATION = Prediction("null", "ΔW_FT is mostly a rotation of the neurons: its rotation fraction (skew share of "
+                      "W0⁺ΔW, ≈ 0.5 for a random update) is ≥ 0.7 and above the spectrum-matched null",
+                      probe="rotation", stat="rotation_fraction", null="spec", direction=1, min_ratio=1.4)
 GRAM_KEPT = Prediction("null", "ΔW_FT changes the neuron Gram matrix W Wᵀ less than a random update of the same "
                        "spectrum", probe="rotation", stat="gram_change", null="spec", direction=-1)
 PRINCIPAL = Prediction("null", "ΔW_FT's energy in W0's top-k × top-k singular block is ≥ 3× the random-orientation "

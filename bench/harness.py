@@ -216,10 +216,10 @@ def train_step(c: Candidate) -> None:
         c.optimizer.zero_grad(set_to_none=True)
 
 
-def infer_step(c: Candidate, **kwargs: Any) -> Any:
-    """One unmerged forward under ``inference_mode``."""
+def infer_step(c: Candidate, inference_mode: bool = True, **kwargs: Any) -> Any:
+    """One unmerged forward under ``inference_mode`` (or ``no_grad`` for checks that precede training)."""
     c.model.eval()
-    with torch.inference_mode():
+    with torch.inference_mode() if inference_mode else torch.no_grad():
         return c.model(**_inputs(c, False), **kwargs)
 
 
@@ -406,7 +406,9 @@ def _agreement(cands: Sequence[Candidate]) -> dict[str, float]:
     mine = {c.method: c for c in cands if c.library == "peftatlas"}
     for c in cands:
         if c.library == "peft" and c.method in mine:
-            a, b = _as_tensor(infer_step(mine[c.method])), _as_tensor(infer_step(c))
+            # no_grad, not inference_mode: a tensor a method caches during this check must stay usable
+            # by the training steps that follow
+            a, b = (_as_tensor(infer_step(x, inference_mode=False)) for x in (mine[c.method], c))
             out[c.label] = float((a.float() - b.float()).abs().max())
     return out
 

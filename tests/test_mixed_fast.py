@@ -8,9 +8,10 @@ import torch._dynamo as dynamo
 from torch import nn
 
 import peftatlas as pa
+from peftatlas import serving
 from peftatlas.methods.lora import LoRA, add_lowrank
 from peftatlas.methods.vera import VeRA
-from peftatlas.serving import bank, row_index
+from peftatlas.serving import bank, groups, row_index
 from peftatlas.testing import tiny_model
 
 
@@ -53,7 +54,9 @@ class _Spy:
         monkeypatch.setattr(cls, "mixed_batch_forward", staticmethod(wrapped))
 
 
-def test_lora_mixed_rows_with_different_ranks_and_scales(monkeypatch):
+@pytest.mark.parametrize("strategy", ["gather", "grouped"])
+def test_lora_mixed_rows_with_different_ranks_and_scales(strategy, monkeypatch):
+    monkeypatch.setattr(serving, "MIXED_STRATEGY", strategy)
     tm = tiny_model("llama")
     model = pa.attach(tm.model, "lora", name="a0", r=2, alpha=4)
     hps = [dict(r=4, alpha=8), dict(r=6, alpha=3, rslora=True), dict(r=1, alpha=1), dict(r=4, alpha=16)]
@@ -96,7 +99,9 @@ def test_vera_mixed_rows_share_bases_and_fall_back_when_bases_differ(monkeypatch
 
 @pytest.mark.parametrize("method", ["lora", "vera"])
 @pytest.mark.parametrize("shape", [(6, 16), (6, 5, 16)])
-def test_layer_mixed_forward_matches_per_row_dense(method, shape):
+@pytest.mark.parametrize("strategy", ["gather", "grouped"])
+def test_layer_mixed_forward_matches_per_row_dense(method, shape, strategy, monkeypatch):
+    monkeypatch.setattr(serving, "MIXED_STRATEGY", strategy)
     net = nn.Sequential(nn.Linear(16, 24))
     model = pa.attach(net, method, name="a", r=4).eval()
     model.add_adapter("b", method, seed=1, r=4)
@@ -114,7 +119,9 @@ def test_layer_mixed_forward_matches_per_row_dense(method, shape):
             torch.testing.assert_close(out[i : i + 1], ref, atol=1e-5, rtol=1e-4)
 
 
-def test_mixed_batch_in_bf16_is_close_to_fp32():
+@pytest.mark.parametrize("strategy", ["gather", "grouped"])
+def test_mixed_batch_in_bf16_is_close_to_fp32(strategy, monkeypatch):
+    monkeypatch.setattr(serving, "MIXED_STRATEGY", strategy)
     rows = ["a", "b", pa.BASE_NAME, "a"]
     results = []
     for dtype in (torch.float32, torch.bfloat16):
@@ -140,6 +147,40 @@ def test_bank_pads_and_appends_zero_slot():
     assert idx.tolist() == [1, 0, 2, 2]
     with pytest.raises(ValueError, match="at least one"):
         bank([])
+
+
+def test_groups_layout_pads_each_adapter_group_and_restores_row_order(monkeypatch):
+    layout = groups(["b", "x", "a", "b", "__base__", "a", "b"], ["a", "b"])
+    assert layout.slots == [0, 1, 2] and layout.size == 3  # a, b, then the zero slot (base and unknown rows)
+    assert layout.order == [2, 5, 2, 0, 3, 6, 1, 4, 1]  # groups padded with their own first row
+    assert [layout.order[p] for p in layout.pos] == list(range(7))  # every row finds itself again
+    same = groups(["a", "a", "b", "b"], ["a", "b"])
+    assert same.order is None and same.pos is None and same.size == 2
+    assert serving.strategy(layout, 7) == "grouped"  # 9 grouped rows for 7: within the padding budget
+    skewed = groups(["a"] * 6 + ["b", "c", "d"], ["a", "b", "c", "d"])
+    assert serving.strategy(skewed, 9) == "gather"  # 4 groups × 6 rows = 24 for a batch of 9
+    assert serving.single_adapter(["a", "a"], ["a"]) == "a" and serving.single_adapter(["a", "b"], ["a", "b"]) is None
+    monkeypatch.setattr(serving, "MIXED_STRATEGY", "fast")
+    with pytest.raises(ValueError, match="MIXED_STRATEGY"):
+        serving.strategy(layout, 7)
+
+
+@pytest.mark.parametrize("strategy", ["gather", "grouped", "auto"])
+def test_unbalanced_batch_rows_are_exact(strategy, monkeypatch):
+    monkeypatch.setattr(serving, "MIXED_STRATEGY", strategy)
+    net = nn.Sequential(nn.Linear(16, 24))
+    model = pa.attach(net, "lora", name="a", r=4).eval()
+    for n in "bcd":
+        model.add_adapter(n, "lora", seed=ord(n), r=2 if n == "c" else 4)
+    _perturb_all(model)
+    layer = model.adapted_layers()["0"]
+    rows = ["a"] * 6 + ["b", pa.BASE_NAME, "c", "d"]
+    x = torch.randn(len(rows), 3, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        out = model(x, adapter_names=rows)
+        for i, n in enumerate(rows):
+            ref = layer.base(x[i]) if n == pa.BASE_NAME else layer.adapters[n].reference_forward(x[i], layer.base)
+            torch.testing.assert_close(out[i], ref, atol=1e-5, rtol=1e-4)
 
 
 def test_add_lowrank_equals_explicit_sum():

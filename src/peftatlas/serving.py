@@ -3,15 +3,23 @@
 The engine (:func:`peftatlas.core.layer._batched_mixed_forward`) calls a method's
 ``mixed_batch_forward(layer, x, rows, present)`` when every adapter named in the batch is of that
 method. Methods implement it with the helpers here, so that a batch whose rows use *k* different
-adapters costs one base forward plus one batched adapter computation — not *k* sub-batches::
+adapters costs one base forward plus a constant number of batched operations — never a loop over
+adapters (each op in such a loop costs a kernel launch on a GPU and a thread wake-up on a CPU)::
 
-    idx[i]  = position of rows[i] in present, or k for "__base__" / adapters this layer lacks
-    bank    = stack(θ_1, …, θ_k, 0)          # one extra all-zero slot: base rows add nothing
-    θ_rows  = bank[idx]                       # gather: one parameter set per row
-    y       = base(x) + batched_update(x, θ_rows)   # bmm / baddbmm over the batch dimension
+    bank = stack(θ_1, …, θ_k, 0)              # one extra all-zero slot: base rows add nothing
 
-LoRA gathers its factors (``bmm`` with per-row ``A``, ``B``); VeRA shares its random bases across
-adapters and gathers only the per-adapter vectors. Use it through the model::
+    "grouped" (default):  rows permuted so each adapter's rows are contiguous, every group padded
+        to the largest one (G rows) with copies of its own first row:
+            xs = x[order]                      # (groups·G, …, d_in)
+            ys = base(xs);  ys_g += bmm(bmm(xs_g, A_gᵀ), B_gᵀ)    # one (A, B) per group, batched
+            y  = ys[pos]                       # each row's own position; padding dropped
+    "gather" (heavily unbalanced batches):  one (A, B) per *row*, gathered from the bank:
+            y = base(x) + bmm(bmm(x, A_rowsᵀ), B_rowsᵀ)
+
+``"auto"`` picks "grouped" unless padding would add more than half the batch (e.g. one adapter
+with most rows and many with one each), where the per-row gather is cheaper. VeRA shares its
+random bases, so it needs neither: it runs the bases once for all rows and gathers only each row's
+vectors. Use it through the model::
 
     model.eval()
     logits = model(**batch, adapter_names=["a", "b", "__base__", ...]).logits   # one name per row
@@ -19,10 +27,69 @@ adapters and gathers only the per-adapter vectors. Use it through the model::
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+
+# "auto", "grouped" or "gather"; set to force one (tests, benchmarks).
+MIXED_STRATEGY = "auto"
+MAX_PADDING = 0.5  # "auto" leaves "grouped" when padding would add more than this fraction of the batch
+
+
+@dataclasses.dataclass
+class Groups:
+    """The grouped layout of a mixed batch (see the module docstring).
+
+    ``slots[g]`` is the bank slot of group ``g`` (``len(present)`` = the zero slot for base rows);
+    every group has ``size`` rows; ``order`` lists the source row of each of the ``len(slots)·size``
+    grouped rows and ``pos[i]`` is where row *i* landed (both ``None`` when the layout is the
+    batch itself).
+    """
+
+    slots: list[int]
+    size: int
+    order: list[int] | None
+    pos: list[int] | None
+
+
+def groups(rows: Sequence[str], present: Sequence[str]) -> Groups:
+    """Group rows by adapter (bank slot order), pad every group to the largest with its first row."""
+    slot = {n: i for i, n in enumerate(present)}
+    members: dict[int, list[int]] = {}
+    for i, n in enumerate(rows):
+        members.setdefault(slot.get(n, len(present)), []).append(i)
+    keys = sorted(members)
+    size = max(len(v) for v in members.values())
+    order: list[int] = []
+    pos = [0] * len(rows)
+    for g, key in enumerate(keys):
+        idx = members[key]
+        for t, i in enumerate(idx):
+            pos[i] = g * size + t
+        order += idx + [idx[0]] * (size - len(idx))
+    if order == list(range(len(rows))):
+        return Groups(keys, size, None, None)
+    return Groups(keys, size, order, pos)
+
+
+def strategy(layout: Groups, batch: int) -> str:
+    """``"grouped"`` or ``"gather"`` for a batch of ``batch`` rows laid out as ``layout``."""
+    if MIXED_STRATEGY in ("grouped", "gather"):
+        return MIXED_STRATEGY
+    if MIXED_STRATEGY != "auto":
+        raise ValueError(f"serving.MIXED_STRATEGY must be 'auto', 'grouped' or 'gather', got {MIXED_STRATEGY!r}")
+    padded = len(layout.slots) * layout.size
+    return "grouped" if padded <= (1 + MAX_PADDING) * batch else "gather"
+
+
+def single_adapter(rows: Sequence[str], present: Sequence[str]) -> str | None:
+    """The adapter every row uses, when there is exactly one (then the plain forward serves)."""
+    first = rows[0] if rows else None
+    if first in present and all(n == first for n in rows):
+        return first
+    return None
 
 
 def row_index(rows: Sequence[str], present: Sequence[str], device: torch.device | str) -> Tensor:

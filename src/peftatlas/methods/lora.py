@@ -12,7 +12,9 @@ Fast path: ``h = s·(A x)`` is tiny (r numbers per token), so the scale is appli
 update is added by one fused GEMM, ``y = addmm(W0 x, h, Bᵀ)``, instead of a separate scale and add
 over the full ``d_out``-wide output (and their backward). The adapter computes in the activations'
 dtype (fp32 master weights cast down, as autocast does), so a bf16 model never upcasts its
-activations. Mixed batches gather one ``(A, B)`` per row and run two batched matmuls.
+activations. Mixed batches (:mod:`peftatlas.serving`) group rows by adapter and run every
+group's update with one ``bmm`` + ``baddbmm_`` (or, for very unbalanced batches, gather one
+``(A, B)`` per row) — a constant number of ops however many adapters the batch uses.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import serving
 from ..core.method import BaseFn, LayerAdapter, MethodError, register
-from ..serving import as_rows, bank, row_index
 
 
 def compute_dtype(x: Tensor, param: Tensor) -> torch.dtype:
@@ -106,17 +108,44 @@ class LoRA(LayerAdapter):
 
     @staticmethod
     def mixed_batch_forward(layer: nn.Module, x: Tensor, rows: list[str], present: list[str]) -> Tensor:
-        """Each row through its own LoRA in one pass: gather ``(A_i, s_i B_i)`` per row, two ``bmm``.
-
-        Adapters of different ranks are zero-padded to the largest rank (exact).
-        """
-        y = layer.base(x)
+        """Each row through its own LoRA in a constant number of batched ops (:mod:`peftatlas.serving`)."""
+        only = serving.single_adapter(rows, present)
+        if only is not None:
+            return layer.adapters[only](x, layer.base)
         adapters = [layer.adapters[n] for n in present]
-        dt = compute_dtype(x, adapters[0].lora_A)
-        idx = row_index(rows, present, x.device)
-        A = bank([a.lora_A for a in adapters], dt).index_select(0, idx)  # (batch, r, d_in)
-        B = bank([a.lora_B * a.scale for a in adapters], dt).index_select(0, idx)  # (batch, d_out, r)
-        batch = len(rows)
-        h = torch.bmm(as_rows(x.to(dt), batch), A.transpose(1, 2))          # (batch, M, r)
-        out = torch.baddbmm(as_rows(y, batch).to(dt), h, B.transpose(1, 2))
-        return out.to(y.dtype).view(y.shape)
+        layout = serving.groups(rows, present)
+        if serving.strategy(layout, len(rows)) == "grouped":
+            return _mixed_grouped(layer.base, adapters, x, layout)
+        return _mixed_gather(layer.base, adapters, x, rows, present)
+
+
+def _banks(adapters: list[LoRA], dt: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``(A_1 … A_k, 0)`` and ``(s_1 B_1 … s_k B_k, 0)``; ranks zero-padded to the largest (exact)."""
+    return (serving.bank([a.lora_A for a in adapters], dt),
+            serving.bank([a.lora_B * a.scale for a in adapters], dt))
+
+
+def _mixed_grouped(base: nn.Module, adapters: list[LoRA], x: Tensor, layout: serving.Groups) -> Tensor:
+    """Rows grouped by adapter (padded to equal groups): base once, one ``bmm`` + ``baddbmm_`` for all groups."""
+    dt = compute_dtype(x, adapters[0].lora_A)
+    A, B = _banks(adapters, dt)
+    slots = torch.tensor(layout.slots, device=x.device)
+    A, B = A.index_select(0, slots), B.index_select(0, slots)  # (groups, r, d_in), (groups, d_out, r)
+    xs = x if layout.order is None else x.index_select(0, torch.tensor(layout.order, device=x.device))
+    ys = base(xs)
+    n_groups = len(layout.slots)
+    h = torch.bmm(xs.reshape(n_groups, -1, xs.shape[-1]).to(dt), A.transpose(1, 2))  # (groups, G·M, r)
+    ys.view(n_groups, -1, ys.shape[-1]).baddbmm_(h.to(ys.dtype), B.transpose(1, 2).to(ys.dtype))
+    return ys if layout.pos is None else ys.index_select(0, torch.tensor(layout.pos, device=x.device))
+
+
+def _mixed_gather(base: nn.Module, adapters: list[LoRA], x: Tensor, rows: list[str], present: list[str]) -> Tensor:
+    """One ``(A, s·B)`` per row gathered from the bank, two batched matmuls over the rows."""
+    y = base(x)
+    dt = compute_dtype(x, adapters[0].lora_A)
+    idx = serving.row_index(rows, present, x.device)
+    A, B = (t.index_select(0, idx) for t in _banks(adapters, dt))  # (batch, r, d_in), (batch, d_out, r)
+    batch = len(rows)
+    h = torch.bmm(serving.as_rows(x.to(dt), batch), A.transpose(1, 2))  # (batch, M, r)
+    out = torch.baddbmm(serving.as_rows(y, batch).to(dt), h, B.transpose(1, 2))
+    return out.to(y.dtype).view(y.shape)

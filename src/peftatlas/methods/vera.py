@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import serving
 from ..core.method import BaseFn, LayerAdapter, MethodError, register
 from ..serving import as_rows, bank, row_index
 from .lora import add_lowrank, compute_dtype
@@ -130,6 +131,9 @@ class VeRA(LayerAdapter):
         Returns ``None`` (the engine then groups rows by adapter) when the present adapters do not
         share their random bases (different seeds, ranks or shapes).
         """
+        only = serving.single_adapter(rows, present)
+        if only is not None:
+            return layer.adapters[only](x, layer.base)
         adapters = [layer.adapters[n] for n in present]
         first = adapters[0]
         key = _bases_key(first)

@@ -30,12 +30,28 @@ def packed_size(b: int) -> int:
     return b * (b - 1) // 2
 
 
+_SKEW_INDEX: dict[tuple[int, str], Tensor] = {}
+
+
+def _skew_index(b: int, device: torch.device) -> Tensor:
+    """Flat map ``i·b + j ↦`` position in ``[0, p, −p]`` (0 on the diagonal), cached per size and device."""
+    key = (b, str(device))
+    idx = _SKEW_INDEX.get(key)
+    if idx is None:
+        rows, cols = torch.triu_indices(b, b, offset=1)
+        k = rows.numel()
+        idx = torch.zeros(b * b, dtype=torch.long)
+        idx[rows * b + cols] = torch.arange(1, k + 1)
+        idx[cols * b + rows] = torch.arange(k + 1, 2 * k + 1)
+        idx = _SKEW_INDEX.setdefault(key, idx.to(device))
+    return idx
+
+
 def skew(packed: Tensor, b: int) -> Tensor:
-    """``(..., b(b−1)/2)`` strictly-upper entries → ``(..., b, b)`` skew-symmetric matrices."""
-    rows, cols = torch.triu_indices(b, b, offset=1, device=packed.device)
-    P = packed.new_zeros(*packed.shape[:-1], b, b)
-    P[..., rows, cols] = packed
-    return P - P.transpose(-1, -2)
+    """``(..., b(b−1)/2)`` strictly-upper entries ``p`` → ``(..., b, b)`` skew-symmetric ``Q`` (``Q_ij = p``,
+    ``Q_ji = −p`` for ``i < j``), gathered in one indexing op."""
+    ext = torch.cat([packed.new_zeros(*packed.shape[:-1], 1), packed, -packed], dim=-1)
+    return ext[..., _skew_index(b, packed.device)].reshape(*packed.shape[:-1], b, b)
 
 
 def cayley(Q: Tensor, method: str = "exact", terms: int = 5) -> Tensor:
@@ -47,12 +63,13 @@ def cayley(Q: Tensor, method: str = "exact", terms: int = 5) -> Tensor:
     eye = torch.eye(Q.shape[-1], dtype=Q.dtype, device=Q.device).expand_as(Q)
     if method == "exact":
         return torch.linalg.solve(eye - Q, eye + Q)
-    if method == "neumann":
-        series, power = eye, eye
+    if method == "neumann":  # Horner: S ← I + Q S (t−1 times), R = S + Q S; one fused op per term
+        b = Q.shape[-1]
+        Q3, I3 = Q.reshape(-1, b, b), eye.reshape(-1, b, b)
+        S = I3
         for _ in range(terms - 1):
-            power = power @ Q
-            series = series + power
-        return (eye + Q) @ series
+            S = torch.baddbmm(I3, Q3, S)
+        return torch.baddbmm(S, Q3, S).reshape(Q.shape)
     raise ValueError(f"unknown Cayley method {method!r}; use 'exact' or 'neumann'")
 
 

@@ -184,3 +184,26 @@ def test_quick_profile_lora_and_full_reach_78_percent(tmp_path):
         assert mean >= 0.78, f"{method}: mean test accuracy {mean:.3f}"
     with ResultsStore(path) as store:
         assert {r.key: r for r in store.records()} == {r.key: r for r in records}
+
+
+def test_cli_with_a_local_model_folder_and_a_csv(tmp_path, capsys):
+    """`--model FOLDER --task csv:PATH` runs the profile's plan on any transformers folder and table."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from peftatlas.evidence.models import packaged_model_dir
+
+    tok = AutoTokenizer.from_pretrained(packaged_model_dir("minilm"))
+    BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, max_position_embeddings=64)).save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    rows = ["text,label"] + [f"{'sunny' if i % 2 else 'rainy'} day number {i},{i % 2}" for i in range(150)]
+    (tmp_path / "weather.csv").write_text("\n".join(rows) + "\n")
+    store = tmp_path / "s.sqlite"
+    code = cli_main(["run", "--profile", "smoke", "--store", str(store), "--methods", "head_only", "--quiet",
+                     "--model", str(tmp_path / "model"), "--task", f"csv:{tmp_path / 'weather.csv'}"])
+    assert code == 0
+    with ResultsStore(store) as s:
+        recs = s.records()
+    assert len(recs) == len(SMOKE.lr_factors) + len(SMOKE.seeds)
+    assert {r.model for r in recs} == {str(tmp_path / "model")} and {r.task for r in recs} == {"csv:weather.csv"}
+    assert "head_only" in capsys.readouterr().out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 
@@ -11,6 +12,9 @@ def run(args: argparse.Namespace) -> int:
     from ..evidence.profiles import get_profile
 
     profile = get_profile(args.profile)
+    changes = {k: v for k, v in (("model", args.model), ("task", args.task)) if v}
+    if changes:  # the model and the data fingerprint enter every run key, so results never mix
+        profile = dataclasses.replace(profile, **changes)
     store = args.store or f"runs/{profile.name}.sqlite"
     methods = [m for group in args.methods for m in group.split(",") if m] if args.methods else None
     t0 = time.time()
@@ -33,6 +37,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--store", help="SQLite results file (default: runs/<profile>.sqlite); adapters are "
                                    "saved in an 'artifacts' folder beside it")
     p.add_argument("--methods", nargs="+", help="only these registered methods (space or comma separated)")
+    p.add_argument("--model", help="instead of the profile's model: 'minilm', 'tiny-bert', a local folder or a "
+                                   "Hugging Face model id (needs network)")
+    p.add_argument("--task", help="instead of the profile's task: mr, trec6, sms_spam, or csv:PATH / jsonl:PATH "
+                                  "(columns text, label, optional split)")
     p.add_argument("--quiet", action="store_true", help="no per-run log lines or progress bars")
     p.add_argument("--allow-failures", action="store_true", help="exit 0 even if some runs failed")
     p.set_defaults(func=run)

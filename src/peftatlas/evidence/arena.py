@@ -34,7 +34,7 @@ from typing import Any
 
 from .. import __version__
 from ..core.io import save_adapter
-from ..core.method import get_method
+from ..core.method import get_method, registered_methods
 from ..core.model import attach
 from .budget import BudgetSolution, solve_budget
 from .data import TaskData, load_task
@@ -47,25 +47,33 @@ ARTIFACTS = "artifacts"
 
 
 @functools.cache
+def _code_versions() -> dict[str, str]:
+    """Every registered method's code version, hashed once per process (at a sweep's first run):
+    files edited while a sweep runs do not change the code already imported and running, so they
+    must not change its keys either."""
+    root = Path(__file__).resolve().parent.parent
+    shared = sorted((root / "core").glob("*.py")) + [root / "evidence" / f for f in ("data.py", "models.py",
+                                                                                      "train.py")]
+    shared += sorted((root / "ops").glob("**/*.py")) + sorted((root / "methods").glob("_*.py"))
+    base = hashlib.sha256()
+    for f in shared:
+        if f.is_file():
+            base.update(f.relative_to(root).as_posix().encode())
+            base.update(f.read_bytes())
+    out = {}
+    for name, cls in registered_methods().items():
+        h = base.copy()
+        source = inspect.getsourcefile(cls)
+        if source and Path(source).is_file():
+            h.update(Path(source).read_bytes())
+        out[name] = f"{__version__}+{h.hexdigest()[:12]}"
+    return out
+
+
 def code_version(method: str) -> str:
     """``<version>+<hash>`` of the sources a run's numbers depend on: the engine, the evidence data/model/
-    training code, the method's own module and the shared helpers (``ops``, ``methods/_*.py``).
-
-    Computed once per process (at a sweep's first run): files edited while a sweep runs do not change
-    the code already imported and running, so they must not change its keys either."""
-    root = Path(__file__).resolve().parent.parent
-    files = sorted((root / "core").glob("*.py")) + [root / "evidence" / f for f in ("data.py", "models.py",
-                                                                                     "train.py")]
-    files += sorted((root / "ops").glob("**/*.py")) + sorted((root / "methods").glob("_*.py"))
-    source = inspect.getsourcefile(get_method(method))
-    if source:
-        files.append(Path(source))
-    h = hashlib.sha256()
-    for f in files:
-        if f.is_file():
-            h.update(f.relative_to(root).as_posix().encode())
-            h.update(f.read_bytes())
-    return f"{__version__}+{h.hexdigest()[:12]}"
+    training code, the method's own module and the shared helpers (``ops``, ``methods/_*.py``)."""
+    return _code_versions()[get_method(method).name]
 
 
 @dataclasses.dataclass

@@ -119,7 +119,7 @@ def _load_pretrained(source: str | Path, pooling: str) -> tuple[nn.Module, Any, 
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # the load report lists the dropped pooler; not news
     hf_logging.disable_progress_bar()
     try:
@@ -132,7 +132,8 @@ def _load_pretrained(source: str | Path, pooling: str) -> tuple[nn.Module, Any, 
         raise ModelError(f"cannot load model {str(source)!r}: {e}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
+        if bars:
+            hf_logging.enable_progress_bar()
     if getattr(tokenizer, "pad_token", None) is None:  # decoders: pad with EOS (masked out anyway)
         tokenizer.pad_token = tokenizer.eos_token
     return encoder, tokenizer, pooling

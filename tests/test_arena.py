@@ -18,7 +18,7 @@ import torch
 import peftatlas as pa
 from peftatlas.cli import main as cli_main
 from peftatlas.evidence import arena as arena_mod
-from peftatlas.evidence.arena import Arena, format_table, run_profile, summarize
+from peftatlas.evidence.arena import Arena, format_table, load_run, run_profile, summarize
 from peftatlas.evidence.models import load_classifier
 from peftatlas.evidence.profiles import PROFILES, Profile, get_profile
 from peftatlas.evidence.store import ResultsStore
@@ -118,13 +118,23 @@ def test_saved_artifact_reproduces_the_recorded_accuracy(killed_and_resumed):
     from peftatlas.evidence.train import TrainConfig
 
     task = load_task(SMOKE.task).subset(SMOKE.train_size, SMOKE.val_size, SMOKE.test_size, SMOKE.ood_size)
-    for method in ("lora", "full"):
-        rec = next(r for r in records if r.method == method and r.experiment == "main")
-        model, tok = load_classifier(SMOKE.model, task.num_labels, seed=123)  # a different head init
-        model = pa.load_adapter(model, path.parent / rec.artifact)
-        cfg = TrainConfig(max_length=SMOKE.train["max_length"])
-        got = evaluate(model, tok, task.test, task.num_labels, cfg, torch.device("cpu"))
-        assert got["acc"] == rec.metrics["test_acc"], method
+    with ResultsStore(path) as store:
+        for method in ("lora", "full"):
+            rec = next(r for r in records if r.method == method and r.experiment == "main")
+            model, tok = load_run(store, rec)
+            cfg = TrainConfig(max_length=SMOKE.train["max_length"])
+            got = evaluate(model, tok, task.test, task.num_labels, cfg, torch.device("cpu"))
+            assert got["acc"] == rec.metrics["test_acc"], method
+        full = next(r for r in records if r.method == "full" and r.experiment == "main")
+        model, _ = load_run(store, full)
+        layer = model.adapted_layers()["encoder.encoder.layer.0.attention.self.query"]
+        delta = layer.adapters["default"].deltas["weight"]
+        assert delta.shape == layer.base.weight.shape and float(delta.abs().max()) > 0  # ΔW of full FT
+        model2, _ = load_classifier(SMOKE.model, 2, seed=123)  # a fresh head is replaced by the saved one
+        model2 = pa.load_adapter(model2, path.parent / full.artifact)
+        assert torch.equal(model2.model.classifier.weight, model.model.classifier.weight)
+        with pytest.raises(FileNotFoundError, match="no saved adapter"):
+            load_run(store, dataclasses.replace(full, artifact="artifacts/missing"))
 
 
 def test_summary_table(killed_and_resumed):

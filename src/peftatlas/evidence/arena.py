@@ -23,6 +23,7 @@ import functools
 import gc
 import hashlib
 import inspect
+import json
 import math
 import statistics
 import sys
@@ -33,9 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..core.io import save_adapter
+from ..core.io import load_adapter, save_adapter
 from ..core.method import get_method, registered_methods
-from ..core.model import attach
+from ..core.model import AdaptedModel, attach
 from .budget import BudgetSolution, solve_budget
 from .data import TaskData, load_task
 from .models import encoder_param_count, load_classifier, model_info
@@ -269,6 +270,24 @@ class Arena:
             for method in names:
                 self.method(task, method)
         return self.touched
+
+
+def load_run(store: ResultsStore, record: RunRecord) -> tuple[AdaptedModel, Any]:
+    """Rebuild a finished run: a fresh model of ``record.model`` with the saved adapter and head loaded.
+
+    Returns ``(model, tokenizer)``. For ``full`` runs, each adapted layer's
+    ``adapters["default"].deltas["weight"]`` is the fine-tuning update ΔW of that weight.
+    """
+    folder = store.artifact_path(record)
+    if folder is None or not folder.is_dir():
+        raise FileNotFoundError(f"run {record.key[:12]} ({record.method}) has no saved adapter"
+                                + (f" at {folder}" if folder else ""))
+    meta = json.loads((folder / "adapter.json").read_text())
+    head = meta["fingerprint"]["head"].get("classifier.weight")
+    if not head:
+        raise ValueError(f"{folder}: the saved adapter has no classifier head to size the model by")
+    model, tokenizer = load_classifier(record.model, int(head[0]), seed=record.seed)
+    return load_adapter(model, folder), tokenizer
 
 
 def run_profile(profile: str | Profile, store_path: str | Path, methods: list[str] | None = None,

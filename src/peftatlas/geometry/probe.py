@@ -28,7 +28,7 @@ from .nulls import NULL_KINDS, null_tests_many
 from .rotation import RotationBasis, magnitude_direction, rotation_stats
 from .spectra import effective_rank, energy_top_k, rank_at_energy, seed_consistent_rank, stable_rank
 
-PROBE_VERSION = 1
+PROBE_VERSION = 2
 SPECTRAL_KS = (1, 4, 8, 16)
 
 
@@ -119,18 +119,21 @@ def probe_matrix(delta: Any, w0: Any | None = None, *, name: str = "matrix", dra
 
 
 def probe_pair(delta_a: Any, delta_b: Any, *, name: str = "matrix", z: float = 3.0,
-               max_k: int | None = 64) -> list[ProbeRow]:
+               max_k: int | None = None) -> list[ProbeRow]:
     """Seed-consistent rank ``k*`` of two seeds' updates of the same matrix (left and right sides).
 
     The null for ``k*`` is analytic: each direction passes by chance with probability about
-    ``P(N(0,1) ≥ z)``, so ``null_mean`` is the expected number of chance passes.
+    ``P(N(0,1) ≥ z)``, so ``null_mean`` is the expected number of chance passes. Directions are tested
+    up to ``max_k`` (default d/4); ``detail["censored"]`` is true when every tested direction passed,
+    i.e. the shared rank is at least the value.
     """
     rows = []
     for side in ("left", "right"):
         res = seed_consistent_rank(delta_a, delta_b, max_k=max_k, z=z, side=side)
         n_dir = len(res.direction_overlap)
         detail = {"overlap": res.overlap, "overlap_null": res.overlap_null,
-                  "direction_overlap": res.direction_overlap, "threshold": res.direction_threshold, "d": res.d}
+                  "direction_overlap": res.direction_overlap, "threshold": res.direction_threshold, "d": res.d,
+                  "tested": n_dir, "censored": res.k_star == n_dir}
         rows.append(ProbeRow(name, "seed_rank", f"k_star_{side}", float(res.k_star), "analytic",
                              n_dir * 0.5 * math.erfc(z / math.sqrt(2.0)), None, None, n_dir, False, detail))
         k8 = min(8, n_dir)

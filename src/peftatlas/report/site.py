@@ -226,10 +226,13 @@ class Site:
                                  "matrices |z| ≥ 3"], rows))
         ks = [r for r in pair if r.stat.startswith("k_star")]
         if ks:
-            rows = [[r.matrix, r.stat.replace("k_star_", ""), f"{r.value:g}", f"{r.detail.get('d', '—')}",
+            rows = [[r.matrix, r.stat.replace("k_star_", ""),
+                     ("≥ " if r.detail.get("censored") else "") + f"{r.value:g}",
+                     f"{r.detail.get('tested', '—')}", f"{r.detail.get('d', '—')}",
                      f"{r.null_mean:.2f}" if r.null_mean is not None else "—"] for r in ks]
-            blocks += [P("Seed-consistent rank k* (directions shared by two full fine-tuning seeds beyond chance):"),
-                       Table(["matrix", "side", "k*", "d", "expected by chance"], rows)]
+            blocks += [P("Seed-consistent rank k* (directions shared by two full fine-tuning seeds beyond chance; "
+                         "'≥' when every tested direction was shared):"),
+                       Table(["matrix", "side", "k*", "directions tested", "d", "expected by chance"], rows)]
         return blocks
 
     def _themes(self) -> list[Block]:

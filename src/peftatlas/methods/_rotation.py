@@ -64,10 +64,13 @@ def cayley(Q: Tensor, method: str = "exact", terms: int = 5) -> Tensor:
     if method == "exact":
         return torch.linalg.solve(eye - Q, eye + Q)
     if method == "neumann":  # Horner: S ← I + Q S (t−1 times), R = S + Q S; one fused op per term
+        if terms == 1:
+            return eye + Q
         b = Q.shape[-1]
-        Q3, I3 = Q.reshape(-1, b, b), eye.reshape(-1, b, b)
-        S = I3
-        for _ in range(terms - 1):
+        Q3 = Q.reshape(-1, b, b)
+        I3 = torch.eye(b, dtype=Q.dtype, device=Q.device).expand(Q3.shape[0], b, b)
+        S = I3 + Q3  # I + Q
+        for _ in range(terms - 2):
             S = torch.baddbmm(I3, Q3, S)
         return torch.baddbmm(S, Q3, S).reshape(Q.shape)
     raise ValueError(f"unknown Cayley method {method!r}; use 'exact' or 'neumann'")

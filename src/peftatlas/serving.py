@@ -125,6 +125,13 @@ def bank(tensors: Sequence[Tensor], dtype: torch.dtype | None = None) -> Tensor:
     return out
 
 
+def take_rows(t: Tensor, index: Sequence[int]) -> Tensor:
+    """``t[index]`` along dim 0 as one contiguous row copy (2-D ``index_select`` is memcpy speed;
+    on 3-D tensors it is ~2× slower on CPU)."""
+    idx = torch.tensor(index, device=t.device)
+    return t.reshape(t.shape[0], -1).index_select(0, idx).view(len(index), *t.shape[1:])
+
+
 def as_rows(t: Tensor, batch: int) -> Tensor:
     """View ``(batch, …, d)`` as ``(batch, M, d)`` with ``M`` the product of the middle dimensions."""
     if t.dim() < 2 or t.shape[0] != batch:

@@ -131,12 +131,12 @@ def _mixed_grouped(base: nn.Module, adapters: list[LoRA], x: Tensor, layout: ser
     A, B = _banks(adapters, dt)
     slots = torch.tensor(layout.slots, device=x.device)
     A, B = A.index_select(0, slots), B.index_select(0, slots)  # (groups, r, d_in), (groups, d_out, r)
-    xs = x if layout.order is None else x.index_select(0, torch.tensor(layout.order, device=x.device))
+    xs = x if layout.order is None else serving.take_rows(x, layout.order)
     ys = base(xs)
     n_groups = len(layout.slots)
     h = torch.bmm(xs.reshape(n_groups, -1, xs.shape[-1]).to(dt), A.transpose(1, 2))  # (groups, G·M, r)
     ys.view(n_groups, -1, ys.shape[-1]).baddbmm_(h.to(ys.dtype), B.transpose(1, 2).to(ys.dtype))
-    return ys if layout.pos is None else ys.index_select(0, torch.tensor(layout.pos, device=x.device))
+    return ys if layout.pos is None else serving.take_rows(ys, layout.pos)
 
 
 def _mixed_gather(base: nn.Module, adapters: list[LoRA], x: Tensor, rows: list[str], present: list[str]) -> Tensor:

@@ -6,7 +6,7 @@ Pseudocode of :func:`run_profile`::
         for method in profile.methods:
             for configuration in budgets(method):             # solved size knob, or fixed size, or reference
                 sweep  = [run(lr, seed₀) for lr in lr_grid(method)]        # experiment "lr_sweep"
-                lr*    = argmax_lr  val_acc(sweep)                          # validation only
+                lr*    = argmax_lr  val_acc(sweep)      # validation only; ties → the smaller LR
                 main   = [run(lr*, s) for s in seeds]                       # experiment "main" (seed₀ reused)
                 curve  = [run(lr*, s, n) for n in curve sizes, s in curve seeds]   # "learning_curve"
 
@@ -228,7 +228,8 @@ class Arena:
 
     # --- experiments -------------------------------------------------------------------------------
     def sweep(self, task: str, conf: Configuration) -> float | None:
-        """Run the LR grid at the first seed; the LR with the best validation accuracy (None if all failed)."""
+        """Run the LR grid at the first seed; the LR with the best validation accuracy, ties going to the
+        smaller LR (None if every run failed)."""
         seed = self.profile.seeds[0]
         runs = [self.run("lr_sweep", task, conf, lr, seed) for lr in self.profile.lr_grid(conf.method)]
         done = [r for r in runs if r.status == "done"]

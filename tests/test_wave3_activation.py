@@ -10,6 +10,7 @@ import torch
 
 import peftatlas as pa
 from peftatlas.core.method import MethodError
+from peftatlas.methods._model_level import cache_keyword
 from peftatlas.methods.loreft import orthonormal_rows
 from peftatlas.testing import tiny_model
 
@@ -149,10 +150,12 @@ def test_loreft_generation_edits_the_prefill_only():
     with torch.no_grad():
         first = model(input_ids=ids, use_cache=True)
         nxt = first.logits[:, -1:].argmax(-1)
-        cache_a, cache_b = first.past_key_values, copy.deepcopy(first.past_key_values)
-        step = model(input_ids=nxt, past_key_values=cache_a, use_cache=True).logits
+        key = cache_keyword()  # past_key_values, or cache from transformers 5.24
+        cache_a = first[key]
+        cache_b = copy.deepcopy(cache_a)
+        step = model(input_ids=nxt, use_cache=True, **{key: cache_a}).logits
         with model.disable():
-            step_base = model(input_ids=nxt, past_key_values=cache_b, use_cache=True).logits
+            step_base = model(input_ids=nxt, use_cache=True, **{key: cache_b}).logits
     torch.testing.assert_close(step, step_base, atol=0, rtol=0)  # cached one-token step: no edit
     out = model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
     assert out.shape == (1, 8)

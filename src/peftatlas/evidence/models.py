@@ -71,7 +71,7 @@ class SequenceClassifier(nn.Module):
 
     def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
                 inputs_embeds: Tensor | None = None, **kwargs: Any) -> Tensor:
-        """Logits ``(batch, num_labels)``; extra keyword arguments (``past_key_values``, ...) go to the encoder."""
+        """Logits ``(batch, num_labels)``; extra keyword arguments (the key/value cache, ...) go to the encoder."""
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs)
         hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state
         pooled = self.pool(hidden, attention_mask)

@@ -7,6 +7,7 @@ model-level hooks of :class:`peftatlas.core.method.LayerAdapter` to act on the w
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any, TypeVar
 
@@ -49,6 +50,33 @@ def forward_accepts(model: nn.Module, *names: str) -> bool:
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return True
     return all(n in params for n in names)
+
+
+# The key/value cache argument: ``past_key_values`` up to transformers 5.23, ``cache`` from 5.24.
+CACHE_ARGUMENTS = ("cache", "past_key_values", "past_key_value")
+
+
+@functools.lru_cache(maxsize=1)
+def cache_keyword() -> str:
+    """The name under which the installed transformers passes a key/value cache to a model's forward."""
+    from transformers.models.llama.modeling_llama import LlamaModel
+
+    return "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
+
+
+def cache_argument(kwargs: dict[str, Any]) -> Any:
+    """The key/value cache passed in ``kwargs`` under any of its names, or None."""
+    for key in CACHE_ARGUMENTS:
+        if kwargs.get(key) is not None:
+            return kwargs[key]
+    return None
+
+
+def with_cache(kwargs: dict[str, Any], cache: Any) -> dict[str, Any]:
+    """``kwargs`` with ``cache`` under the installed transformers' name (any other spelling removed)."""
+    kwargs = {k: v for k, v in kwargs.items() if k not in CACHE_ARGUMENTS}
+    kwargs[cache_keyword()] = cache
+    return kwargs
 
 
 def positional_mask(mask: Tensor, first_n: int, last_n: int) -> Tensor:

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.method import BaseFn, LayerAdapter, MethodError, register
-from ._model_level import adapters_of, positional_mask, shared_state
+from ._model_level import adapters_of, cache_argument, positional_mask, shared_state
 
 BLOCKS = r"(.*\.)?(layer|layers|h|blocks|block)\.\d+"
 
@@ -207,7 +207,7 @@ class LoReFT(LayerAdapter):
 
 def _is_cached_step(layer_index: int | None, n: int, kwargs: dict) -> bool:
     """A one-token call continuing a key/value cache (generation after the prefill)."""
-    past = kwargs.get("past_key_values", kwargs.get("past_key_value"))
+    past = cache_argument(kwargs)
     if past is None or n > 1 or not hasattr(past, "get_seq_length"):
         return False
     return past.get_seq_length(layer_index or 0) > n

@@ -5,8 +5,9 @@ p-dimensional value subspace, without changing the attention among the content t
 (a head's output becomes (1 − λ(x))·Attn(x, content) + λ(x)·Attn(x, prefix); He et al., arXiv:2110.04366).
 
 Insertion point: attention cache — the prefixes enter every self-attention layer through the
-model's own key/value cache (``past_key_values``), so any transformers model whose attention reads a
-cache works, encoder (BERT) or decoder (Llama), in ``forward`` and in ``generate()``.
+model's own key/value cache (``past_key_values``; ``cache`` from transformers 5.24), so any
+transformers model whose attention reads a cache works, encoder (BERT) or decoder (Llama), in
+``forward`` and in ``generate()``.
 
 Pseudocode::
 
@@ -32,7 +33,16 @@ import torch
 from torch import Tensor, nn
 
 from ..core.method import BaseFn, LayerAdapter, MethodError, register
-from ._model_level import adapters_of, batch_and_length, forward_accepts, prepend_ones
+from ._model_level import (
+    CACHE_ARGUMENTS,
+    adapters_of,
+    batch_and_length,
+    cache_argument,
+    cache_keyword,
+    forward_accepts,
+    prepend_ones,
+    with_cache,
+)
 
 SELF_ATTENTION = r"(.*\.)?(self_attn|attention\.self|self_attention|attn)"
 INITS = ("projected", "normal")
@@ -64,7 +74,7 @@ def reads_kv_cache(module: nn.Module) -> bool:
     if _head_dim(module) is None:
         return False
     params = inspect.signature(module.forward).parameters
-    return "past_key_values" in params or "past_key_value" in params
+    return any(name in params for name in CACHE_ARGUMENTS)
 
 
 @register("prefix_tuning")
@@ -108,8 +118,8 @@ class PrefixTuning(LayerAdapter):
             raise MethodError(
                 f"prefix_tuning needs self-attention layers that read a key/value cache (past_key_values); "
                 f"{type(model).__name__} has none")
-        if not forward_accepts(model, "past_key_values"):
-            raise MethodError(f"prefix_tuning: {type(model).__name__}.forward does not accept past_key_values")
+        if not forward_accepts(model, cache_keyword()):
+            raise MethodError(f"prefix_tuning: {type(model).__name__}.forward does not accept {cache_keyword()}")
 
     @classmethod
     def build_shared(cls, targets: dict[str, nn.Module], cfg: Config) -> None:
@@ -174,7 +184,7 @@ class PrefixTuning(LayerAdapter):
                      positions_from_mask: bool) -> dict[str, Any]:
         from transformers.cache_utils import DynamicCache
 
-        past = kwargs.get("past_key_values")
+        past = cache_argument(kwargs)
         if past is not None and past.get_seq_length() > 0:
             return kwargs  # a continuation: the cache already holds the prefix
         layers = sorted(adapters_of(model, name, cls).values(), key=lambda a: a.layer_idx)
@@ -186,9 +196,8 @@ class PrefixTuning(LayerAdapter):
         for adapter in layers:
             keys, values = adapter.cache_entries(batch * batch_factor, dtype)
             cache.update(keys.to(device), values.to(device), adapter.layer_idx)
-        kwargs = dict(kwargs)
+        kwargs = with_cache(kwargs, cache)
         user_mask = kwargs.get("attention_mask")
-        kwargs["past_key_values"] = cache
         kwargs["attention_mask"] = prepend_ones(user_mask, batch, n, layers[0].cfg.num_virtual_tokens, device)
         if kwargs.get("position_ids") is None and forward_accepts(model.model, "position_ids"):
             kwargs["position_ids"] = _content_positions(user_mask, batch, n, device, positions_from_mask)

@@ -32,6 +32,7 @@ from ..core.method import BaseFn, LayerAdapter, MethodError, register
 from ._model_level import (
     INPUT_EMBEDDINGS,
     batch_and_length,
+    cache_argument,
     forward_accepts,
     prepend_ones,
     shared_state,
@@ -138,7 +139,7 @@ class PromptTuning(LayerAdapter):
     # --- model level ---------------------------------------------------------------------------------
     @classmethod
     def _prepend(cls, model: nn.Module, name: str, kwargs: dict[str, Any], keep_ids: bool) -> dict[str, Any]:
-        past = kwargs.get("past_key_values")
+        past = cache_argument(kwargs)
         if past is not None and hasattr(past, "get_seq_length") and past.get_seq_length() > 0:
             return kwargs  # continuing a cache that already holds the prompt
         _, adapter = single_adapter(model, name, cls)

@@ -92,3 +92,24 @@ def test_every_knobbed_method_solves_to_its_real_count(method, bert):
     sol = solve_budget(bert, method, str(max(4 * small, 1)), 10**6, [None], hyperparameters=fixed, max_value=256)
     model = pa.attach(bert, method, **sol.hyperparameters)
     assert model.count_parameters().adapter == sol.achieved
+
+
+@pytest.mark.parametrize("method", ["c3a", "randlora"])
+def test_knob_whose_count_falls_as_it_grows(bert, method):
+    """C3A's block size and RandLoRA's basis rank buy fewer parameters as they grow; the solver must still land."""
+    cls = pa.get_method(method)
+    modules = target_modules(bert, cls, None)
+    fixed = {k: v for k, v in cls.test_config.items() if k != cls.size_knob}
+    counts = {}
+    for v in range(1, 65):
+        try:
+            counts[v] = count_params(cls, modules, {**fixed, cls.size_knob: v})
+        except ValueError:
+            continue
+    values = sorted(counts)
+    assert counts[values[-1]] < counts[values[0]], f"{method}: expected the count to fall as {cls.size_knob} grows"
+    wanted = values[len(values) // 2]  # a value in the middle: the old upward scan stopped at the first one
+    sol = solve_budget(bert, method, str(counts[wanted]), 10**6, [None], hyperparameters=fixed, max_value=64)
+    assert sol.met, sol.note
+    assert abs(sol.achieved - counts[wanted]) <= 0.10 * counts[wanted]
+    assert sol.value != values[0]

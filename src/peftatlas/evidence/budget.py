@@ -138,18 +138,47 @@ def built_count(cls: type[LayerAdapter], modules: dict[str, nn.Module], hyperpar
     return total
 
 
+def _candidate_values(cls: type[LayerAdapter], modules: dict[str, nn.Module], base: dict[str, Any], knob: str,
+                      target: int, max_value: int, shared: bool) -> dict[int, int]:
+    """Closed-form counts for the knob values worth considering, keyed by value.
+
+    Most knobs (rank, frequencies) add parameters as they grow: the scan doubles the value until the
+    count passes the target and stops there. Some go the other way (C3A's block size, RandLoRA's basis
+    rank: a larger value means fewer parameters); for those the whole range [1, max_value] is counted.
+    """
+    counts: dict[int, int] = {}
+
+    def count(v: int) -> int | None:
+        if v not in counts:
+            c = _try_count(cls, modules, {**base, knob: v}, shared)
+            if c is None:
+                return None
+            counts[v] = c
+        return counts[v]
+
+    valid = [v for v in range(1, min(max_value, 8) + 1) if count(v) is not None]
+    top = next((v for v in range(max_value, 0, -1) if count(v) is not None), None) if max_value > 8 else None
+    lowest = valid[0] if valid else top
+    if lowest is not None and top is not None and counts[top] < counts[lowest]:  # count falls as the knob grows
+        for v in range(1, max_value + 1):
+            count(v)
+        return counts
+    upper = 1
+    while upper < max_value:  # grow until the count passes the target
+        c = count(upper)
+        if c is not None and c >= target:
+            break
+        upper = min(max_value, upper * 2)
+    for v in range(1, upper + 1):
+        count(v)
+    return {v: c for v, c in counts.items() if v <= upper}
+
+
 def _best_value(cls: type[LayerAdapter], modules: dict[str, nn.Module], base: dict[str, Any], knob: str,
                 target: int, max_value: int, max_checks: int = 64) -> tuple[int, int] | None:
     """(value, built count) closest to ``target`` over valid knob values in [1, max_value]."""
     shared = _has_shared_params(cls, modules, base, knob, max_value)
-    upper = 1
-    while upper < max_value:  # grow until the count passes the target (counts rise with the knob)
-        count = _try_count(cls, modules, {**base, knob: upper}, shared)
-        if count is not None and count >= target:
-            break
-        upper = min(max_value, upper * 2)
-    counts = {v: c for v in range(1, upper + 1) if (c := _try_count(cls, modules, {**base, knob: v}, shared))
-              is not None}
+    counts = _candidate_values(cls, modules, base, knob, target, max_value, shared)
     for v in sorted(counts, key=lambda v: (abs(counts[v] - target), v))[:max_checks]:
         try:
             return v, built_count(cls, modules, {**base, knob: v})

@@ -162,7 +162,8 @@ ENTRIES = [
         headline=Claim("Significantly outperforms existing low-rank adaptation methods on NLU and NLG.",
                        "Zi et al. 2023, abstract", "ABS"),
         counter=(Claim("The W updates telescope: W_T − W_0 = λ(A_T B_T − A_K B_K), so the total update has rank ≤ 2r "
-                       "(≤ r from K = 0).", "research/analytic_checks.py", "CALC"),),
+                       "(≤ r from K = 0).", "telescoping sum; checked after training in tests/test_wave2_methods.py",
+                       "CALC"),),
         literature=marks((True, "LoRA's trainable parameters"), (False, "self-reported only"), (False, "no"),
                          (False, "no"), (False, "no"), (False, "no")),
         override=Override("analytic", "the method fine-tunes high-rank parameters",

@@ -92,7 +92,8 @@ ENTRIES = [
                        "abstract; Fig. 1 (PSD target approximation)", "ABS"),
         counter=(Claim("Fig. 1's advantage on PSD targets comes from the identity-like diagonal; after an independent "
                        "row/column permutation, or on iid/low-rank targets, structured fits are no better per "
-                       "parameter than low rank.", "research/seed_methods.md §1.7 (checks/surm_approx.py)", "CALC"),
+                       "parameter than low rank.", "reproduced by `peftatlas expressivity surm` (docs/methods/surm.md)",
+                       "CALC"),
                  Claim("The official circulant/Toeplitz code is square-only.", "structured-matrices-PEFT repo",
                        "CODE")),
         literature=marks((True, "O(d) parameters per layer"), (True, "+5–7% over LoRA on ViT classification (self)"),
@@ -132,7 +133,7 @@ ENTRIES = [
         headline=Claim("Outperforms LoRA and its variants on fine-tuning tasks with similar parameter counts.",
                        "Chen et al. 2025, abstract", "MEM"),
         counter=(Claim("HF PEFT's default is not a no-op at init and recommends LR ≈ 0.1.",
-                       "research/peft_anchor.md §1", "CODE"),),
+                       "HF PEFT 0.21 C3AConfig (init_weights default)", "CODE"),),
         literature=marks((True, "LoRA-like budgets"), (True, "self-reported above LoRA"), (False, "no"),
                          (False, "no"), (False, "no"), (False, "recent")),
         predictions=(_fit("circulant", "perm", "ΔW_FT fits a circulant better than its permuted self"),)),
@@ -177,7 +178,8 @@ ENTRIES = [
         measurements=("arena: MiSS vs LoRA at equal parameters",),
         headline=Claim("Better accuracy and memory than LoRA variants in the PEFT benchmark.",
                        "catalog summary of the paper and the PEFT method comparison", "MEM"),
-        counter=(Claim("Bone was removed from HF PEFT in favour of MiSS.", "research/peft_anchor.md §1", "CODE"),),
+        counter=(Claim("Bone was removed from HF PEFT in favour of MiSS.", "HF PEFT 0.21 method list (MissConfig)",
+                       "CODE"),),
         literature=marks((True, "r·d_out parameters"), (True, "self-reported above LoRA"), (False, "no"),
                          (False, "no"), (False, "no"), (False, "recent"))),
     Entry(
@@ -208,7 +210,7 @@ ENTRIES = [
         headline=Claim("Outperforms LoRA on memory-intensive tasks and matches it elsewhere.",
                        "Jiang et al. 2024, abstract", "ABS"),
         counter=(Claim("Withdrawn from ICLR 2025; a reviewer called the UUID task contrived.",
-                       "research/catalog.md entry 30", "ABS"),),
+                       "OpenReview, ICLR 2025 submission and reviews", "ABS"),),
         literature=marks((True, "LoRA's budget"), (True, "self-reported on memorisation tasks"), (False, "no"),
                          (False, "no"), (False, "no"), (False, "no")),
         predictions=(HIGH_RAW_RANK,)),

@@ -16,7 +16,7 @@ Pseudocode::
 The 1/d_in factor follows HF PEFT's C3A, so learning rates transfer (its docs suggest LR ≈ 1e-1).
 Several C3A adapters on one layer compose like every adapter here (each sees its own input);
 HF PEFT 0.21 overwrites the input inside its adapter loop, so its unmerged output with two active
-C3A adapters differs from the merged one (see research/peft_anchor.md §3.5).
+C3A adapters differs from the merged one (a known HF PEFT 0.21 quirk).
 """
 
 from __future__ import annotations

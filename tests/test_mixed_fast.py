@@ -183,6 +183,49 @@ def test_unbalanced_batch_rows_are_exact(strategy, monkeypatch):
             torch.testing.assert_close(out[i], ref, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("strategy", ["gather", "grouped"])
+def test_inference_bank_cache_follows_every_change_to_the_adapters(strategy, monkeypatch):
+    """The stacked adapters are reused between inference calls, never stale: an in-place update, a
+    replaced tensor, a new adapter and a training-mode call (gradients) each show in the next output."""
+    monkeypatch.setattr(serving, "MIXED_STRATEGY", strategy)
+    builds = []
+    original = serving.bank
+    monkeypatch.setattr(serving, "bank", lambda *a, **k: builds.append(1) or original(*a, **k))
+    net = nn.Sequential(nn.Linear(16, 24))
+    model = pa.attach(net, "lora", name="a", r=4).eval()
+    model.add_adapter("b", "lora", seed=1, r=4)
+    _perturb_all(model)
+    layer = model.adapted_layers()["0"]
+    rows = ["a", "b", pa.BASE_NAME, "b"]
+    x = torch.randn(len(rows), 3, 16, generator=torch.Generator().manual_seed(3))
+
+    def check():
+        with torch.no_grad():
+            out = model(x, adapter_names=rows)
+            for i, n in enumerate(rows):
+                ref = layer.base(x[i]) if n == pa.BASE_NAME else layer.adapters[n].reference_forward(x[i], layer.base)
+                torch.testing.assert_close(out[i], ref, atol=1e-5, rtol=1e-4)
+
+    check()
+    built = len(builds)
+    check()
+    assert len(builds) == built, "a second call with unchanged adapters rebuilt the banks"
+    with torch.no_grad():
+        layer.adapters["b"].lora_B.add_(0.5)  # in place: the version counter moves
+    check()
+    layer.adapters["a"].lora_A.data = torch.randn_like(layer.adapters["a"].lora_A)  # replaced storage
+    check()
+    model.add_adapter("c", "lora", seed=2, r=4)
+    _perturb_all(model, seed=5)
+    rows[2] = "c"
+    check()
+    first = len(builds)
+    out = model(x, adapter_names=rows)  # gradients on: the bank is part of the graph, built fresh
+    assert len(builds) > first
+    out.sum().backward()
+    assert layer.adapters["b"].lora_B.grad is not None and layer.adapters["b"].lora_B.grad.abs().sum() > 0
+
+
 def test_add_lowrank_equals_explicit_sum():
     g = torch.Generator().manual_seed(0)
     y, h, B = torch.randn(2, 3, 7, generator=g), torch.randn(2, 3, 4, generator=g), torch.randn(7, 4, generator=g)

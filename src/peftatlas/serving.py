@@ -28,10 +28,10 @@ vectors. Use it through the model::
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 # "auto", "grouped" or "gather"; set to force one (tests, benchmarks).
 MIXED_STRATEGY = "auto"
@@ -123,6 +123,29 @@ def bank(tensors: Sequence[Tensor], dtype: torch.dtype | None = None) -> Tensor:
     for i, t in enumerate(tensors):
         out[(i, *(slice(0, s) for s in t.shape))] = t.to(dtype)
     return out
+
+
+def cached_bank(owner: nn.Module, tag: Hashable, sources: Sequence[Tensor], build: Callable[[], Tensor]) -> Tensor:
+    """``build()`` (a :func:`bank` of ``sources``), reused while no source has changed.
+
+    Stacking every resident adapter on every call costs more than the batch's own update once
+    hundreds are resident, so in inference the bank is kept on ``owner`` and rebuilt only when a
+    source tensor is replaced or modified in place (its storage pointer or version counter moves)
+    or ``tag`` changes (put everything else ``build`` depends on in it: names, scales, dtype).
+    With gradients flowing to a source, it is built fresh so autograd sees it. The cache holds one
+    copy of the stacked adapters per tag; ``owner.__dict__`` keeps it out of ``state_dict``.
+    """
+    if torch.is_grad_enabled() and any(t.requires_grad for t in sources):
+        return build()
+    stamp = tuple((t.data_ptr(), t._version) for t in sources)
+    cache: dict[Hashable, tuple[tuple, Tensor]] = owner.__dict__.setdefault("_serving_banks", {})
+    hit = cache.get(tag)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    with torch.no_grad():
+        value = build()
+    cache[tag] = (stamp, value)
+    return value
 
 
 def take_rows(t: Tensor, index: Sequence[int]) -> Tensor:

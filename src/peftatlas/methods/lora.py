@@ -115,36 +115,44 @@ class LoRA(LayerAdapter):
         adapters = [layer.adapters[n] for n in present]
         layout = serving.groups(rows, present)
         if serving.strategy(layout, len(rows)) == "grouped":
-            return _mixed_grouped(layer.base, adapters, x, layout)
-        return _mixed_gather(layer.base, adapters, x, rows, present)
+            return _mixed_grouped(layer, present, adapters, x, layout)
+        return _mixed_gather(layer, present, adapters, x, rows)
 
 
-def _banks(adapters: list[LoRA], dt: torch.dtype) -> tuple[Tensor, Tensor]:
-    """``(A_1 … A_k, 0)`` and ``(s_1 B_1 … s_k B_k, 0)``; ranks zero-padded to the largest (exact)."""
-    return (serving.bank([a.lora_A for a in adapters], dt),
-            serving.bank([a.lora_B * a.scale for a in adapters], dt))
+def _banks(layer: nn.Module, present: list[str], adapters: list[LoRA], dt: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``(A_1 … A_k, 0)`` and ``(s_1 B_1 … s_k B_k, 0)``; ranks zero-padded to the largest (exact).
+
+    Cached on the layer between inference calls (:func:`peftatlas.serving.cached_bank`).
+    """
+    tag = (tuple(present), tuple(a.scale for a in adapters), dt)
+    A = serving.cached_bank(layer, ("lora_A", *tag), [a.lora_A for a in adapters],
+                            lambda: serving.bank([a.lora_A for a in adapters], dt))
+    B = serving.cached_bank(layer, ("lora_B", *tag), [a.lora_B for a in adapters],
+                            lambda: serving.bank([a.lora_B * a.scale for a in adapters], dt))
+    return A, B
 
 
-def _mixed_grouped(base: nn.Module, adapters: list[LoRA], x: Tensor, layout: serving.Groups) -> Tensor:
+def _mixed_grouped(layer: nn.Module, present: list[str], adapters: list[LoRA], x: Tensor,
+                   layout: serving.Groups) -> Tensor:
     """Rows grouped by adapter (padded to equal groups): base once, one ``bmm`` + ``baddbmm_`` for all groups."""
     dt = compute_dtype(x, adapters[0].lora_A)
-    A, B = _banks(adapters, dt)
+    A, B = _banks(layer, present, adapters, dt)
     slots = torch.tensor(layout.slots, device=x.device)
     A, B = A.index_select(0, slots), B.index_select(0, slots)  # (groups, r, d_in), (groups, d_out, r)
     xs = x if layout.order is None else serving.take_rows(x, layout.order)
-    ys = base(xs)
+    ys = layer.base(xs)
     n_groups = len(layout.slots)
     h = torch.bmm(xs.reshape(n_groups, -1, xs.shape[-1]).to(dt), A.transpose(1, 2))  # (groups, G·M, r)
     ys.view(n_groups, -1, ys.shape[-1]).baddbmm_(h.to(ys.dtype), B.transpose(1, 2).to(ys.dtype))
     return ys if layout.pos is None else serving.take_rows(ys, layout.pos)
 
 
-def _mixed_gather(base: nn.Module, adapters: list[LoRA], x: Tensor, rows: list[str], present: list[str]) -> Tensor:
+def _mixed_gather(layer: nn.Module, present: list[str], adapters: list[LoRA], x: Tensor, rows: list[str]) -> Tensor:
     """One ``(A, s·B)`` per row gathered from the bank, two batched matmuls over the rows."""
-    y = base(x)
+    y = layer.base(x)
     dt = compute_dtype(x, adapters[0].lora_A)
     idx = serving.row_index(rows, present, x.device)
-    A, B = (t.index_select(0, idx) for t in _banks(adapters, dt))  # (batch, r, d_in), (batch, d_out, r)
+    A, B = (t.index_select(0, idx) for t in _banks(layer, present, adapters, dt))  # (batch, r, d_in), (batch, d_out, r)
     batch = len(rows)
     h = torch.bmm(serving.as_rows(x.to(dt), batch), A.transpose(1, 2))  # (batch, M, r)
     out = torch.baddbmm(serving.as_rows(y, batch).to(dt), h, B.transpose(1, 2))

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from .. import serving
 from ..core.method import BaseFn, LayerAdapter, MethodError, register
-from ..serving import as_rows, bank, row_index
+from ..serving import as_rows, bank, cached_bank, row_index
 from .lora import add_lowrank, compute_dtype
 
 
@@ -143,8 +143,12 @@ class VeRA(LayerAdapter):
         y = layer.base(x)
         dt = compute_dtype(x, first.vera_d)
         idx = row_index(rows, present, x.device)
-        d_rows = bank([a.vera_d for a in adapters], dt).index_select(0, idx)[:, None, :]  # (batch, 1, r)
-        b_rows = bank([a.vera_b for a in adapters], dt).index_select(0, idx)[:, None, :]  # (batch, 1, d_out)
+        d_bank = cached_bank(layer, ("vera_d", tuple(present), dt), [a.vera_d for a in adapters],
+                             lambda: bank([a.vera_d for a in adapters], dt))
+        b_bank = cached_bank(layer, ("vera_b", tuple(present), dt), [a.vera_b for a in adapters],
+                             lambda: bank([a.vera_b for a in adapters], dt))
+        d_rows = d_bank.index_select(0, idx)[:, None, :]  # (batch, 1, r)
+        b_rows = b_bank.index_select(0, idx)[:, None, :]  # (batch, 1, d_out)
         batch = len(rows)
         h = F.linear(as_rows(x.to(dt), batch), A.to(dt)) * d_rows          # (batch, M, r)
         u = F.linear(h, B.to(dt))                                          # (batch, M, d_out)

@@ -122,6 +122,48 @@ def test_head_only_trains_just_the_head(small_mr):
     assert 0.0 <= result.metrics["test_acc"] <= 1.0
 
 
+def _without_dropout(model):
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        for attr in ("dropout_prob", "attention_dropout"):
+            if isinstance(getattr(m, attr, None), float):
+                setattr(m, attr, 0.0)
+    return model
+
+
+def test_head_only_linear_probe_on_cached_features_equals_the_full_forward(small_mr, monkeypatch):
+    """With dropout off, training the head on cached frozen features is the same run as the full forward."""
+    import peftatlas.evidence.train as train_mod
+
+    results = {}
+    for path in ("probe", "full"):
+        model, tok = load_classifier("tiny-bert", 2, seed=3, dropout=0.0)
+        model = pa.attach(_without_dropout(model), "head_only")
+        assert train_mod.probe_classifier(model) is not None
+        if path == "full":
+            monkeypatch.setattr(train_mod, "probe_classifier", lambda *a, **k: None)
+        result = train_classifier(model, tok, small_mr, TrainConfig(lr=3e-2, seed=1, **CFG))
+        results[path] = (result.metrics, adapter_tensors(model))
+        monkeypatch.undo()
+    (m_probe, w_probe), (m_full, w_full) = results["probe"], results["full"]
+    for k in ("val_acc", "test_acc", "best_step"):
+        assert m_probe[k] == m_full[k], k
+    for k in w_full:
+        torch.testing.assert_close(w_probe[k], w_full[k], atol=1e-5, rtol=1e-4)
+    assert any(not torch.equal(w, 0 * w) for w in w_full.values())
+
+
+def test_linear_probe_is_only_for_head_only_models():
+    from peftatlas.evidence.train import probe_classifier
+
+    model, _ = load_classifier("tiny-bert", 2)
+    assert probe_classifier(pa.attach(model, "head_only")) is not None
+    assert probe_classifier(pa.attach(load_classifier("tiny-bert", 2)[0], "lora", targets=QV, r=2)) is None
+    assert probe_classifier(pa.attach(load_classifier("tiny-bert", 2)[0], "full")) is None
+    assert probe_classifier(pa.attach(load_classifier("tiny-bert", 2)[0], "head_only"), world=2) is None
+
+
 def test_linear_warmup_then_decay():
     f = linear_schedule(total=10, warmup=2)
     assert [round(f(s), 6) for s in range(10)] == [0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125]

@@ -11,6 +11,11 @@ Pseudocode::
         at each evaluation point: accuracy on validation → curve; keep the best trainable state
     restore the best state;  evaluate test (+ OOD sets) there
 
+Head-only runs (nothing but the classifier trains, no adapter attached) are linear probes: the
+frozen encoder's pooled features are computed once per split in eval mode (no encoder dropout) and
+reused by every run on the same encoder and texts; the loop above then runs on the cached features
+(same batches, optimizer, schedule and evaluation points) at a small fraction of the cost.
+
 Runs are deterministic for a seed (data order, dropout, head init). Under ``torchrun`` with an
 initialised process group, the model is wrapped in DistributedDataParallel; the loss of each
 rank is scaled so the synchronised gradient equals the single-process gradient of the same global
@@ -154,13 +159,94 @@ def evaluate(model: nn.Module, tokenizer: Any, split: Split, num_labels: int, cf
         gold = torch.tensor([split.labels[i] for i in rows])
         confusion.index_put_((gold, pred), torch.ones(len(rows), dtype=torch.float64), accumulate=True)
     model.train(was_training)
-    confusion = _all_reduce(confusion.to(device)).cpu()
+    return _metrics(_all_reduce(confusion.to(device)).cpu())
+
+
+# --- head-only: a linear probe on cached frozen features -------------------------------------------
+
+_FEATURES: dict[tuple, Tensor] = {}
+_FEATURES_MAX = 16  # cached splits (a few MB each)
+
+
+def probe_classifier(model: nn.Module, world: int = 1) -> nn.Module | None:
+    """The classifier to train on cached features, when ``model`` trains only its head.
+
+    That is: a :class:`~peftatlas.evidence.models.SequenceClassifier` (possibly wrapped by an
+    :class:`~peftatlas.AdaptedModel` with no adapter layers), every trainable parameter inside its
+    ``classifier``, and a single process. Otherwise None (the full forward runs).
+    """
+    from .models import SequenceClassifier
+
+    inner = model
+    if hasattr(model, "adapted_layers"):
+        if model.adapted_layers() or getattr(model, "extra_loss", lambda: None)() is not None:
+            return None
+        inner = model.model
+    if world != 1 or not isinstance(inner, SequenceClassifier):
+        return None
+    head = {id(p) for p in inner.classifier.parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable or any(id(p) not in head for p in trainable):
+        return None
+    return inner
+
+
+def _encoder_fingerprint(encoder: nn.Module) -> tuple:
+    """What the cached features depend on: every encoder tensor's name, shape, dtype, device and sum."""
+    with torch.no_grad():
+        return tuple((n, tuple(t.shape), str(t.dtype), str(t.device), float(t.double().sum()))
+                     for n, t in [*encoder.named_parameters(), *encoder.named_buffers()])
+
+
+@torch.no_grad()
+def frozen_features(clf: nn.Module, tokenizer: Any, split: Split, cfg: TrainConfig, device: torch.device) -> Tensor:
+    """Pooled encoder features ``(n, hidden)`` of ``split`` in eval mode, cached across runs."""
+    key = (_encoder_fingerprint(clf.encoder), clf.pooling, cfg.max_length, id(tokenizer), tuple(split.texts))
+    if key not in _FEATURES:
+        ids = encode(tokenizer, split.texts, cfg.max_length)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        was_training = clf.training
+        clf.eval()
+        pad = tokenizer.pad_token_id or 0
+        out: Tensor | None = None
+        for start in range(0, len(order), cfg.eval_batch_size):
+            rows = order[start:start + cfg.eval_batch_size]
+            batch = collate([ids[i] for i in rows], pad, device)
+            hidden = clf.encoder(**batch)
+            hidden = hidden[0] if isinstance(hidden, tuple) else hidden.last_hidden_state
+            pooled = clf.pool(hidden, batch.get("attention_mask")).to(clf.classifier.weight.dtype)
+            if out is None:
+                out = pooled.new_empty(len(ids), pooled.shape[-1])
+            out[torch.tensor(rows, device=device)] = pooled
+        clf.train(was_training)
+        if len(_FEATURES) >= _FEATURES_MAX:
+            _FEATURES.pop(next(iter(_FEATURES)))
+        assert out is not None
+        _FEATURES[key] = out
+    return _FEATURES[key].to(device)
+
+
+def _metrics(confusion: Tensor) -> dict[str, float]:
+    """Accuracy and macro-F1 from a (gold × predicted) confusion matrix."""
     tp = confusion.diagonal()
     acc = float(tp.sum() / confusion.sum())
     precision = tp / confusion.sum(0).clamp_min(1)
     recall = tp / confusion.sum(1).clamp_min(1)
     f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall), torch.zeros_like(tp))
     return {"acc": acc, "macro_f1": float(f1.mean())}
+
+
+@torch.no_grad()
+def evaluate_probe(clf: nn.Module, tokenizer: Any, split: Split, num_labels: int, cfg: TrainConfig,
+                   device: torch.device) -> dict[str, float]:
+    """:func:`evaluate` for a linear probe: the head on the split's cached features."""
+    if len(split) == 0:
+        raise TrainError("cannot evaluate on an empty split")
+    pred = clf.classifier(frozen_features(clf, tokenizer, split, cfg, device)).argmax(-1).cpu()
+    confusion = torch.zeros(num_labels, num_labels, dtype=torch.float64)
+    confusion.index_put_((torch.tensor(split.labels), pred), torch.ones(len(split), dtype=torch.float64),
+                         accumulate=True)
+    return _metrics(confusion)
 
 
 # --- training ------------------------------------------------------------------------------------
@@ -295,6 +381,21 @@ def train_classifier(model: nn.Module, tokenizer: Any, task: TaskData, cfg: Trai
     order = torch.Generator().manual_seed(cfg.seed)
     extra = getattr(model, "extra_loss", None)
     hook = getattr(model, "on_train_step", None)
+    clf = probe_classifier(model, world)
+    if clf is not None:  # head-only: the head on cached frozen features (module docstring)
+        feats = frozen_features(clf, tokenizer, task.train, cfg, device)
+
+        def forward(rows: list[int]) -> Tensor:
+            return clf.classifier(clf.dropout(feats[torch.tensor(rows, device=device)]))
+
+        def evaluate_split(split: Split) -> dict[str, float]:
+            return evaluate_probe(clf, tokenizer, split, task.num_labels, cfg, device)
+    else:
+        def forward(rows: list[int]) -> Tensor:
+            return logits_of(net(**collate([ids[i] for i in rows], pad, device)))
+
+        def evaluate_split(split: Split) -> dict[str, float]:
+            return evaluate(model, tokenizer, split, task.num_labels, cfg, device)
 
     curve: list[dict[str, float]] = []
     best: tuple[float, dict[str, float], dict[str, Tensor]] | None = None
@@ -305,7 +406,7 @@ def train_classifier(model: nn.Module, tokenizer: Any, task: TaskData, cfg: Trai
         perm = torch.randperm(len(ids), generator=order).tolist()
         for rows in epoch_batches(perm, lengths, cfg, world, order):
             mine = rows[rank::world]
-            logits = logits_of(net(**collate([ids[i] for i in mine], pad, device)))
+            logits = forward(mine)
             # sum over this rank's rows / global rows, × world: DDP's gradient mean is the global-batch mean
             loss = F.cross_entropy(logits.float(), labels[mine].to(device), reduction="sum") * world / len(rows)
             reg = extra() if extra is not None else None
@@ -324,7 +425,7 @@ def train_classifier(model: nn.Module, tokenizer: Any, task: TaskData, cfg: Trai
             loss_n += 1
             bar.update(1)
             if step in eval_steps:
-                val = evaluate(model, tokenizer, task.val, task.num_labels, cfg, device)
+                val = evaluate_split(task.val)
                 point = {"epoch": round(step / per_epoch, 4), "step": step, "val_acc": val["acc"],
                          "val_f1": val["macro_f1"], "train_loss": loss_sum / max(1, loss_n)}
                 curve.append(point)
@@ -343,9 +444,8 @@ def train_classifier(model: nn.Module, tokenizer: Any, task: TaskData, cfg: Trai
         if hit is not None:
             metrics["steps_to_target"] = float(hit)
     if evaluate_test:
-        test = evaluate(model, tokenizer, task.test, task.num_labels, cfg, device)
+        test = evaluate_split(task.test)
         metrics.update({"test_acc": test["acc"], "test_f1": test["macro_f1"]})
         for name in sorted(task.ood):
-            metrics[f"ood_acc/{name}"] = evaluate(model, tokenizer, task.ood[name], task.num_labels, cfg,
-                                                  device)["acc"]
+            metrics[f"ood_acc/{name}"] = evaluate_split(task.ood[name])["acc"]
     return TrainResult(metrics, curve, total, time.time() - t0)

@@ -172,6 +172,34 @@ def test_failed_runs_are_recorded_and_retried(tmp_path, monkeypatch):
     assert len(records) == len(profile.lr_factors) + len(profile.seeds)
 
 
+def test_parallel_workers_fill_the_store_like_a_sequential_sweep(tmp_path):
+    """`--jobs 2`: worker processes train every run (sweeps, then seeds at the chosen LR); the sequential
+    pass finds them all and trains nothing; keys and results equal a sequential sweep's."""
+    from peftatlas.evidence.parallel import prefill, resolve_jobs
+
+    profile = dataclasses.replace(SMOKE, name="smoke-parallel", methods=("head_only", "lora"),
+                                  learning_curve_sizes=(16,), learning_curve_seeds=1,
+                                  learning_curve_methods=("lora",))
+    want = sum(expected_counts(profile).values())
+    sequential = run_profile(profile, tmp_path / "seq.sqlite", progress=False, jobs=1)
+    counts = prefill(profile, tmp_path / "par.sqlite", None, jobs=2, threads=1)
+    assert counts["failed"] == 0 and counts["trained"] + counts["copied"] == want, counts
+    with ResultsStore(tmp_path / "par.sqlite") as store:
+        arena = Arena(profile, store, progress=False)
+        parallel = arena.run_all()
+        assert arena.counts["trained"] == 0 and arena.counts["failed"] == 0, arena.counts
+    assert sorted(r.key for r in parallel) == sorted(r.key for r in sequential)
+    by_key = {r.key: r for r in sequential}
+    for r in parallel:
+        twin = by_key[r.key]
+        assert r.status == twin.status == "done" and r.lr == twin.lr
+        assert r.metrics["val_acc"] == twin.metrics["val_acc"]
+        assert r.metrics["train_loss"] == pytest.approx(twin.metrics["train_loss"], rel=1e-3)
+    assert resolve_jobs("auto", profile) == 1 and resolve_jobs(3) == 3  # tiny model: no workers by default
+    with pytest.raises(ValueError, match="jobs"):
+        resolve_jobs(0)
+
+
 def test_unknown_methods_are_skipped_with_a_note(tmp_path, capsys):
     profile = dataclasses.replace(SMOKE, name="smoke-unknown", methods=("no_such_method",))
     assert run_profile(profile, tmp_path / "s.sqlite", progress=True) == []

@@ -122,7 +122,7 @@ def test_atlas_runs_probe_grade_and_report_in_one_go(tmp_path, monkeypatch, caps
 
     calls = []
 
-    def fake_run_profile(profile, store_path, methods=None, progress=True):
+    def fake_run_profile(profile, store_path, methods=None, progress=True, jobs=1):
         calls.append((profile, Path(store_path)))
         root = Path(store_path).parent
         recs = [r for r in comparison_records() if r.method != "full"] + probe_records(root)

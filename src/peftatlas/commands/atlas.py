@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     print(f"atlas: 1/4 runs (profile {args.profile}) → {store}")
-    run_profile(args.profile, store, methods=args.methods or None, progress=not args.quiet)
+    run_profile(args.profile, store, methods=args.methods or None, progress=not args.quiet, jobs=args.jobs)
     draws, max_m = PROBE_DEFAULTS.get(args.profile, (20, None))
     args.draws = draws if args.draws is None else args.draws
     args.max_matrices = max_m if args.max_matrices is None else args.max_matrices
@@ -52,5 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--store", default=None, help="results database (default: OUT/results.sqlite)")
     p.add_argument("--out", default="atlas_out", help="report folder (default ./atlas_out)")
     p.add_argument("--methods", nargs="*", default=None, help="only these methods (default: the profile's)")
+    p.add_argument("--jobs", default="auto", help="runs trained side by side in worker processes (default auto: "
+                                                  "2 on a CPU with ≥ 2 cores, 1 with a GPU)")
     add_probe_arguments(p, draws=None)
     p.set_defaults(func=run)

@@ -18,7 +18,7 @@ def run(args: argparse.Namespace) -> int:
     store = args.store or f"runs/{profile.name}.sqlite"
     methods = [m for group in args.methods for m in group.split(",") if m] if args.methods else None
     t0 = time.time()
-    records = run_profile(profile, store, methods=methods, progress=not args.quiet)
+    records = run_profile(profile, store, methods=methods, progress=not args.quiet, jobs=args.jobs)
     print(format_table(records))
     failed = [r for r in records if r.status == "failed"]
     print(f"\n{len(records)} record(s) in {store}; {len(failed)} failed; wall {time.time() - t0:.0f} s")
@@ -41,6 +41,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "Hugging Face model id (needs network)")
     p.add_argument("--task", help="instead of the profile's task: mr, trec6, sms_spam, or csv:PATH / jsonl:PATH "
                                   "(columns text, label, optional split)")
+    p.add_argument("--jobs", default="auto", help="runs trained side by side in worker processes (default auto: "
+                                                  "2 on a CPU with ≥ 2 cores, 1 with a GPU)")
     p.add_argument("--quiet", action="store_true", help="no per-run log lines or progress bars")
     p.add_argument("--allow-failures", action="store_true", help="exit 0 even if some runs failed")
     p.set_defaults(func=run)

@@ -292,17 +292,28 @@ def load_run(store: ResultsStore, record: RunRecord) -> tuple[AdaptedModel, Any]
 
 
 def run_profile(profile: str | Profile, store_path: str | Path, methods: list[str] | None = None,
-                progress: bool = True) -> list[RunRecord]:
+                progress: bool = True, jobs: int | str | None = 1) -> list[RunRecord]:
     """Run (or resume) ``profile`` into the SQLite store at ``store_path``; the records it covers.
 
     ``methods`` restricts the run to these registered names (default: the profile's list). With
-    ``progress`` it logs one line per run and shows progress bars on a terminal.
+    ``progress`` it logs one line per run and shows progress bars on a terminal. ``jobs`` > 1 (or
+    ``"auto"``) first trains independent runs in that many worker processes
+    (:mod:`peftatlas.evidence.parallel`); the sequential pass then finds them in the store.
     """
+    from .parallel import prefill, resolve_jobs
+
     prof = get_profile(profile)
+    n_jobs = resolve_jobs(jobs, prof)
+    log = (lambda s: print(s, file=sys.stderr, flush=True)) if progress else None
+    pre = {"trained": 0, "cached": 0, "copied": 0, "failed": 0}
+    if n_jobs > 1:
+        Path(store_path).parent.mkdir(parents=True, exist_ok=True)
+        pre = prefill(prof, store_path, methods, n_jobs, log=log)
     with ResultsStore(store_path) as store:
         arena = Arena(prof, store, progress=progress)
         records = arena.run_all(methods)
-        c = arena.counts
+        c = {k: v + (pre[k] if k != "cached" else 0) for k, v in arena.counts.items()}
+        c["cached"] = max(0, c["cached"] - pre["trained"] - pre["copied"]) if n_jobs > 1 else c["cached"]
         arena.log(f"runs: {c['trained']} trained, {c['cached']} already in the store, {c['copied']} reused "
                   f"across experiments, {c['failed']} failed")
     return records

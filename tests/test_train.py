@@ -295,3 +295,23 @@ def test_real_minilm_embeddings_are_pretrained():
         pooled = model.pool(hidden, batch["attention_mask"])
     cos = torch.nn.functional.cosine_similarity(pooled[0], pooled[1], dim=0)
     assert float(cos) == pytest.approx(0.755, abs=0.01)
+
+
+@pytest.mark.realmodel
+def test_encoder_dropout_reaches_every_dropout_and_leaves_the_cached_encoder_alone():
+    """``encoder_dropout=0`` zeroes each dropout module and config probability of the encoder (so a
+    training-mode forward is deterministic), keeps the head's dropout, and the next model built
+    without it has MiniLM's own 0.1 again."""
+    model, tok = load_classifier("minilm", 2, encoder_dropout=0.0, dropout=0.3)
+    probs = [m.p for m in model.encoder.modules() if isinstance(m, torch.nn.Dropout)]
+    assert probs and set(probs) == {0.0}
+    assert model.encoder.config.attention_probs_dropout_prob == 0.0
+    assert model.encoder.config.hidden_dropout_prob == 0.0
+    assert model.dropout.p == 0.3
+    model.dropout.p = 0.0
+    batch = tok(["a fine film", "a dull one"], padding=True, return_tensors="pt")
+    assert torch.equal(model.train()(**batch), model(**batch))
+    fresh, _ = load_classifier("minilm", 2)
+    assert {m.p for m in fresh.encoder.modules() if isinstance(m, torch.nn.Dropout)} == {0.1}
+    with pytest.raises(ModelError, match="dropout"):
+        load_classifier("minilm", 2, encoder_dropout=1.0)

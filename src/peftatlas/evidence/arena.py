@@ -201,7 +201,8 @@ class Arena:
         return self._touch(rec)
 
     def _train(self, base: RunRecord, conf: Configuration, data: TaskData, cfg: TrainConfig, desc: str) -> RunRecord:
-        model, tokenizer = load_classifier(self.profile.model, data.num_labels, seed=cfg.seed)
+        model, tokenizer = load_classifier(self.profile.model, data.num_labels, seed=cfg.seed,
+                                           encoder_dropout=cfg.encoder_dropout)
         hp = dict(conf.solution.hyperparameters)
         adapted = attach(model, conf.method, targets=conf.solution.targets, seed=cfg.seed, **hp)
         counts = adapted.count_parameters()

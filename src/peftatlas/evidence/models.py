@@ -163,11 +163,35 @@ def hidden_size(encoder: nn.Module) -> int:
     return int(size)
 
 
+def set_dropout(module: nn.Module, p: float) -> int:
+    """Set every dropout inside ``module`` to probability ``p``: each ``nn.Dropout`` and the float
+    ``*dropout*`` fields of its config (attention implementations that read the probability from
+    there). Returns how many dropout modules changed."""
+    if not 0.0 <= p < 1.0:
+        raise ModelError(f"dropout must be in [0, 1), got {p}")
+    changed = 0
+    for sub in module.modules():
+        if isinstance(sub, nn.Dropout):
+            sub.p = p
+            changed += 1
+        cfg = getattr(sub, "config", None)
+        for field in list(vars(cfg)) if cfg is not None and hasattr(cfg, "__dict__") else []:
+            if "dropout" in field and isinstance(getattr(cfg, field), float):
+                setattr(cfg, field, p)
+    return changed
+
+
 def load_classifier(name: str, num_labels: int, seed: int = 0, pooling: str | None = None,
-                    dropout: float = 0.1) -> tuple[SequenceClassifier, Any]:
-    """A fresh classifier (copy of the cached pristine encoder + a head drawn from ``seed``) and its tokenizer."""
+                    dropout: float = 0.1, encoder_dropout: float | None = None) -> tuple[SequenceClassifier, Any]:
+    """A fresh classifier (copy of the cached pristine encoder + a head drawn from ``seed``) and its tokenizer.
+
+    ``dropout`` is the head's; ``encoder_dropout`` (None = the pretrained model's own, 0.1 for
+    MiniLM) replaces every dropout probability inside the encoder (see :func:`set_dropout`)."""
     encoder, tokenizer, default_pooling = _encoder(name)
-    model = SequenceClassifier(copy.deepcopy(encoder), hidden_size(encoder), num_labels,
+    encoder = copy.deepcopy(encoder)
+    if encoder_dropout is not None:
+        set_dropout(encoder, encoder_dropout)
+    model = SequenceClassifier(encoder, hidden_size(encoder), num_labels,
                                pooling or default_pooling, dropout, head_seed=seed)
     return model.train(), tokenizer
 

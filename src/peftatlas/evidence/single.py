@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-size", type=int)
     p.add_argument("--ood-size", type=int)
     p.add_argument("--dropout", type=float, default=0.1, help="dropout before the head")
+    p.add_argument("--encoder-dropout", type=float, help="dropout inside the encoder (default: the model's own)")
     p.add_argument("--out", required=True, help="output folder (rank 0 writes result.json and adapter/)")
     return p
 
@@ -74,13 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rank, world = dist_info()
         task = load_task(args.task).subset(args.train_size, args.val_size, args.test_size, args.ood_size)
-        model, tokenizer = load_classifier(args.model, task.num_labels, seed=args.seed, dropout=args.dropout)
+        model, tokenizer = load_classifier(args.model, task.num_labels, seed=args.seed, dropout=args.dropout,
+                                           encoder_dropout=args.encoder_dropout)
         hp = parse_hp(args.hp)
         targets = hp.pop("targets", None)
         adapted = attach(model, args.method, targets=targets, seed=args.seed, **hp)
         cfg = TrainConfig(lr=args.lr, head_lr=args.head_lr, seed=args.seed, epochs=args.epochs,
                           batch_size=args.batch_size, evals_per_epoch=args.evals_per_epoch,
-                          max_length=args.max_length)
+                          max_length=args.max_length, encoder_dropout=args.encoder_dropout)
         result = train_classifier(adapted, tokenizer, task, cfg, progress=rank == 0)
         if rank == 0:
             out = Path(args.out)

@@ -62,6 +62,7 @@ class TrainConfig:
     device: str | None = None  # default: cuda (this rank's device) if available, else cpu
     ddp_find_unused: bool = False  # DDP: set for methods with parameters a forward may not use
     group_by_length: bool = True  # batches of similar lengths (less padding); see epoch_batches
+    encoder_dropout: float | None = None  # dropout inside the pretrained encoder, set when the model is built
 
     def validate(self) -> None:
         checks = [
@@ -72,6 +73,8 @@ class TrainConfig:
             (0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}"),
             (self.evals_per_epoch >= 1, f"evals_per_epoch must be ≥ 1, got {self.evals_per_epoch}"),
             (self.max_length >= 2, f"max_length must be ≥ 2, got {self.max_length}"),
+            (self.encoder_dropout is None or 0 <= self.encoder_dropout < 1,
+             f"encoder_dropout must be in [0, 1), got {self.encoder_dropout}"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -302,12 +302,11 @@ class Table:
     def rows(self) -> list[dict[str, Any]]:
         """One row per method: ours vs PEFT and both against the floor."""
         out = []
-        methods = [t.method for t in self.timings if t.library == "peftatlas"]
-        for m in dict.fromkeys(methods):
-            mine = next(t for t in self.timings if t.method == m and t.library == "peftatlas")
+        for mine in [t for t in self.timings if t.library == "peftatlas"]:  # one row per label
+            m = mine.method
             theirs = next((t for t in self.timings if t.method == m and t.library == "peft"), None)
             fl = next((t for t in self.timings if t.library == "floor" and t.group == mine.group), None)
-            row = {"method": m, "config": mine.config, "ours_ms": mine.median, "ours_spread": mine.spread,
+            row = {"method": m, "label": mine.label, "config": mine.config, "ours_ms": mine.median, "ours_spread": mine.spread,
                    "ours_trainable": mine.n_trainable, "ours_mem": mine.memory}
             if fl is not None:
                 row["ours_x_floor"] = mine.median / fl.median

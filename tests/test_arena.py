@@ -98,6 +98,9 @@ def test_records_carry_the_arena_design(killed_and_resumed):
         assert sorted(r.seed for r in main) == list(SMOKE.seeds)
         seed0 = next(r for r in main if r.seed == SMOKE.seeds[0])
         assert seed0.train_key == best.train_key and seed0.metrics == best.metrics  # reused, not retrained
+        for r in sweep:  # the test and OOD sets are looked at only for the chosen rate
+            assert ("test_acc" in r.metrics) == (r.lr == best.lr), (method, r.lr)
+            assert any(k.startswith("ood_acc/") for k in r.metrics) == (r.lr == best.lr)
         for r in main:
             assert {"val_acc", "test_acc", "ood_acc/amazon", "ood_acc/tweets", "ood_acc/nyt"} <= set(r.metrics)
             assert r.curve and {"epoch", "step", "val_acc", "train_loss"} <= set(r.curve[0])
@@ -198,6 +201,26 @@ def test_parallel_workers_fill_the_store_like_a_sequential_sweep(tmp_path):
     assert resolve_jobs("auto", profile) == 1 and resolve_jobs(3) == 3  # tiny model: no workers by default
     with pytest.raises(ValueError, match="jobs"):
         resolve_jobs(0)
+
+
+def test_chosen_sweep_run_is_evaluated_from_its_adapter_exactly_as_if_trained_with_test(tmp_path):
+    """An LR-sweep run trains without test/OOD evaluation; when its rate is chosen, the main run reuses it
+    and evaluates the saved adapter. The metrics equal those of the same run trained in one go."""
+    profile = dataclasses.replace(SMOKE, name="smoke-deferred", methods=("lora",), learning_curve_sizes=())
+    lr = profile.lr_grid("lora")[0]
+    with ResultsStore(tmp_path / "a.sqlite") as store:
+        arena = Arena(profile, store, progress=False)
+        conf = arena.configurations("lora", 2)[0]
+        swept = arena.run("lr_sweep", "mr", conf, lr, 0)
+        assert "test_acc" not in swept.metrics and not any(k.startswith("ood_acc/") for k in swept.metrics)
+        reused = arena.run("main", "mr", conf, lr, 0)
+        assert arena.counts["trained"] == 1 and arena.counts["copied"] == 1
+        assert store.get(swept.key).metrics == reused.metrics  # the sweep record is completed too
+        assert [r.metrics for r in arena.touched] == [reused.metrics, reused.metrics]
+    with ResultsStore(tmp_path / "b.sqlite") as store:
+        direct = Arena(profile, store, progress=False).run("main", "mr", conf, lr, 0)
+    assert {"test_acc", "test_f1", "ood_acc/amazon"} <= set(direct.metrics)
+    assert reused.metrics == direct.metrics and reused.key == direct.key
 
 
 def test_unknown_methods_are_skipped_with_a_note(tmp_path, capsys):

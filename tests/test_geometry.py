@@ -376,3 +376,28 @@ def test_matrix_selection_spreads_over_kinds_and_depth():
         layers = sorted(int(n.split(".")[3]) for n in chosen if n.endswith(k) and n.split(".", 4)[4] == k)
         assert layers == [0, 5], (k, layers)
     assert select_matrices(names, None) == sorted(names, key=lambda n: (int(n.split(".")[3]), n))
+
+
+def test_probe_workers_store_the_same_rows_as_one_process(tmp_path):
+    """`jobs=2` deals a job's matrices to two spawned processes; the stored rows equal a sequential probe's."""
+    import dataclasses
+    import shutil
+
+    from peftatlas.evidence.arena import run_profile
+    from peftatlas.evidence.profiles import PROFILES
+    from peftatlas.geometry.runner import ProbeConfig, probe_store
+    from peftatlas.geometry.store import ProbeStore
+
+    profile = dataclasses.replace(PROFILES["smoke"], name="smoke-probe-jobs", methods=("full",), lr_factors=(1.0,),
+                                  seeds=(0,), learning_curve_sizes=())
+    one = tmp_path / "one" / "results.sqlite"
+    run_profile(profile, one, progress=False)
+    shutil.copytree(one.parent, tmp_path / "two")
+    two = tmp_path / "two" / "results.sqlite"
+    rows = {}
+    for db, jobs in ((one, 1), (two, 2)):
+        done = probe_store(db, ProbeConfig(draws=2, max_matrices=4, methods=False, jobs=jobs), log=None)
+        assert [(j.kind, j.status, j.n_matrices) for j in done] == [("single", "done", 4)]
+        with ProbeStore(db) as ps:
+            rows[jobs] = sorted((r.matrix, r.probe, r.stat, r.null, r.value, r.z) for r in ps.rows(done[0].job_key))
+    assert rows[1] and rows[1] == rows[2]

@@ -154,6 +154,35 @@ def test_head_only_linear_probe_on_cached_features_equals_the_full_forward(small
     assert any(not torch.equal(w, 0 * w) for w in w_full.values())
 
 
+def test_head_only_features_are_shared_through_the_disk_cache(small_mr, tmp_path, monkeypatch):
+    """With a feature folder set, a second process (here: an emptied in-memory cache) reads the
+    features from disk instead of running the encoder, and trains the very same head."""
+    import peftatlas.evidence.train as train_mod
+
+    monkeypatch.setattr(train_mod, "_FEATURES", {})
+    monkeypatch.setattr(train_mod, "_FEATURE_DIR", [])
+    train_mod.use_feature_cache(tmp_path / "features")
+    runs = []
+    for _ in range(2):
+        train_mod._FEATURES.clear()
+        model, tok = load_classifier("tiny-bert", 2, seed=3, dropout=0.0)
+        calls = []
+        model.encoder.register_forward_hook(lambda *a: calls.append(1))
+        model = pa.attach(model, "head_only")
+        result = train_classifier(model, tok, small_mr, TrainConfig(lr=3e-2, seed=1, **CFG))
+        runs.append((result.metrics, adapter_tensors(model), len(calls)))
+    (m1, w1, calls1), (m2, w2, calls2) = runs
+    assert calls1 > 0 and calls2 == 0, (calls1, calls2)
+    assert m1 == m2 and all(torch.equal(w1[k], w2[k]) for k in w1)
+    files = sorted((tmp_path / "features").glob("*.safetensors"))
+    assert files and not list((tmp_path / "features").glob(".*"))  # no temporary file left behind
+    files[0].write_bytes(b"not a tensor file")  # a corrupt cache entry is recomputed, not fatal
+    train_mod._FEATURES.clear()
+    model, tok = load_classifier("tiny-bert", 2, seed=3, dropout=0.0)
+    assert train_classifier(pa.attach(model, "head_only"), tok, small_mr,
+                            TrainConfig(lr=3e-2, seed=1, **CFG)).metrics == m1
+
+
 def test_linear_probe_is_only_for_head_only_models():
     from peftatlas.evidence.train import probe_classifier
 

@@ -52,7 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--store", default=None, help="results database (default: OUT/results.sqlite)")
     p.add_argument("--out", default="atlas_out", help="report folder (default ./atlas_out)")
     p.add_argument("--methods", nargs="*", default=None, help="only these methods (default: the profile's)")
-    p.add_argument("--jobs", default="auto", help="runs trained side by side in worker processes (default auto: "
-                                                  "2 on a CPU with ≥ 2 cores, 1 with a GPU)")
+    p.add_argument("--jobs", default="auto", help="runs trained (and matrices probed) side by side in worker "
+                                                  "processes (default auto: 2 on a CPU with ≥ 2 cores, 1 with a GPU)")
     add_probe_arguments(p, draws=None)
     p.set_defaults(func=run)

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import argparse
 
-from ..geometry.runner import ProbeConfig, probe_store
+from ..geometry.runner import ProbeConfig, auto_jobs, probe_store
+
+
+def probe_jobs(value: str | int | None) -> int:
+    """``--jobs``: a positive integer, or "auto" (one process per core, at most 4)."""
+    if value in (None, "auto"):
+        return auto_jobs()
+    n = int(value)
+    if n < 1:
+        raise SystemExit(f"--jobs must be ≥ 1 or 'auto', got {value!r}")
+    return n
 
 
 def config_from_args(args: argparse.Namespace) -> ProbeConfig:
     return ProbeConfig(draws=args.draws, budget=args.budget, k=args.k, max_matrices=args.max_matrices,
-                       seed=args.seed, methods=not args.no_methods)
+                       seed=args.seed, methods=not args.no_methods, jobs=probe_jobs(getattr(args, "jobs", 1)))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,5 +50,7 @@ def add_arguments(p: argparse.ArgumentParser, draws: int | None = 20) -> None:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("probe", help="geometry probes of the full fine-tuning updates in a results database")
     p.add_argument("--store", required=True, help="results database (SQLite) written by `peftatlas run`")
+    p.add_argument("--jobs", default="auto", help="processes sharing the matrices of a job (default auto: one "
+                                                  "per core, at most 4; results do not depend on it)")
     add_arguments(p)
     p.set_defaults(func=run)

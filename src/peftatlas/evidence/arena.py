@@ -10,6 +10,11 @@ Pseudocode of :func:`run_profile`::
                 main   = [run(lr*, s) for s in seeds]                       # experiment "main" (seed₀ reused)
                 curve  = [run(lr*, s, n) for n in curve sizes, s in curve seeds]   # "learning_curve"
 
+Sweep runs are evaluated on validation only: the test and OOD sets are never looked at for a rate
+that was not chosen. The chosen sweep run becomes the main experiment's first seed without
+retraining; its test and OOD metrics are then computed from its saved adapter (the state training
+ended in, restored exactly).
+
 Each run is looked up by its key first, so a killed sweep resumes where it stopped; a run whose
 training computation already exists under another experiment label is recorded again by copying
 (same ``train_key``), never retrained. Every finished run saves its adapter (and head) next to the
@@ -42,7 +47,7 @@ from .data import TaskData, load_task
 from .models import encoder_param_count, load_classifier, model_info
 from .profiles import Profile, get_profile, method_plan, profile_methods
 from .store import ResultsStore, RunRecord, config_key
-from .train import TrainConfig, train_classifier
+from .train import TrainConfig, evaluate_heldout, train_classifier, use_feature_cache
 
 ARTIFACTS = "artifacts"
 
@@ -100,6 +105,7 @@ class Configuration:
 
 
 Log = Callable[[str], None]
+SWEEP = "lr_sweep"  # the experiment label of LR-sweep runs (validation only)
 
 
 class Arena:
@@ -113,6 +119,7 @@ class Arena:
         self._tasks: dict[str, TaskData] = {}
         self.touched: list[RunRecord] = []
         self.counts = {"trained": 0, "cached": 0, "copied": 0, "failed": 0}
+        use_feature_cache(store.root / "features")  # head-only features, shared by worker processes
 
     # --- data and configurations --------------------------------------------------------------------
     def task(self, name: str) -> TaskData:
@@ -171,6 +178,8 @@ class Arena:
             return self._touch(done)
         twin = next((r for r in self.store.records(train_key=train_key, status="done")), None)
         if twin is not None:
+            if experiment != SWEEP and "test_acc" not in twin.metrics:
+                twin = self._complete(twin, data, cfg)
             rec = dataclasses.replace(twin, key=key, experiment=experiment, created=time.time())
             self.store.put(rec)
             self.counts["copied"] += 1
@@ -184,7 +193,7 @@ class Arena:
         t0 = time.time()
         desc = f"{conf.label()} lr={lr:g} s{seed}" + (f" n={train_size}" if train_size else "")
         try:
-            rec = self._train(base, conf, data, cfg, desc)
+            rec = self._train(base, conf, data, cfg, desc, evaluate_test=experiment != SWEEP)
             self.counts["trained"] += 1
         except Exception as e:  # a failed run is a result too; the sweep goes on
             rec = dataclasses.replace(base, error=f"{type(e).__name__}: {e}", wall_seconds=time.time() - t0)
@@ -196,17 +205,33 @@ class Arena:
         if rec.status == "done":
             m = rec.metrics
             ood = " ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in m.items() if k.startswith("ood_acc/"))
-            self.log(f"  {experiment:<14} {desc}: val {m['val_acc']:.3f} test {m.get('test_acc', math.nan):.3f}"
+            test = f" test {m['test_acc']:.3f}" if "test_acc" in m else ""
+            self.log(f"  {experiment:<14} {desc}: val {m['val_acc']:.3f}{test}"
                      f"{' | OOD ' + ood if ood else ''} ({rec.wall_seconds:.0f} s)")
         return self._touch(rec)
 
-    def _train(self, base: RunRecord, conf: Configuration, data: TaskData, cfg: TrainConfig, desc: str) -> RunRecord:
+    def _complete(self, twin: RunRecord, data: TaskData, cfg: TrainConfig) -> RunRecord:
+        """Add test and OOD metrics to a run trained without them (an LR-sweep run whose rate was chosen),
+        evaluating its saved adapter — the very state training ended in — and store the result."""
+        t0 = time.time()
+        model, tokenizer = load_run(self.store, twin)
+        metrics = {**twin.metrics, **evaluate_heldout(model, tokenizer, data, cfg)}
+        done = dataclasses.replace(twin, metrics=metrics, wall_seconds=twin.wall_seconds + time.time() - t0)
+        self.store.put(done)
+        self.touched = [done if r.key == done.key else r for r in self.touched]
+        del model
+        gc.collect()
+        return done
+
+    def _train(self, base: RunRecord, conf: Configuration, data: TaskData, cfg: TrainConfig, desc: str,
+               evaluate_test: bool = True) -> RunRecord:
         model, tokenizer = load_classifier(self.profile.model, data.num_labels, seed=cfg.seed,
                                            encoder_dropout=cfg.encoder_dropout)
         hp = dict(conf.solution.hyperparameters)
         adapted = attach(model, conf.method, targets=conf.solution.targets, seed=cfg.seed, **hp)
         counts = adapted.count_parameters()
-        result = train_classifier(adapted, tokenizer, data, cfg, progress=self.progress, desc=desc)
+        result = train_classifier(adapted, tokenizer, data, cfg, evaluate_test=evaluate_test,
+                                  progress=self.progress, desc=desc)
         metrics = dict(result.metrics)
         metrics["adapter_params"] = float(counts.adapter)
         metrics["head_params"] = float(counts.head)
@@ -232,7 +257,7 @@ class Arena:
         """Run the LR grid at the first seed; the LR with the best validation accuracy, ties going to the
         smaller LR (None if every run failed)."""
         seed = self.profile.seeds[0]
-        runs = [self.run("lr_sweep", task, conf, lr, seed) for lr in self.profile.lr_grid(conf.method)]
+        runs = [self.run(SWEEP, task, conf, lr, seed) for lr in self.profile.lr_grid(conf.method)]
         done = [r for r in runs if r.status == "done"]
         if not done:
             return None

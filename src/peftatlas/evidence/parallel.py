@@ -1,10 +1,12 @@
 """Independent arena runs in parallel worker processes (``peftatlas run --jobs N``).
 
 A profile's runs depend on each other in one way only: a configuration's seed runs (and learning
-curves) use the learning rate its sweep chose. :func:`prefill` therefore trains in two waves::
+curves) use the learning rate its sweep chose. :func:`prefill` therefore submits every LR-sweep run
+first and, as soon as the last sweep run of a configuration finishes, that configuration's other
+seeds and learning-curve runs — so no worker waits for the other methods' sweeps::
 
-    wave 1: every (configuration, LR) of every method's LR sweep, at the first seed    → N workers
-    wave 2: at each configuration's chosen LR: the other seeds and the learning curves → N workers
+    queue: every (configuration, LR) of every sweep, at the first seed   (full FT first, head-only last)
+    on the last sweep run of configuration c:  queue c's seeds and learning curves at its chosen LR
 
 Each worker is a fresh process (``spawn``) holding its own :class:`~peftatlas.evidence.arena.Arena`
 on the same SQLite store (WAL mode takes concurrent writers) and running torch with
@@ -22,7 +24,7 @@ import dataclasses
 import multiprocessing
 import os
 import sys
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -89,11 +91,15 @@ def _run(spec: RunSpec) -> dict[str, int]:
 
 
 # --- main side -----------------------------------------------------------------------------------------
-def _wave(pool: ProcessPoolExecutor, specs: list[RunSpec], counts: dict[str, int]) -> None:
-    futures: list[Future] = [pool.submit(_run, s) for s in specs]
-    for f in futures:
-        for k, v in f.result().items():
-            counts[k] += v
+def _add(counts: dict[str, int], delta: dict[str, int]) -> None:
+    for k, v in delta.items():
+        counts[k] += v
+
+
+def _cost_order(method: str) -> tuple[int, int]:
+    """Submission order: full fine-tuning first (the longest runs), head-only last (seconds once its
+    features are cached), so that the last runs to finish are short ones."""
+    return (method == "head_only", method != "full")
 
 
 def prefill(profile: str | Profile, store_path: str | Path, methods: list[str] | None, jobs: int,
@@ -103,7 +109,7 @@ def prefill(profile: str | Profile, store_path: str | Path, methods: list[str] |
     Returns the workers' counters (trained / cached / copied / failed). ``threads`` per worker
     defaults to ``max(1, cores // jobs)``.
     """
-    from .arena import Arena
+    from .arena import SWEEP, Arena
     from .store import ResultsStore
 
     prof = get_profile(profile)
@@ -116,7 +122,7 @@ def prefill(profile: str | Profile, store_path: str | Path, methods: list[str] |
         planner = Arena(prof, store, progress=False)
         plans: list[tuple[str, str, int, Any]] = []
         for task in (prof.task, *prof.extra_tasks):
-            for method in names:
+            for method in sorted(names, key=_cost_order):
                 try:
                     confs = planner.configurations(method, planner.task(task).num_labels)
                 except (ValueError, NotImplementedError):
@@ -124,17 +130,32 @@ def prefill(profile: str | Profile, store_path: str | Path, methods: list[str] |
                 plans += [(task, method, i, c) for i, c in enumerate(confs)]
         if log:
             log(f"training with {jobs} worker processes × {threads} thread(s): "
-                f"{len(plans)} configurations, LR sweeps first")
-        _wave(pool, [RunSpec("lr_sweep", t, m, i, lr, prof.seeds[0])
-                     for t, m, i, c in plans for lr in prof.lr_grid(c.method)], counts)
-        second: list[RunSpec] = []
-        for t, m, i, c in plans:
-            lr = planner.sweep(t, c)  # every sweep run is in the store now: a lookup
-            if lr is None:
-                continue
-            second += [RunSpec("main", t, m, i, lr, s) for s in prof.seeds]
-            if t == prof.task and planner._in_curve(m):
-                second += [RunSpec("learning_curve", t, m, i, lr, s, n) for n in prof.learning_curve_sizes
-                           for s in prof.seeds[:prof.learning_curve_seeds]]
-        _wave(pool, second, counts)
+                f"{len(plans)} configurations, each configuration's seeds as soon as its LR sweep is done")
+        pending: dict[Future, int | None] = {}  # future → plan index (sweep runs) or None
+        sweeping: dict[int, int] = {}  # plan index → sweep runs still running
+        for p, (t, m, i, c) in enumerate(plans):
+            grid = prof.lr_grid(c.method)
+            sweeping[p] = len(grid)
+            for lr in grid:
+                pending[pool.submit(_run, RunSpec(SWEEP, t, m, i, lr, prof.seeds[0]))] = p
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for f in finished:
+                p = pending.pop(f)
+                _add(counts, f.result())
+                if p is None:
+                    continue
+                sweeping[p] -= 1
+                if sweeping[p]:
+                    continue
+                t, m, i, c = plans[p]
+                lr = planner.sweep(t, c)  # every sweep run of this configuration is in the store: a lookup
+                if lr is None:
+                    continue
+                follow = [RunSpec("main", t, m, i, lr, s) for s in prof.seeds]
+                if t == prof.task and planner._in_curve(m):
+                    follow += [RunSpec("learning_curve", t, m, i, lr, s, n) for n in prof.learning_curve_sizes
+                               for s in prof.seeds[:prof.learning_curve_seeds]]
+                for spec in follow:
+                    pending[pool.submit(_run, spec)] = None
     return counts

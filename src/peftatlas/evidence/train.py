@@ -24,13 +24,21 @@ batch, and evaluation counts are all-reduced.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
+import json
 import math
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+import safetensors
+import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -169,6 +177,32 @@ def evaluate(model: nn.Module, tokenizer: Any, split: Split, num_labels: int, cf
 
 _FEATURES: dict[tuple, Tensor] = {}
 _FEATURES_MAX = 16  # cached splits (a few MB each)
+_FEATURE_DIR: list[Path] = []  # the on-disk cache shared by processes, when set
+
+
+def use_feature_cache(folder: str | Path | None) -> None:
+    """Also keep head-only features in ``folder`` (one safetensors file per encoder and split), so
+    that parallel worker processes compute them once; None turns the disk cache off."""
+    _FEATURE_DIR[:] = [Path(folder)] if folder is not None else []
+
+
+def _save_features(features: Tensor, path: Path) -> None:
+    """Write atomically (a temporary file renamed into place): a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        safetensors.torch.save_file({"features": features.detach().cpu().contiguous()}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _disk_key(key: tuple, ids: list[list[int]]) -> str:
+    """A stable name for a feature set: the encoder fingerprint, pooling and the token ids themselves."""
+    text = json.dumps([repr(key[0]), key[1], ids], separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def probe_classifier(model: nn.Module, world: int = 1) -> nn.Module | None:
@@ -205,6 +239,12 @@ def _encoder_fingerprint(encoder: nn.Module) -> tuple:
 def frozen_features(clf: nn.Module, tokenizer: Any, split: Split, cfg: TrainConfig, device: torch.device) -> Tensor:
     """Pooled encoder features ``(n, hidden)`` of ``split`` in eval mode, cached across runs."""
     key = (_encoder_fingerprint(clf.encoder), clf.pooling, cfg.max_length, id(tokenizer), tuple(split.texts))
+    disk: Path | None = None
+    if key not in _FEATURES and _FEATURE_DIR:
+        disk = _FEATURE_DIR[0] / f"{_disk_key(key, encode(tokenizer, split.texts, cfg.max_length))}.safetensors"
+        if disk.is_file():
+            with contextlib.suppress(OSError, KeyError, safetensors.SafetensorError):  # unreadable: recompute
+                _FEATURES[key] = safetensors.torch.load_file(str(disk))["features"]
     if key not in _FEATURES:
         ids = encode(tokenizer, split.texts, cfg.max_length)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
@@ -226,6 +266,8 @@ def frozen_features(clf: nn.Module, tokenizer: Any, split: Split, cfg: TrainConf
             _FEATURES.pop(next(iter(_FEATURES)))
         assert out is not None
         _FEATURES[key] = out
+        if disk is not None:
+            _save_features(out, disk)
     return _FEATURES[key].to(device)
 
 
@@ -447,8 +489,21 @@ def train_classifier(model: nn.Module, tokenizer: Any, task: TaskData, cfg: Trai
         if hit is not None:
             metrics["steps_to_target"] = float(hit)
     if evaluate_test:
-        test = evaluate_split(task.test)
-        metrics.update({"test_acc": test["acc"], "test_f1": test["macro_f1"]})
-        for name in sorted(task.ood):
-            metrics[f"ood_acc/{name}"] = evaluate_split(task.ood[name])["acc"]
+        metrics.update(heldout_metrics(evaluate_split, task))
     return TrainResult(metrics, curve, total, time.time() - t0)
+
+
+def heldout_metrics(evaluate_split: Callable[[Split], dict[str, float]], task: TaskData) -> dict[str, float]:
+    """``test_acc``, ``test_f1`` and ``ood_acc/<name>`` for each OOD set of ``task``."""
+    test = evaluate_split(task.test)
+    metrics = {"test_acc": test["acc"], "test_f1": test["macro_f1"]}
+    for name in sorted(task.ood):
+        metrics[f"ood_acc/{name}"] = evaluate_split(task.ood[name])["acc"]
+    return metrics
+
+
+def evaluate_heldout(model: nn.Module, tokenizer: Any, task: TaskData, cfg: TrainConfig) -> dict[str, float]:
+    """:func:`heldout_metrics` of a trained model as it is (e.g. one rebuilt from its saved adapter)."""
+    device = torch.device(cfg.device) if cfg.device else default_device()
+    model.to(device)
+    return heldout_metrics(lambda split: evaluate(model, tokenizer, split, task.num_labels, cfg, device), task)

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import multiprocessing
+import os
 import re
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +49,7 @@ class ProbeConfig:
     max_matrices: int | None = None  # None = every adapted linear matrix
     seed: int = 0
     methods: bool = True  # also probe other methods' own updates (no nulls)
+    jobs: int = 1  # worker processes sharing a job's matrices (results do not depend on it)
 
     def key_fields(self) -> dict[str, Any]:
         return {"draws": self.draws, "budget": self.budget, "k": self.k, "nulls": list(self.nulls),
@@ -143,7 +147,7 @@ class ProbeRunner:
         self.probes = ProbeStore(self.path)
         self.config = config or ProbeConfig()
         self.base_loader = base_loader or default_base_loader
-        self.log = log or (lambda s: None)
+        self.log = log or _silent
         self._bases: dict[str, dict[str, np.ndarray]] = {}
 
     def close(self) -> None:
@@ -227,8 +231,13 @@ class ProbeRunner:
         if not names:
             self.log(f"probe: {job.kind} {job.model}/{job.task}/{job.method}: no linear matrix with a non-zero update")
             return 0
-        other = full_ft_deltas(self._artifact(recs[1])) if job.kind == "pair" else {}  # type: ignore[arg-type]
         done = self.probes.matrices_done(job.job_key)
+        todo = [n for n in names if n not in done]
+        workers = min(self.config.jobs, len(todo)) if self.base_loader is default_base_loader else 1
+        if job.kind == "single" and workers > 1:  # the slow kind (null draws); the others take seconds
+            self._execute_in_workers(job, [r.key for r in recs], todo, workers)
+            return len(names)
+        other = full_ft_deltas(self._artifact(recs[1])) if job.kind == "pair" else {}  # type: ignore[arg-type]
         for i, name in enumerate(names):
             if name in done:
                 continue
@@ -238,6 +247,25 @@ class ProbeRunner:
             self.log(f"probe: {job.kind:<6} {job.method:<16} [{i + 1}/{len(names)}] {name} "
                      f"({len(rows)} rows, {time.time() - t0:.1f}s)")
         return len(names)
+
+    def _execute_in_workers(self, job: ProbeJob, run_keys: list[str], todo: list[str], workers: int) -> None:
+        """Probe ``todo`` in ``workers`` spawned processes (one BLAS/torch thread each), matrices dealt
+        round-robin; each process writes its rows to the store as it goes, so an interrupted job resumes."""
+        ctx = multiprocessing.get_context("spawn")
+        single = {k: os.environ.get(k) for k in _THREAD_VARS}
+        os.environ.update({k: "1" for k in _THREAD_VARS})  # spawned children read these at start-up
+        try:
+            with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+                futures = [pool.submit(_probe_worker, str(self.path), self.config, job.job_key, job.kind, run_keys,
+                                       todo[w::workers], job.model, self.log is not _silent) for w in range(workers)]
+                for f in futures:
+                    f.result()
+        finally:
+            for k, v in single.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
     def _probe_one(self, kind: str, name: str, delta: np.ndarray, w0: np.ndarray,
                    other: np.ndarray | None) -> list[ProbeRow]:
@@ -250,6 +278,37 @@ class ProbeRunner:
             return probe_matrix(delta, w0, name=name, draws=0, groups=("spectral", "magdir"))
         return probe_matrix(delta, w0, name=name, draws=cfg.draws, seed=cfg.seed, budget=cfg.budget, k=cfg.k,
                             nulls=cfg.nulls)
+
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _silent(_: str) -> None:
+    return None
+
+
+def auto_jobs() -> int:
+    """Probe processes for ``--jobs auto``: one per core, at most 4."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _probe_worker(store_path: str, config: ProbeConfig, job_key_: str, kind: str, run_keys: list[str],
+                  names: list[str], model: str, verbose: bool) -> None:
+    """Worker process: probe ``names`` of one job and store their rows (see ``_execute_in_workers``)."""
+    torch.set_num_threads(1)
+    log = (lambda s: print(s, flush=True)) if verbose else _silent
+    runner = ProbeRunner(store_path, config, log=log)
+    try:
+        recs = [runner.results.get(k) for k in run_keys]
+        deltas = full_ft_deltas(runner._artifact(recs[0]))  # type: ignore[arg-type]
+        w0 = runner.base_weights(model)
+        for name in names:
+            t0 = time.time()
+            rows = runner._probe_one(kind, name, deltas[name], w0[name], None)
+            runner.probes.put_rows(job_key_, rows)
+            log(f"probe: {kind:<6} {'full':<16} {name} ({len(rows)} rows, {time.time() - t0:.1f}s, worker)")
+    finally:
+        runner.close()
 
 
 def _unique_seeds(recs: list[Any]) -> list[Any]:

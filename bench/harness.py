@@ -306,8 +306,8 @@ class Table:
             m = mine.method
             theirs = next((t for t in self.timings if t.method == m and t.library == "peft"), None)
             fl = next((t for t in self.timings if t.library == "floor" and t.group == mine.group), None)
-            row = {"method": m, "label": mine.label, "config": mine.config, "ours_ms": mine.median, "ours_spread": mine.spread,
-                   "ours_trainable": mine.n_trainable, "ours_mem": mine.memory}
+            row = {"method": m, "label": mine.label, "config": mine.config, "ours_ms": mine.median,
+                   "ours_spread": mine.spread, "ours_trainable": mine.n_trainable, "ours_mem": mine.memory}
             if fl is not None:
                 row["ours_x_floor"] = mine.median / fl.median
             if theirs is not None:

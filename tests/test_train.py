@@ -167,7 +167,7 @@ def test_head_only_features_are_shared_through_the_disk_cache(small_mr, tmp_path
         train_mod._FEATURES.clear()
         model, tok = load_classifier("tiny-bert", 2, seed=3, dropout=0.0)
         calls = []
-        model.encoder.register_forward_hook(lambda *a: calls.append(1))
+        model.encoder.register_forward_hook(lambda *a, seen=calls: seen.append(1))
         model = pa.attach(model, "head_only")
         result = train_classifier(model, tok, small_mr, TrainConfig(lr=3e-2, seed=1, **CFG))
         runs.append((result.metrics, adapter_tensors(model), len(calls)))

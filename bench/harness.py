@@ -218,7 +218,8 @@ def train_step(c: Candidate) -> None:
 
 def infer_step(c: Candidate, inference_mode: bool = True, **kwargs: Any) -> Any:
     """One unmerged forward under ``inference_mode`` (or ``no_grad`` for checks that precede training)."""
-    c.model.eval()
+    if c.model.training:  # eval() walks every submodule (thousands with many adapters): not inference work
+        c.model.eval()
     with torch.inference_mode() if inference_mode else torch.no_grad():
         return c.model(**_inputs(c, False), **kwargs)
 

@@ -230,6 +230,16 @@ def test_add_lowrank_equals_explicit_sum():
     g = torch.Generator().manual_seed(0)
     y, h, B = torch.randn(2, 3, 7, generator=g), torch.randn(2, 3, 4, generator=g), torch.randn(7, 4, generator=g)
     torch.testing.assert_close(add_lowrank(y, h, B), y + h @ B.t())
+    expected = y + h @ B.t()
+    with torch.no_grad():  # inference with reuse_y: the update lands in y itself, same numbers
+        out = add_lowrank(y, h, B, reuse_y=True)
+    torch.testing.assert_close(out, expected)
+    assert out.data_ptr() == y.data_ptr()
+    leaf = torch.randn(2, 3, 7, generator=g)
+    y2 = leaf.clone().requires_grad_()
+    out = add_lowrank(y2, h, B, reuse_y=True)  # with autograd: never in place
+    assert out.data_ptr() != y2.data_ptr()
+    torch.testing.assert_close(y2.detach(), leaf)
 
 
 @pytest.mark.parametrize("method", ["lora", "vera"])

@@ -36,17 +36,23 @@ def compute_dtype(x: Tensor, param: Tensor) -> torch.dtype:
     return x.dtype if x.is_floating_point() else param.dtype
 
 
-def add_lowrank(y: Tensor, h: Tensor, B: Tensor) -> Tensor:
+def add_lowrank(y: Tensor, h: Tensor, B: Tensor, *, reuse_y: bool = False) -> Tensor:
     """``y + h Bᵀ`` as one fused GEMM over the flattened leading dims.
 
     ``y``: (..., d_out), ``h``: (..., r), ``B``: (d_out, r). Under autocast ``addmm`` picks the
     autocast dtype itself; otherwise ``h`` and ``B`` are cast to ``y``'s dtype (tiny tensors).
+    ``reuse_y=True`` (the caller owns ``y``, e.g. the base layer's fresh output): without autograd
+    (inference) the update is added into ``y`` in place, since copying a ``tokens × d_out`` tensor
+    costs more than the update itself.
     """
     d_out = y.shape[-1]
-    if not torch.is_autocast_enabled(y.device.type):
+    autocast = torch.is_autocast_enabled(y.device.type)
+    if not autocast:
         h, B = h.to(y.dtype), B.to(y.dtype)
-    out = torch.addmm(y.reshape(-1, d_out), h.reshape(-1, h.shape[-1]), B.t())
-    return out.view(y.shape)
+    y2, h2 = y.reshape(-1, d_out), h.reshape(-1, h.shape[-1])
+    if reuse_y and not autocast and not (torch.is_grad_enabled() and (y.requires_grad or h.requires_grad or B.requires_grad)):
+        return y2.addmm_(h2, B.t()).view(y.shape)  # inference: add into y, no copy of the output
+    return torch.addmm(y2, h2, B.t()).view(y.shape)
 
 
 @register("lora")
@@ -86,7 +92,7 @@ class LoRA(LayerAdapter):
         return F.linear(self.dropout(x.to(dt)), self.lora_A.to(dt)) * self.scale
 
     def forward(self, x: Tensor, base_fn: BaseFn) -> Tensor:
-        return add_lowrank(base_fn(x), self._h(x), self.lora_B)
+        return add_lowrank(base_fn(x), self._h(x), self.lora_B, reuse_y=True)
 
     def delta_output(self, x: Tensor) -> Tensor:
         h = self._h(x)

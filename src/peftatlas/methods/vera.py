@@ -106,7 +106,7 @@ class VeRA(LayerAdapter):
 
     def forward(self, x: Tensor, base_fn: BaseFn) -> Tensor:
         _, B = self._bases()
-        return add_lowrank(base_fn(x), self._hd(x), self.vera_b[:, None] * B)
+        return add_lowrank(base_fn(x), self._hd(x), self.vera_b[:, None] * B, reuse_y=True)
 
     def delta_output(self, x: Tensor) -> Tensor:
         _, B = self._bases()

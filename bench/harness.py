@@ -38,6 +38,7 @@ import json
 import math
 import os
 import platform
+import random
 import statistics
 import tempfile
 import time
@@ -287,6 +288,24 @@ class Timing:
         return (hi - lo) / self.median if self.median > 0 else 0.0
 
 
+def paired_ratio(ours_ms: Sequence[float], theirs_ms: Sequence[float], resamples: int = 2000,
+                 seed: int = 0) -> tuple[float, float, float]:
+    """Median of the per-round ratios ``ours[i] / theirs[i]`` and its 95% bootstrap interval.
+
+    :func:`alternate` runs both in every round, moments apart, so a round's ratio cancels the
+    machine's slow and fast phases that the two medians alone would not. Unpaired sample lists
+    (different lengths) fall back to the ratio of medians with no interval.
+    """
+    if len(ours_ms) != len(theirs_ms) or not ours_ms:
+        r = statistics.median(ours_ms) / statistics.median(theirs_ms)
+        return r, r, r
+    ratios = [a / b for a, b in zip(ours_ms, theirs_ms)]
+    rng = random.Random(seed)
+    n = len(ratios)
+    boots = sorted(statistics.median(rng.choices(ratios, k=n)) for _ in range(resamples))
+    return statistics.median(ratios), boots[int(0.025 * resamples)], boots[int(0.975 * resamples) - 1]
+
+
 @dataclasses.dataclass
 class Table:
     """The timings of one workload and mode, plus the run's context."""
@@ -312,8 +331,9 @@ class Table:
             if fl is not None:
                 row["ours_x_floor"] = mine.median / fl.median
             if theirs is not None:
+                ratio, lo, hi = paired_ratio(mine.samples_ms, theirs.samples_ms)
                 row.update(peft_ms=theirs.median, peft_spread=theirs.spread, peft_trainable=theirs.n_trainable,
-                           peft_mem=theirs.memory, ours_over_peft=mine.median / theirs.median,
+                           peft_mem=theirs.memory, ours_over_peft=ratio, ours_over_peft_ci=(lo, hi),
                            max_abs_diff=theirs.max_abs_diff_vs_ours)
                 if fl is not None:
                     row["peft_x_floor"] = theirs.median / fl.median
@@ -504,6 +524,10 @@ def _fmt(x: Any, nd: int = 2) -> str:
     return str(x)
 
 
+def _ci(ci: tuple[float, float] | None) -> str:
+    return "–" if ci is None else f"{ci[0]:.2f}–{ci[1]:.2f}"
+
+
 def _mem(m: dict[str, float] | None) -> str:
     if not m:
         return "–"
@@ -520,16 +544,17 @@ def markdown(tables: Sequence[Table], mixed: Sequence[dict[str, Any]] = ()) -> s
                   f"{_describe(t.info)}; floor {_fmt(fl.median if fl else None, 1)} ms "
                   f"(spread {_fmt(fl.spread if fl else None)}); memory column = {mem_kind} (MB); "
                   f"load {t.context.get('loadavg')}", "",
-                  "| method | config | ours ms | PEFT ms | ours/PEFT | ours ×floor | PEFT ×floor "
+                  "| method | config | ours ms | PEFT ms | ours/PEFT | 95% CI | ours ×floor | PEFT ×floor "
                   "| ours mem | PEFT mem | params ours/PEFT | max abs diff | spread ours/PEFT |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in t.rows():
             cfg = ", ".join(f"{k}={v}" for k, v in r["config"].items())
             params = f"{r['ours_trainable']:,}/{r['peft_trainable']:,}" if "peft_trainable" in r \
                 else f"{r['ours_trainable']:,}"
             lines.append(
                 f"| {r['method']} | {cfg} | {_fmt(r['ours_ms'], 1)} | {_fmt(r.get('peft_ms'), 1)} | "
-                f"**{_fmt(r.get('ours_over_peft'))}** | {_fmt(r.get('ours_x_floor'))} | "
+                f"**{_fmt(r.get('ours_over_peft'))}** | {_ci(r.get('ours_over_peft_ci'))} | "
+                f"{_fmt(r.get('ours_x_floor'))} | "
                 f"{_fmt(r.get('peft_x_floor'))} | "
                 f"{_mem(r['ours_mem'])} | {_mem(r.get('peft_mem'))} | {params} | "
                 f"{_fmt(r.get('max_abs_diff'), 7) if r.get('max_abs_diff') is not None else '–'} | "

@@ -27,6 +27,8 @@ def test_harness_times_ours_peft_and_floor_and_writes_reports(tmp_path):
         assert all(len(t.samples_ms) == 2 and t.median > 0 for t in table.timings)
         (row,) = table.rows()
         assert row["method"] == "lora" and row["ours_over_peft"] > 0 and row["ours_x_floor"] > 0
+        lo, hi = row["ours_over_peft_ci"]
+        assert lo <= row["ours_over_peft"] <= hi
         assert row["ours_trainable"] == row["peft_trainable"] == 2 * (32 + 32)
         assert row["max_abs_diff"] is not None and row["max_abs_diff"] < 1e-5  # same function in both libraries
     assert train.get("floor").memory["saved_mb"] > 0
@@ -35,6 +37,18 @@ def test_harness_times_ours_peft_and_floor_and_writes_reports(tmp_path):
     assert data["tables"][0]["rows"][0]["method"] == "lora"
     text = md.read_text()
     assert "linear-32 — train" in text and "| lora |" in text
+
+
+def test_paired_ratio_cancels_a_drifting_machine_and_brackets_the_truth():
+    drift = [1.0, 1.5, 0.8, 2.0, 1.1, 0.9, 1.7, 1.2, 1.0, 1.3]  # the machine's speed, round by round
+    ours = [90.0 * d for d in drift]
+    theirs = [100.0 * d for d in drift]
+    ratio, lo, hi = H.paired_ratio(ours, theirs)
+    assert ratio == pytest.approx(0.9) and lo == pytest.approx(0.9) and hi == pytest.approx(0.9)
+    noisy = [o * (1 + 0.05 * (-1) ** i) for i, o in enumerate(ours)]
+    ratio, lo, hi = H.paired_ratio(noisy, theirs)
+    assert lo <= ratio <= hi and lo < 0.9 < hi and hi - lo < 0.2
+    assert H.paired_ratio([2.0, 4.0], [1.0]) == (3.0, 3.0, 3.0)  # unpaired: ratio of medians, no interval
 
 
 def test_training_step_updates_only_adapter_params():

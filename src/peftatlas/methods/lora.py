@@ -50,7 +50,8 @@ def add_lowrank(y: Tensor, h: Tensor, B: Tensor, *, reuse_y: bool = False) -> Te
     if not autocast:
         h, B = h.to(y.dtype), B.to(y.dtype)
     y2, h2 = y.reshape(-1, d_out), h.reshape(-1, h.shape[-1])
-    if reuse_y and not autocast and not (torch.is_grad_enabled() and (y.requires_grad or h.requires_grad or B.requires_grad)):
+    needs_grad = torch.is_grad_enabled() and (y.requires_grad or h.requires_grad or B.requires_grad)
+    if reuse_y and not autocast and not needs_grad:
         return y2.addmm_(h2, B.t()).view(y.shape)  # inference: add into y, no copy of the output
     return torch.addmm(y2, h2, B.t()).view(y.shape)
 

@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core.method import LayerAdapter, MethodError, register
+from ..core.method import BaseFn, LayerAdapter, MethodError, register
 from ._factors import dense_linear, require
+from .lora import add_lowrank
 
 
 class VectorBank(nn.Module):
@@ -110,6 +111,11 @@ class VBLoRA(LayerAdapter):
         """[A; A₀] and [B, −B₀]: the update and its frozen initial value in one pair of matmuls."""
         A, B = self._factors()
         return torch.cat([A, self.A0.to(A)], dim=0), torch.cat([B, -self.B0.to(B)], dim=1)
+
+    def forward(self, x: Tensor, base_fn: BaseFn) -> Tensor:
+        """``W0 x + [B, −B₀] ([A; A₀] x)``, the second product fused into the base output (one ``addmm``)."""
+        A, B = self._stacked()
+        return add_lowrank(base_fn(x), F.linear(x.to(A.dtype), A), B, reuse_y=True)
 
     def delta_output(self, x: Tensor) -> Tensor:
         A, B = self._stacked()

@@ -126,9 +126,12 @@ def test_dense_reference_and_param_count(method, kind):
         if x is None:
             continue
         with torch.no_grad():
-            fast = adapter(x, layer.base)
             ref = adapter.reference_forward(x, layer.base)
-        torch.testing.assert_close(fast.float(), ref.float(), atol=cls.test_atol, rtol=1e-4, msg=ln)
+        for grad in (False, True):  # inference and training may take different fast paths
+            with torch.set_grad_enabled(grad):
+                fast = adapter(x, layer.base)
+            torch.testing.assert_close(fast.detach().float(), ref.float(), atol=cls.test_atol, rtol=1e-4,
+                                       msg=f"{ln} (grad {'on' if grad else 'off'})")
 
 
 def _layer_input(base, g):

@@ -290,3 +290,28 @@ def test_autocast_runs_adapter_in_low_precision_with_fp32_grads(method):
     y16.float().square().sum().backward()
     for p in model.adapter_parameters().values():
         assert p.dtype == torch.float32 and p.grad is not None and p.grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize("r", [8, 96])  # below and above FOLD_MAX_RANK: the two training paths
+def test_vera_training_paths_give_the_merged_gradients(r):
+    from peftatlas.methods.vera import FOLD_MAX_RANK
+
+    assert min(8, 96) <= FOLD_MAX_RANK < max(8, 96)
+    torch.manual_seed(0)
+    model = pa.attach(nn.Sequential(nn.Linear(40, 24)), "vera", targets=["0"], head=None, r=r)
+    layer = model.adapted_layers()["0"]
+    adapter = layer.adapters["default"]
+    with torch.no_grad():
+        adapter.vera_b.normal_()
+        adapter.vera_d.normal_()
+    x = torch.randn(7, 40)
+    fast = adapter(x, layer.base)
+    fast.pow(2).sum().backward()
+    got = (adapter.vera_b.grad.clone(), adapter.vera_d.grad.clone())
+    adapter.zero_grad()
+    W = layer.base.weight.detach()
+    merged = torch.nn.functional.linear(x, W + adapter.delta_weight(W), layer.base.bias.detach())
+    merged.pow(2).sum().backward()
+    torch.testing.assert_close(fast.detach(), merged.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[0], adapter.vera_b.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got[1], adapter.vera_d.grad, atol=1e-4, rtol=1e-4)

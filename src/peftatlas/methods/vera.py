@@ -14,11 +14,12 @@ A and B are regenerated bit-identically from ``projection_seed`` with a CPU gene
 adapter file stores only b and d (d_out + r numbers per layer). The draw order and arithmetic match
 HF PEFT's VeRA (``projection_prng_key``), so the same seed gives the same bases bit for bit there.
 
-Fast paths: in inference the gain b is folded into the frozen basis, ``B_b = diag(b) B`` (d_out × r,
-tiny), and the update is added into the base output by one in-place GEMM,
-``y = addmm_(W0 x, d ⊙ (A x), B_bᵀ)``. In training that fold would cost a d_out × r GEMM for
-``∂L/∂B_b``; ``y = W0 x + b ⊙ (B (d ⊙ A x))`` (one ``addcmul``) gets ``∂L/∂b`` from one pass over
-the saved product instead (measured: 1.09× → 1.02× PEFT's step on the small Llama). Mixed batches compute ``A x`` and
+Fast paths: the gain b is folded into the frozen basis, ``B_b = diag(b) B`` (d_out × r, tiny), and
+the update is added to the base output by one GEMM, ``y = addmm(W0 x, d ⊙ (A x), B_bᵀ)`` (in place
+in inference). In training the fold costs a d_out × r GEMM for ``∂L/∂B_b``; above
+:data:`FOLD_MAX_RANK` ``y = W0 x + b ⊙ (B (d ⊙ A x))`` (one ``addcmul``) is cheaper: it gets
+``∂L/∂b`` from one pass over the saved product (measured at r = 256 on the small Llama: 1.09× →
+1.02× PEFT's step). Mixed batches compute ``A x`` and
 ``(·) Bᵀ`` once for all rows (the bases are shared) and gather only each row's vectors b and d.
 """
 
@@ -36,6 +37,12 @@ from .. import serving
 from ..core.method import BaseFn, LayerAdapter, MethodError, register
 from ..serving import as_rows, bank, cached_bank, row_index
 from .lora import add_lowrank, compute_dtype
+
+# Training keeps b folded into the basis up to this rank. The fold's extra cost is a GEMM of
+# 2r flops per output element; the alternative's is ~3 passes over a tokens × d_out tensor. They
+# break even near r ≈ 60 on a CPU (measured: fold 3–8% faster at r = 51 on MiniLM shapes, slower
+# at r = 256 on the small Llama).
+FOLD_MAX_RANK = 64
 
 
 def kaiming_uniform_from_seed(rows: int, cols: int, generator: torch.Generator) -> Tensor:
@@ -110,9 +117,9 @@ class VeRA(LayerAdapter):
         _, B = self._bases()
         hd = self._hd(x)
         y = base_fn(x)
-        if torch.is_grad_enabled() and self.vera_b.requires_grad:
-            # training: ∂L/∂b = Σ_tokens g ⊙ (B hd) is one pass over the saved product, where the
-            # folded form would need the d_out × r GEMM gᵀ hd for ∂L/∂(diag(b) B)
+        if torch.is_grad_enabled() and self.vera_b.requires_grad and hd.shape[-1] > FOLD_MAX_RANK:
+            # training at large r: ∂L/∂b = Σ_tokens g ⊙ (B hd) is one pass over the saved product,
+            # where the folded form needs the d_out × r GEMM gᵀ hd for ∂L/∂(diag(b) B)
             u = F.linear(hd, B.to(hd.dtype))
             return torch.addcmul(y, u.to(y.dtype), self.vera_b.to(y.dtype))
         return add_lowrank(y, hd, self.vera_b[:, None] * B, reuse_y=True)

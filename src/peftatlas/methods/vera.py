@@ -19,8 +19,8 @@ the update is added to the base output by one GEMM, ``y = addmm(W0 x, d ⊙ (A x
 in inference). In training the fold costs a d_out × r GEMM for ``∂L/∂B_b``; above
 :data:`FOLD_MAX_RANK` ``y = W0 x + b ⊙ (B (d ⊙ A x))`` (one ``addcmul``) is cheaper: it gets
 ``∂L/∂b`` from one pass over the saved product (measured at r = 256 on the small Llama: 1.09× →
-1.02× PEFT's step). Mixed batches compute ``A x`` and
-``(·) Bᵀ`` once for all rows (the bases are shared) and gather only each row's vectors b and d.
+1.02× PEFT's step). Mixed batches compute ``A x`` and ``(·) Bᵀ`` once for all rows (the bases are
+shared) and gather only each row's vectors b and d.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 One frozen ``nn.Linear(1024, 1024)`` fed 4096 token rows (the input requires grad, as for a layer
 inside a network). The floor is that layer's forward + backward to its input; each method's step is
 forward + loss + backward + AdamW step on its adapter (the optimizer step on ≤ 2k parameters is
-negligible). Candidates alternate in rotated order; median of ``--repeats`` rounds after ``--warmup``.
+negligible). Candidates alternate in shuffled order; median of ``--repeats`` rounds after ``--warmup``.
 Targets: circulant and GOFT ≤ 3× the floor and ≤ 1.5× the LoRA closest in parameter count (rank 1:
 2d parameters, against circulant's 2d and GOFT's d − 1). Writes ``<out>.json`` (every sample) and ``<out>.md``.
 

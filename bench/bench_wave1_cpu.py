@@ -3,7 +3,7 @@
 One frozen ``nn.Linear(width, width)`` fed ``tokens`` rows (default 2048 × 1024 rows), one adapter
 on it; a step = forward + loss + backward + AdamW step. Everything runs in one process: the frozen
 floor, ours and PEFT's (loaded from our adapter through ``peftatlas.interop``, so both compute the
-same function on the same numbers; the ``max abs diff`` column checks that), alternating in rotated
+same function on the same numbers; the ``max abs diff`` column checks that), alternating in shuffled
 order, median of ``--repeats`` (≥ 10) after ``--warmup``. Writes ``<out>.json`` (every sample) and
 ``<out>.md`` (ratios ours/PEFT and × floor).
 

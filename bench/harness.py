@@ -19,7 +19,7 @@ Pieces:
   (HF PEFT, built from *our* adapter through :mod:`peftatlas.interop`, so both libraries run the
   same function on the same numbers; :func:`measure` records their max output difference).
 * :func:`measure` — warm-up, then ``repeats`` rounds; each round runs every candidate once, in
-  a rotated order, so slow drifts of a shared machine hit all candidates alike. Reports median,
+  a shuffled order, so slow drifts of a shared machine hit all candidates alike. Reports median,
   quartiles, the spread (IQR / median) and memory: on CUDA the peak allocated during one step;
   on CPU the bytes of activations saved for backward (parameters excluded, storages deduplicated).
 * :func:`write_report` — JSON (all samples) and a Markdown table of ratios: ours/PEFT, ×floor.
@@ -373,12 +373,15 @@ def context() -> dict[str, Any]:
     }
 
 
-def alternate(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int, device: str = "cpu"
-              ) -> dict[str, list[float]]:
-    """Run every function ``warmup`` times, then ``repeats`` rounds in rotated order; ms per call.
+def alternate(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int, device: str = "cpu",
+              seed: int = 0) -> dict[str, list[float]]:
+    """Run every function ``warmup`` times, then ``repeats`` rounds in shuffled order; ms per call.
 
-    Each round calls every function once, starting one further along each time, so a slow
-    phase of a shared machine lands on all of them alike.
+    Each round calls every function once, in a fresh (seeded) random order, so a slow phase of a
+    shared machine lands on all of them alike and no function always runs right after the same
+    one. (A fixed rotation made PEFT's candidate always follow ours for the same method. Position
+    matters at the scale being measured: timing the same (IA)³ pair in fixed order, ours/PEFT was
+    0.985 with ours first and 1.025 with PEFT first, on a 2-core CPU.)
     """
     items = list(fns.items())
     for _, fn in items:
@@ -386,9 +389,9 @@ def alternate(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int, devi
             fn()
     _sync(device)
     samples: dict[str, list[float]] = {k: [] for k, _ in items}
-    for r in range(repeats):
-        k = r % len(items)
-        for label, fn in items[k:] + items[:k]:
+    rng = random.Random(seed)
+    for _ in range(repeats):
+        for label, fn in rng.sample(items, len(items)):
             _sync(device)
             t0 = time.perf_counter()
             fn()
@@ -399,7 +402,7 @@ def alternate(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int, devi
 
 def measure(cands: Sequence[Candidate], mode: str = "train", warmup: int = 3, repeats: int = 10,
             check: bool = True) -> Table:
-    """Time ``cands`` alternately (rotated order each round); median of ``repeats`` after ``warmup``.
+    """Time ``cands`` alternately (shuffled order each round); median of ``repeats`` after ``warmup``.
 
     ``mode`` is ``"train"`` (forward + backward + optimizer step) or ``"infer"`` (unmerged forward).
     With ``check``, every PEFT candidate's output is compared with ours for the same method first.

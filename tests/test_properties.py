@@ -308,6 +308,34 @@ def test_two_active_adapters_merge_in_order(method, kind):
     torch.testing.assert_close(run(tm, model), y, atol=cls.test_atol * 10, rtol=1e-4)
 
 
+def _first_kind(method: str) -> str:
+    return next(k for k in TINY_KINDS if not _skip_reason(method, k))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_adapted_model_compiles_without_graph_breaks(method):
+    """The adapter forward is one graph for ``torch.compile`` (training mode, where sampled ranks,
+    dropout and routing live), and the compiled eval-mode model gives the eager outputs."""
+    import torch._dynamo as dynamo
+
+    kind = _first_kind(method)
+    tm, model, _ = build(method, kind)
+    perturb(model)
+    x = inputs(tm, model)
+    model.train()
+    try:
+        explained = dynamo.explain(model)(**x)
+        assert explained.graph_break_count == 0, [str(r.reason)[:200] for r in explained.break_reasons[:3]]
+        dynamo.reset()
+        model.eval()
+        compiled = torch.compile(model, fullgraph=True, backend="eager")
+        with torch.no_grad():
+            got, want = tm.output(compiled(**x)), tm.output(model(**x))
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    finally:
+        dynamo.reset()
+
+
 def test_every_method_has_catalog_fields():
     for name, cls in pa.registered_methods().items():
         assert cls.family, f"{name} has no family"

@@ -192,6 +192,29 @@ def test_dylora_training_updates_only_the_sampled_prefix(update):
     assert used == ([b - 1] if update == "last" else list(range(b)))
 
 
+@pytest.mark.parametrize("update", ["last", "all"])
+def test_dylora_compiled_masked_path_matches_the_sliced_path(update, monkeypatch):
+    """Under torch.compile the sampled rank stays a tensor and components ≥ b are masked, not sliced:
+    same output and same gradients for every b."""
+    base = nn.Linear(16, 12)
+    a = make("dylora", base, r=6, alpha=6.0, update=update)
+    randomize_(a)
+    a.train()
+    x = torch.randn(5, 16)
+    for b in range(1, 7):
+        results = []
+        for compiling in (False, True):
+            monkeypatch.setattr(torch.compiler, "is_compiling", lambda c=compiling: c)
+            monkeypatch.setattr(torch, "randint", lambda lo, hi, size, b=b: torch.tensor(b))
+            a.zero_grad(set_to_none=True)
+            y = a.delta_output(x)
+            y.pow(2).sum().backward()
+            results.append((y.detach(), a.lora_A.grad.clone(), a.lora_B.grad.clone()))
+        for sliced, masked in zip(*results):
+            torch.testing.assert_close(masked, sliced, atol=1e-5, rtol=1e-5)  # GEMMs sum the zeros too
+        monkeypatch.undo()
+
+
 # --- LoRA-FA -----------------------------------------------------------------------------------
 
 

@@ -187,8 +187,11 @@ class CLOVER(LayerAdapter):
         self._checked = False
 
     def head_maps(self) -> Tensor:
-        """``N_h`` (n, d_h, d_h): the per-head change applied to q (output side) or to O's input."""
-        if not self._checked:
+        """``N_h`` (n, d_h, d_h): the per-head change applied to q (output side) or to O's input.
+
+        The first eager call checks that the pair factors exist (a data-dependent test that
+        ``torch.compile`` cannot trace; a compiled first call skips it and would give NaN outputs)."""
+        if not self._checked and not torch.compiler.is_compiling():
             if not torch.isfinite(self.clover_left).all():
                 raise MethodError("clover: this layer's pair factors are missing — target the key/value partner "
                                   "projections too (the default targets do) or load a saved adapter")

@@ -64,17 +64,34 @@ class DyLoRA(LayerAdapter):
         require(1 <= b <= self.cfg.r, "dylora", f"rank must be in [1, {self.cfg.r}], got {b}")
         self.eval_rank = b
 
-    def _factors(self) -> tuple[Tensor, Tensor, int]:
+    def _factors(self) -> tuple[Tensor, Tensor, int | Tensor]:
         """(A[:b], B[:, :b], b): sampled in training, ``eval_rank`` otherwise."""
         if not self.training:
             b = self.eval_rank
             return self.lora_A[:b], self.lora_B[:, :b], b
-        b = int(torch.randint(self.cfg.r_min, self.cfg.r + 1, ()).item())
+        b_drawn = torch.randint(self.cfg.r_min, self.cfg.r + 1, ())
+        if torch.compiler.is_compiling():
+            return self._masked_factors(b_drawn)
+        b = int(b_drawn.item())
         A, B = self.lora_A[:b], self.lora_B[:, :b]
         if self.cfg.update == "last":
             A = torch.cat([A[: b - 1].detach(), A[b - 1:]], dim=0)
             B = torch.cat([B[:, : b - 1].detach(), B[:, b - 1:]], dim=1)
         return A, B, b
+
+    def _masked_factors(self, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The training factors with the drawn rank ``b`` kept as a tensor (for ``torch.compile``):
+        components ``k ≥ b`` are zeroed instead of sliced off, so every shape is static; same
+        output and gradients as the sliced factors."""
+        A, B = self.lora_A, self.lora_B
+        b = b.to(A.device)
+        k = torch.arange(self.cfg.r, device=A.device)
+        if self.cfg.update == "last":
+            last = k == b - 1
+            A = torch.where(last[:, None], A, A.detach())
+            B = torch.where(last[None, :], B, B.detach())
+        keep = (k < b).to(A.dtype)
+        return A * keep[:, None], B, b
 
     def delta_output(self, x: Tensor) -> Tensor:
         A, B, b = self._factors()

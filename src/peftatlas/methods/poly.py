@@ -46,9 +46,20 @@ EPS = 1e-12
 class TaskIds(nn.Module):
     """Per-call state shared by one Poly adapter's layers: the task id of every row of the batch."""
 
-    def __init__(self) -> None:
+    def __init__(self, n_tasks: int = 1) -> None:
         super().__init__()
+        self.n_tasks = n_tasks
         self.task_ids: Tensor | None = None
+
+    def check(self, ids: Tensor) -> None:
+        """Task ids must lie in ``[0, n_tasks)``: checked once per model call (not per layer, where
+        reading them back would stall a GPU at every adapted layer), and skipped under
+        ``torch.compile``, where an out-of-range id still fails in the router's indexing."""
+        if torch.compiler.is_compiling() or not ids.numel():
+            return
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= self.n_tasks:
+            raise MethodError(f"poly: task ids must lie in [0, {self.n_tasks}), got {lo}…{hi}")
 
 
 @register("poly")
@@ -89,7 +100,7 @@ class Poly(LayerAdapter):
 
     @classmethod
     def build_shared(cls, targets: dict[str, nn.Module], cfg: Config) -> nn.Module:
-        return TaskIds()
+        return TaskIds(cfg.n_tasks)
 
     def __init__(self, base: nn.Module, cfg: Config, shared: nn.Module | None = None) -> None:
         super().__init__(base, cfg, shared)
@@ -140,9 +151,6 @@ class Poly(LayerAdapter):
 
     def delta_output(self, x: Tensor) -> Tensor:
         ids = self.task_ids(x.shape[0], x.device)
-        ids_max = int(ids.max()) if ids.numel() else 0
-        if ids_max >= self.cfg.n_tasks or (ids.numel() and int(ids.min()) < 0):
-            raise MethodError(f"poly: task ids must lie in [0, {self.cfg.n_tasks}), got max {ids_max}")
         A, B = self.mixed_factors(self.mixing_weights(ids))
         h = x.to(A.dtype).reshape(x.shape[0], -1, self.d_in)
         return (torch.bmm(torch.bmm(h, A), B) * self.scale).reshape(*x.shape[:-1], self.d_out)
@@ -170,6 +178,8 @@ class Poly(LayerAdapter):
         if ids is not None:
             kwargs = {k: v for k, v in kwargs.items() if k != "task_ids"}
             ids = torch.as_tensor(ids, dtype=torch.long)
+            if isinstance(state, TaskIds):
+                state.check(ids)
         if state is not None:
             state.task_ids = ids
         return kwargs

@@ -86,7 +86,11 @@ Reduce = Callable[[int, Tensor, Tensor], Tensor]
 
 
 def _combine(e: Tensor, o: Tensor, h0: Tensor, h1: Tensor, out: Tensor) -> None:
-    """``out ← h0 ⊙ e + h1 ⊙ o`` written in place (``out`` may be a strided view)."""
+    """``out ← h0 ⊙ e + h1 ⊙ o`` written in place (``out`` may be a strided view; ``torch.compile``
+    cannot trace a strided ``out=``, so there the sum is formed first and copied in)."""
+    if torch.compiler.is_compiling():
+        out.copy_(torch.addcmul(e * h0, o, h1))
+        return
     torch.mul(e, h0, out=out)
     out.addcmul_(o, h1)
 

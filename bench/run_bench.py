@@ -13,6 +13,7 @@ the method's own defaults.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -57,8 +58,6 @@ def methods_to_run(arg: str | None) -> list[str]:
 
 
 def hp_for(method: str, overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    import dataclasses
-
     import peftatlas as pa
 
     hp = dict((overrides or {}).get(method, BENCH_HP.get(method, {})))
@@ -113,7 +112,7 @@ def _free(device: str) -> None:
 def suite_cpu(args: argparse.Namespace) -> tuple[list[H.Table], list[dict[str, Any]]]:
     methods = methods_to_run(args.methods)
     tables: list[H.Table] = []
-    for width in args.widths:
+    for width in [] if args.skip_linear else args.widths:
         tables += compare(H.linear_workload(width, args.tokens), methods, args.modes, args.repeats, args.warmup)
     if not args.skip_llama:
         wl = H.llama_workload("cpu-small", batch=2, seq=128)
@@ -142,18 +141,41 @@ def suite_serving(args: argparse.Namespace, device: str = "cpu") -> tuple[list[H
     return [], out
 
 
-def suite_gpu(args: argparse.Namespace) -> tuple[list[H.Table], list[dict[str, Any]]]:
-    if not torch.cuda.is_available():
-        raise SystemExit("--suite gpu needs CUDA; this machine has none (use --suite cpu)")
+@dataclasses.dataclass(frozen=True)
+class LlamaPlan:
+    """The GPU suite's workloads: a Llama preset trained at ``batch × seq`` and served at
+    ``serve_rows × serve_seq`` with ``n_adapters`` distinct LoRA adapters."""
+
+    preset: str = "llama-0.95b"
+    device: str = "cuda"
+    dtype: torch.dtype = torch.bfloat16
+    batch: int = 8
+    seq: int = 512
+    serve_rows: int = 512
+    serve_seq: int = 16
+    n_adapters: tuple[int, ...] = (1, 8, 64, 512)
+    peft_adapters: tuple[int, ...] = (1, 8, 64)
+
+
+def run_llama_plan(plan: LlamaPlan, args: argparse.Namespace) -> tuple[list[H.Table], list[dict[str, Any]]]:
+    """Every comparable method on the plan's Llama (one method resident at a time), then serving."""
     methods = methods_to_run(args.methods)
-    wl = H.llama_workload("llama-0.95b", batch=8, seq=512, device="cuda", dtype=torch.bfloat16)
+    wl = H.llama_workload(plan.preset, batch=plan.batch, seq=plan.seq, device=plan.device, dtype=plan.dtype)
     tables = compare(wl, methods, args.modes, args.repeats, args.warmup, grouped=True)
     mixed = []
     if not args.skip_serving:
-        serve = H.llama_workload("llama-0.95b", batch=512, seq=16, device="cuda", dtype=torch.bfloat16)
-        mixed.append(H.mixed_batch_timings(serve, "lora", n_adapters=(1, 8, 64, 512), repeats=args.repeats,
-                                           warmup=args.warmup, with_peft=(1, 8, 64), r=16, alpha=32))
+        serve = H.llama_workload(plan.preset, batch=plan.serve_rows, seq=plan.serve_seq, device=plan.device,
+                                 dtype=plan.dtype)
+        mixed.append(H.mixed_batch_timings(serve, "lora", n_adapters=plan.n_adapters, repeats=args.repeats,
+                                           warmup=args.warmup, with_peft=plan.peft_adapters, r=16, alpha=32))
     return tables, mixed
+
+
+def suite_gpu(args: argparse.Namespace) -> tuple[list[H.Table], list[dict[str, Any]]]:
+    """CUDA: Llama 0.95B, bf16, batch 8×512, adapters on all linear layers, plus serving."""
+    if not torch.cuda.is_available():
+        raise SystemExit("--suite gpu needs CUDA; this machine has none (use --suite cpu)")
+    return run_llama_plan(LlamaPlan(), args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--skip-linear", action="store_true", help="no single-layer workloads (CPU suite)")
     p.add_argument("--skip-llama", action="store_true")
     p.add_argument("--skip-serving", action="store_true")
     p.add_argument("--out", default=None, help="output path without suffix (default bench/results/<suite>)")

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("peft", reason="the harness compares against HF PEFT (a benchmark-only dependency)")
 
@@ -94,3 +95,27 @@ def test_grouped_comparison_keeps_each_groups_floor():
     for r in rows.values():
         assert r["ours_x_floor"] > 0 and r["peft_x_floor"] > 0 and r["max_abs_diff"] < 1e-5
     assert "| lora |" in H.markdown([table])
+
+
+def test_gpu_plan_runs_end_to_end_on_a_tiny_cpu_llama(tmp_path):
+    """The GPU suite's code path (grouped comparison in bf16, then LoRA serving) on a tiny CPU Llama,
+    so a session that is lent a GPU runs it first time."""
+    import argparse
+
+    import run_bench
+
+    plan = run_bench.LlamaPlan(preset="tiny", device="cpu", dtype=torch.bfloat16, batch=2, seq=4, serve_rows=8,
+                               serve_seq=2, n_adapters=(1, 8), peft_adapters=(8,))
+    args = argparse.Namespace(methods="lora,vera,oft", modes=["train", "infer"], repeats=1, warmup=0,
+                              skip_serving=False)
+    tables, mixed = run_bench.run_llama_plan(plan, args)
+    assert [t.mode for t in tables] == ["train", "infer"]
+    for table in tables:
+        rows = {r["method"]: r for r in table.rows()}
+        assert set(rows) == {"lora", "vera", "oft"}
+        assert all(r["ours_x_floor"] > 0 and r["peft_x_floor"] > 0 for r in rows.values())
+        assert table.info["dtype"] == "bfloat16"
+    (serving,) = mixed
+    assert [e["n"] for e in serving["by_n"]] == [1, 8] and serving["by_n"][1]["max_abs_diff"] < 0.05
+    js, md = H.write_report(tables, tmp_path / "gpu_dry", mixed)
+    assert js.exists() and "| vera |" in md.read_text()

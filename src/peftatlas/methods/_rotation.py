@@ -30,28 +30,30 @@ def packed_size(b: int) -> int:
     return b * (b - 1) // 2
 
 
-_SKEW_INDEX: dict[tuple[int, str], Tensor] = {}
+_UPPER_INDEX: dict[tuple[int, str], Tensor] = {}
 
 
-def _skew_index(b: int, device: torch.device) -> Tensor:
-    """Flat map ``i·b + j ↦`` position in ``[0, p, −p]`` (0 on the diagonal), cached per size and device."""
+def _upper_index(b: int, device: torch.device) -> Tensor:
+    """Flat positions ``i·b + j`` of the strictly-upper entries (``i < j``, row-major), per size and device."""
     key = (b, str(device))
-    idx = _SKEW_INDEX.get(key)
+    idx = _UPPER_INDEX.get(key)
     if idx is None:
         rows, cols = torch.triu_indices(b, b, offset=1)
-        k = rows.numel()
-        idx = torch.zeros(b * b, dtype=torch.long)
-        idx[rows * b + cols] = torch.arange(1, k + 1)
-        idx[cols * b + rows] = torch.arange(k + 1, 2 * k + 1)
-        idx = _SKEW_INDEX.setdefault(key, idx.to(device))
+        idx = _UPPER_INDEX.setdefault(key, (rows * b + cols).to(device))
     return idx
 
 
 def skew(packed: Tensor, b: int) -> Tensor:
-    """``(..., b(b−1)/2)`` strictly-upper entries ``p`` → ``(..., b, b)`` skew-symmetric ``Q`` (``Q_ij = p``,
-    ``Q_ji = −p`` for ``i < j``), gathered in one indexing op."""
-    ext = torch.cat([packed.new_zeros(*packed.shape[:-1], 1), packed, -packed], dim=-1)
-    return ext[..., _skew_index(b, packed.device)].reshape(*packed.shape[:-1], b, b)
+    """``(..., b(b−1)/2)`` strictly-upper entries ``p`` → ``(..., b, b)`` skew-symmetric ``Q = P − Pᵀ``
+    (``Q_ij = p``, ``Q_ji = −p`` for ``i < j``).
+
+    ``P`` is written with ``index_copy`` at distinct positions, so the backward pass is a plain gather
+    (a gather *from* ``[0, p, −p]`` would need an accumulating scatter in backward, twice as slow).
+    """
+    lead = packed.shape[:-1]
+    P = packed.new_zeros(*lead, b * b).index_copy(-1, _upper_index(b, packed.device), packed)
+    P = P.view(*lead, b, b)
+    return P - P.transpose(-1, -2)
 
 
 def cayley(Q: Tensor, method: str = "exact", terms: int = 5) -> Tensor:

@@ -482,14 +482,20 @@ def mixed_batch_timings(wl: Workload, method: str = "lora", n_adapters: Sequence
     for n in n_adapters:
         entry: dict[str, Any] = {"n": n, "ours_ms": statistics.median(samples[f"ours-{n}"]),
                                  "ours_samples": samples[f"ours-{n}"]}
-        entry["ours_x_merged"] = entry["ours_ms"] / merged_ms
+        entry.update(_x_merged("ours", samples[f"ours-{n}"], samples["merged"]))
         if n in with_peft:
             entry.update(peft_ms=statistics.median(samples[f"peft-{n}"]), peft_samples=samples[f"peft-{n}"],
                          max_abs_diff=diffs[n])
-            entry["peft_x_merged"] = entry["peft_ms"] / merged_ms
+            entry.update(_x_merged("peft", samples[f"peft-{n}"], samples["merged"]))
         by_n.append(entry)
     return {"workload": wl.name, "info": wl.info, "method": method, "config": hp, "rows": rows_total,
             "merged_ms": merged_ms, "merged_samples": samples["merged"], "by_n": by_n, "context": context()}
+
+
+def _x_merged(who: str, ms: Sequence[float], merged_ms: Sequence[float]) -> dict[str, Any]:
+    """``{who}_x_merged`` (median per-round ratio to the merged run) and its 95% interval."""
+    ratio, lo, hi = paired_ratio(ms, merged_ms)
+    return {f"{who}_x_merged": ratio, f"{who}_x_merged_ci": (lo, hi)}
 
 
 def _peft_with_adapters(wl: Workload, model: pa.AdaptedModel, n: int) -> Candidate:
@@ -566,11 +572,15 @@ def markdown(tables: Sequence[Table], mixed: Sequence[dict[str, Any]] = ()) -> s
     for m in mixed:
         lines += [f"### mixed-adapter batch — {m['workload']}, {m['method']} {m['config']}, {m['rows']} rows", "",
                   f"{_describe(m['info'])}; one merged adapter: {_fmt(m['merged_ms'], 1)} ms", "",
-                  "| distinct adapters | ours ms | ours ×merged | PEFT ms | PEFT ×merged | max abs diff |",
-                  "|---:|---:|---:|---:|---:|---:|"]
+                  "×merged: median of the per-round ratios to the merged run, with its 95% bootstrap interval", "",
+                  "| distinct adapters | ours ms | ours ×merged | 95% CI | PEFT ms | PEFT ×merged | 95% CI "
+                  "| max abs diff |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for e in m["by_n"]:
             lines.append(f"| {e['n']} | {_fmt(e['ours_ms'], 1)} | **{_fmt(e['ours_x_merged'])}** | "
+                         f"{_ci(e.get('ours_x_merged_ci'))} | "
                          f"{_fmt(e.get('peft_ms'), 1)} | {_fmt(e.get('peft_x_merged'))} | "
+                         f"{_ci(e.get('peft_x_merged_ci'))} | "
                          f"{_fmt(e.get('max_abs_diff'), 7) if 'max_abs_diff' in e else '–'} |")
         lines.append("")
     return "\n".join(lines)

@@ -27,6 +27,7 @@ vectors. Use it through the model::
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from collections.abc import Callable, Hashable, Sequence
 
@@ -57,18 +58,25 @@ class Groups:
 def groups(rows: Sequence[str], present: Sequence[str]) -> Groups:
     """Group rows by adapter (bank slot order), pad every group to the largest with its first row."""
     slot = {n: i for i, n in enumerate(present)}
-    members: dict[int, list[int]] = {}
-    for i, n in enumerate(rows):
-        members.setdefault(slot.get(n, len(present)), []).append(i)
-    keys = sorted(members)
-    size = max(len(v) for v in members.values())
-    order: list[int] = []
+    zero = len(present)
+    slot_of = [slot.get(n, zero) for n in rows]
+    by_slot = sorted(range(len(rows)), key=slot_of.__getitem__)  # stable: rows keep their order
+    counts = collections.Counter(slot_of)
+    keys = sorted(counts)
+    size = max(counts.values())
+    if all(counts[k] == size for k in keys):  # no padding: the grouped order is the sorted one
+        order = by_slot
+    else:
+        order, start = [], 0
+        for key in keys:
+            idx = by_slot[start:start + counts[key]]
+            start += counts[key]
+            order += idx + [idx[0]] * (size - len(idx))
     pos = [0] * len(rows)
     for g, key in enumerate(keys):
-        idx = members[key]
-        for t, i in enumerate(idx):
-            pos[i] = g * size + t
-        order += idx + [idx[0]] * (size - len(idx))
+        first = g * size
+        for t, i in enumerate(order[first:first + counts[key]]):
+            pos[i] = first + t
     if order == list(range(len(rows))):
         return Groups(keys, size, None, None)
     return Groups(keys, size, order, pos)

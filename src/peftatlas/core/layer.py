@@ -92,10 +92,8 @@ class AdaptedModule(nn.Module):
         if not isinstance(first, Tensor) or first.shape[0] != batch:
             got = first.shape[0] if isinstance(first, Tensor) else "?"
             raise ValueError(f"adapter_names has {batch} entries but the batch has {got} rows")
-        groups: dict[str, list[int]] = {}
-        for i, n in enumerate(rows):
-            groups.setdefault(n if n in self.adapters else BASE_NAME, []).append(i)
-        present = [n for n in groups if n != BASE_NAME]
+        here = self.adapters.keys()
+        present = [n for n in dict.fromkeys(rows) if n in here]  # in order of first appearance
         if len(args) == 1 and not kwargs:
             fast = _batched_mixed_forward(self, args[0], rows, present)
             if fast is not None:
@@ -105,6 +103,9 @@ class AdaptedModule(nn.Module):
             batched_call = getattr(type(self.adapters[present[0]]), "mixed_batch_functional_forward", None)
             if batched_call is not None:
                 return batched_call(self, args, kwargs, rows, present)
+        groups: dict[str, list[int]] = {}
+        for i, n in enumerate(rows):
+            groups.setdefault(n if n in here else BASE_NAME, []).append(i)
         out: Tensor | None = None
         for n, idx in groups.items():
             index = torch.tensor(idx, device=first.device)
@@ -190,9 +191,10 @@ def _batched_mixed_forward(
     """Hook for a method-specific batched path (e.g. gathered LoRA); ``None`` = use grouping."""
     if not present:
         return None
-    first = layer.adapters[present[0]]
-    batched = getattr(type(first), "mixed_batch_forward", None)
-    if batched is None or any(type(layer.adapters[n]) is not type(first) for n in present):
+    adapters = layer.adapters
+    kind = type(adapters[present[0]])
+    batched = getattr(kind, "mixed_batch_forward", None)
+    if batched is None or any(type(adapters[n]) is not kind for n in present):
         return None
     return batched(layer, x, rows, present)
 

@@ -219,6 +219,9 @@ def _ensure_loaded() -> None:
 def get_method(name: str) -> type[LayerAdapter]:
     """The method class registered under ``name`` (case-insensitive, '-' and '_' equivalent)."""
     _ensure_loaded()
+    exact = _REGISTRY.get(name)
+    if exact is not None:  # the common case (names stored in specs); called per layer and per adapter
+        return exact
     key = name.lower().replace("-", "_")
     for registered, cls in _REGISTRY.items():
         if registered.replace("-", "_") == key:

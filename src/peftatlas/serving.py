@@ -64,14 +64,12 @@ def groups(rows: Sequence[str], present: Sequence[str]) -> Groups:
     counts = collections.Counter(slot_of)
     keys = sorted(counts)
     size = max(counts.values())
-    if all(counts[k] == size for k in keys):  # no padding: the grouped order is the sorted one
-        order = by_slot
-    else:
-        order, start = [], 0
-        for key in keys:
-            idx = by_slot[start:start + counts[key]]
-            start += counts[key]
-            order += idx + [idx[0]] * (size - len(idx))
+    order: list[int] = []
+    start = 0
+    for key in keys:  # each group's rows, padded to ``size`` with its first row
+        idx = by_slot[start:start + counts[key]]
+        start += counts[key]
+        order += idx + [idx[0]] * (size - len(idx))
     pos = [0] * len(rows)
     for g, key in enumerate(keys):
         first = g * size

@@ -61,6 +61,10 @@ class LayerAdapter(nn.Module):
     size_knob: ClassVar[str | None] = None
     # Whether a second adapter of this method may be stacked on the same layer (composition).
     stackable: ClassVar[bool] = True
+    # Whether ``size_knob`` is a rank bounded by the layer's width, ``r ≤ min(d_out, d_in)``: beyond it a
+    # rank-r factorisation only adds linearly dependent directions, so a larger value is refused with a
+    # one-line error (VeRA's shared r is not bounded: its random bases may be wider than a layer by design).
+    rank_within_width: ClassVar[bool] = False
     # Model kinds of the test suite where this method does not apply, with the reason.
     test_skip: ClassVar[dict[str, str]] = {}
     # Small hyperparameters used by the generic property suite (tiny models).
@@ -74,6 +78,7 @@ class LayerAdapter(nn.Module):
 
     def __init__(self, base: nn.Module, cfg: Any, shared: nn.Module | None = None) -> None:
         super().__init__()
+        self.check_layer(base, cfg)
         self.cfg = cfg
         # Keep a plain reference (not a submodule) so shared state is stored once, on the model.
         object.__setattr__(self, "_shared", shared)
@@ -136,7 +141,24 @@ class LayerAdapter(nn.Module):
 
     @classmethod
     def validate_config(cls, cfg: Any) -> None:
-        """Raise :class:`MethodError` for impossible hyperparameters."""
+        """Raise :class:`MethodError` for impossible hyperparameters (after the generic type checks;
+        the generic range checks follow; see :func:`make_config`)."""
+
+    @classmethod
+    def check_layer(cls, base: nn.Module, cfg: Any) -> None:
+        """Raise :class:`MethodError` if ``cfg`` cannot apply to the layer ``base`` (called on construction).
+
+        Default: with :attr:`rank_within_width`, ``cfg.<size_knob> ≤ min(d_out, d_in)`` where ``d_in``
+        counts a convolution's whole receptive field (``in_channels·k``).
+        """
+        weight = getattr(base, "weight", None)
+        if not cls.rank_within_width or cls.size_knob is None or not isinstance(weight, Tensor) or weight.dim() < 2:
+            return
+        rank, width = getattr(cfg, cls.size_knob), min(int(weight.shape[0]), int(weight[0].numel()))
+        if rank > width:
+            raise MethodError(
+                f"{cls.name}: {cls.size_knob}={rank} exceeds the width of this {type(base).__name__} "
+                f"(min(d_out, d_in) = {width}, weight {list(weight.shape)}); a rank above it adds nothing")
 
     # --- the math ------------------------------------------------------------------------------
     def forward(self, x: Tensor, base_fn: BaseFn) -> Tensor:
@@ -236,7 +258,12 @@ def registered_methods() -> dict[str, type[LayerAdapter]]:
 
 
 def make_config(cls: type[LayerAdapter], overrides: dict[str, Any] | None = None) -> Any:
-    """Build ``cls.Config`` from keyword overrides, with a clear error for unknown names."""
+    """Build ``cls.Config`` from keyword overrides, with a one-line error for anything it cannot take.
+
+    Checked in order: unknown names; each field's type, from its annotation; the method's own
+    :meth:`LayerAdapter.validate_config`; each numeric field's range (field metadata, else the
+    conventional range of its name; see :mod:`peftatlas.core.hyperparameters`).
+    """
     overrides = dict(overrides or {})
     fields = {f.name for f in dataclasses.fields(cls.Config)}
     unknown = sorted(set(overrides) - fields)
@@ -245,8 +272,12 @@ def make_config(cls: type[LayerAdapter], overrides: dict[str, Any] | None = None
             f"{cls.name}: unknown hyperparameter(s) {', '.join(unknown)}; "
             f"valid: {', '.join(sorted(fields)) or '(none)'}"
         )
+    from .hyperparameters import check_config, check_ranges  # (imports this module)
+
     cfg = cls.Config(**overrides)
+    check_config(cls.name, cfg)  # types first: the method's own checks may compare numbers
     cls.validate_config(cfg)
+    check_ranges(cls.name, cfg)
     return cfg
 
 

@@ -65,6 +65,8 @@ class LayerAdapter(nn.Module):
     # rank-r factorisation only adds linearly dependent directions, so a larger value is refused with a
     # one-line error (VeRA's shared r is not bounded: its random bases may be wider than a layer by design).
     rank_within_width: ClassVar[bool] = False
+    # A learning rate the arena starts its sweep from (None = by family; see evidence.profiles).
+    suggested_lr: ClassVar[float | None] = None
     # Model kinds of the test suite where this method does not apply, with the reason.
     test_skip: ClassVar[dict[str, str]] = {}
     # Small hyperparameters used by the generic property suite (tiny models).
@@ -165,6 +167,31 @@ class LayerAdapter(nn.Module):
         """Fast path. Default: additive update ``y = base_fn(x) + delta_output(x)``."""
         y = base_fn(x)
         return y + self.delta_output(x).to(y.dtype)
+
+    def functional_forward(self, base: nn.Module, args: tuple, kwargs: dict) -> Any:
+        """The layer's output for a call with more than one tensor argument (``base(*args, **kwargs)``).
+
+        Methods that wrap a whole block or attention module (LoReFT, prefix tuning, BitFit's
+        parameter deltas) see such calls; the default refuses them.
+        """
+        raise TypeError(f"{self.name} on {type(base).__name__} cannot handle a call with extra arguments "
+                        f"(only a single input tensor)")
+
+    @staticmethod
+    def mixed_batch_forward(layer: nn.Module, x: Tensor, rows: list[str], present: list[str]) -> Tensor | None:
+        """A batched mixed-adapter forward of ``layer`` (an ``AdaptedModule`` whose ``present`` adapters
+        are all of this method): row ``i`` of ``x`` through adapter ``rows[i]`` (or the base).
+
+        Default ``None``: the engine groups rows by adapter and runs each group on its own. LoRA and
+        VeRA override it with the gathered/grouped kernels of :mod:`peftatlas.serving`.
+        """
+        return None
+
+    @staticmethod
+    def mixed_batch_functional_forward(layer: nn.Module, args: tuple, kwargs: dict, rows: list[str],
+                                       present: list[str]) -> Any:
+        """As :meth:`mixed_batch_forward`, for calls with extra arguments (block-level methods); default ``None``."""
+        return None
 
     def delta_output(self, x: Tensor) -> Tensor:
         """``ΔW x`` (plus any bias change) computed without forming ``ΔW`` where possible."""

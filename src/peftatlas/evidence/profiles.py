@@ -71,7 +71,7 @@ def lr_center(method: str) -> float:
     plan = method_plan(method)
     if plan.lr is not None:
         return plan.lr
-    suggested = getattr(cls, "suggested_lr", None)
+    suggested = cls.suggested_lr
     if isinstance(suggested, int | float) and suggested > 0:
         return float(suggested)
     return LR_BY_FAMILY.get(cls.family, 1e-3)

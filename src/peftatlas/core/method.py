@@ -261,6 +261,11 @@ def register(name: str) -> Callable[[type[LayerAdapter]], type[LayerAdapter]]:
     return wrap
 
 
+def unregister(name: str) -> None:
+    """Remove a method from the registry (for methods registered by a test or a notebook)."""
+    _REGISTRY.pop(name, None)
+
+
 def _ensure_loaded() -> None:
     import peftatlas.methods  # noqa: F401  (imports every method module, which registers itself)
 

@@ -8,11 +8,11 @@ import inspect
 from typing import Any, ClassVar
 
 import pytest
-import test_properties as properties
 import torch
 from torch import Tensor, nn
 
 import peftatlas as pa
+import test_properties as properties
 from peftatlas.catalog import Claim, Entry, Paper
 from peftatlas.catalog.model import marks
 from peftatlas.core.hyperparameters import POSITIVE
@@ -99,7 +99,8 @@ def test_the_example_method_passes_the_property_suite(method, tmp_path):
     ran = 0
     for fn in checks:
         for kind in TINY_KINDS:
-            kwargs = {"tmp_path": tmp_path / f"{fn.__name__}-{kind}"} if "tmp_path" in inspect.signature(fn).parameters else {}
+            wants_dir = "tmp_path" in inspect.signature(fn).parameters
+            kwargs = {"tmp_path": tmp_path / f"{fn.__name__}-{kind}"} if wants_dir else {}
             try:
                 fn(NAME, kind, **kwargs)
                 ran += 1

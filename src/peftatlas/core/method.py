@@ -11,6 +11,12 @@ A method is a subclass of :class:`LayerAdapter` that states, as briefly as its p
 * ``param_count(base, cfg)`` — the closed-form parameter count, checked against the real one;
 * ``reference_forward(x, base)`` — an independent dense computation used to test the fast path.
 
+Everything else the engine reads from a method — capabilities (``mergeable``, ``stackable``, ...),
+model-level hooks (``transform_model_inputs``, ``build_shared``, ...), batched mixed-adapter paths
+(``mixed_batch_forward``) — is declared below with a docstring and a default; the engine never looks a
+hook up by name. Hyperparameters are typed and range-checked from ``Config`` (see
+:mod:`peftatlas.core.hyperparameters`). ``docs/adding-a-method.md`` walks through adding a method.
+
 Several adapters active on one layer compose in order: adapter *i* sees the previous adapters'
 function as its ``base_fn``. Merging adapters in the same order reproduces that composition.
 """

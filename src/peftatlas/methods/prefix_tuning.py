@@ -106,6 +106,12 @@ def reads_kv_cache(module: nn.Module) -> bool:
     return why_not_prefixable(module) is None
 
 
+def _looks_like_attention(name: str, module: nn.Module) -> bool:
+    """By name only, for error messages: ``*Attention*`` types and ``*attn*`` / ``*attention*`` paths."""
+    last = name.rsplit(".", 1)[-1].lower()
+    return "attention" in type(module).__name__.lower() or "attn" in last or "attention" in last
+
+
 def _per_layer(module: nn.Module) -> bool:
     """Encoder-decoder models (T5): the encoder stack passes no cache, so each layer adds its own prefix."""
     return bool(getattr(getattr(module, "config", None), "is_encoder_decoder", False))
@@ -154,7 +160,8 @@ class PrefixTuning(LayerAdapter):
     def check_model(cls, model: nn.Module, cfg: Config) -> None:
         modules = list(model.named_modules())
         if not any(reads_kv_cache(m) for _, m in modules):
-            attention = [(n, m) for n, m in modules if "attention" in type(m).__name__.lower()]
+            attention = sorted(((n, m) for n, m in modules if n and _looks_like_attention(n, m)),
+                               key=lambda nm: not isinstance(getattr(nm[1], "layer_idx", None), int))
             reason = (f"its attention module {attention[0][0]} cannot take one: {why_not_prefixable(attention[0][1])}"
                       if attention else "it has no attention modules")
             raise MethodError(f"prefix_tuning needs self-attention layers that read a key/value cache; "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import typing
 
 import pytest
 import torch
@@ -104,3 +105,16 @@ def test_lora_stacks():
     model.add_adapter("b", "lora", r=2)
     model.set_active(["a", "b"])
     assert model.adapted_layers()["fc1"].active == ["a", "b"]
+
+
+def test_test_only_declarations_live_in_a_nested_testing_block_and_stay_readable():
+    class Example(LayerAdapter):
+        class Testing:
+            config: typing.ClassVar[dict] = {"r": 2}
+            skip: typing.ClassVar[dict] = {"vit": "example"}
+
+    assert Example.test_config == {"r": 2} and Example.test_skip == {"vit": "example"}
+    assert Example.test_atol == LayerAdapter.Testing.atol  # not declared: the default
+    prefix = pa.get_method("prefix_tuning")
+    assert "Testing" in vars(prefix) and "test_config" not in inspect.getsource(prefix)  # apart from the math
+    assert prefix.test_config == {"num_virtual_tokens": 3} and "mlp" in prefix.test_skip

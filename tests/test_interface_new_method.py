@@ -32,7 +32,9 @@ def define_method() -> type[LayerAdapter]:
         family = "low-rank"
         summary = "ΔW = s·u vᵀ: one trainable pair of directions per layer."
         formula = "d_in + d_out"
-        test_config: ClassVar[dict[str, Any]] = {"scale": 2.0}
+
+        class Testing:
+            config: ClassVar[dict[str, Any]] = {"scale": 2.0}
 
         @dataclasses.dataclass
         class Config:

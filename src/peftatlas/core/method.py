@@ -73,12 +73,31 @@ class LayerAdapter(nn.Module):
     rank_within_width: ClassVar[bool] = False
     # A learning rate the arena starts its sweep from (None = by family; see evidence.profiles).
     suggested_lr: ClassVar[float | None] = None
-    # Model kinds of the test suite where this method does not apply, with the reason.
-    test_skip: ClassVar[dict[str, str]] = {}
-    # Small hyperparameters used by the generic property suite (tiny models).
-    test_config: ClassVar[dict[str, Any]] = {}
-    # Tolerances of the dense-reference / merge checks in fp32 (absolute).
-    test_atol: ClassVar[float] = 1e-5
+
+    # --- test-only declarations (read by the test suites, never by the math) ----------------------
+    class Testing:
+        """What the generic test suites need to know about a method, kept apart from its math.
+
+        A method declares a nested ``class Testing:`` with any of these; each is also readable as
+        ``test_<field>`` on the method class (``test_config``, ``test_skip``, ``test_atol``), the names
+        the suites read (a method may still set those directly).
+        """
+
+        config: ClassVar[dict[str, Any]] = {}  # small hyperparameters for the tiny models
+        skip: ClassVar[dict[str, str]] = {}  # model kinds where the method does not apply, with the reason
+        atol: ClassVar[float] = 1e-5  # absolute fp32 tolerance of the dense-reference / merge checks
+
+    test_config: ClassVar[dict[str, Any]] = Testing.config
+    test_skip: ClassVar[dict[str, str]] = Testing.skip
+    test_atol: ClassVar[float] = Testing.atol
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("Testing")
+        if own is not None:
+            for field in ("config", "skip", "atol"):
+                if hasattr(own, field):
+                    setattr(cls, f"test_{field}", getattr(own, field))
 
     @dataclasses.dataclass
     class Config:

@@ -134,11 +134,13 @@ class PrefixTuning(LayerAdapter):
     size_knob: ClassVar[str | None] = "num_virtual_tokens"
     target_types: ClassVar[tuple[type[nn.Module], ...]] = (nn.Module,)
     default_targets: ClassVar[Any] = SELF_ATTENTION
-    test_config: ClassVar[dict[str, Any]] = {"num_virtual_tokens": 3}
-    test_skip: ClassVar[dict[str, str]] = {
-        "mlp": "the MLP has no attention and no key/value cache",
-        "vit": "ViT's attention does not read a key/value cache (raises MethodError; tested)",
-    }
+
+    class Testing:
+        config: ClassVar[dict[str, Any]] = {"num_virtual_tokens": 3}
+        skip: ClassVar[dict[str, str]] = {
+            "mlp": "the MLP has no attention and no key/value cache",
+            "vit": "ViT's attention does not read a key/value cache (raises MethodError; tested)",
+        }
 
     @dataclasses.dataclass
     class Config:

@@ -87,11 +87,13 @@ class PromptTuning(LayerAdapter):
     size_knob: ClassVar[str | None] = "num_virtual_tokens"
     target_types: ClassVar[tuple[type[nn.Module], ...]] = (nn.Embedding,)
     default_targets: ClassVar[Any] = INPUT_EMBEDDINGS
-    test_config: ClassVar[dict[str, Any]] = {"num_virtual_tokens": 4}
-    test_skip: ClassVar[dict[str, str]] = {
-        "mlp": "the MLP takes feature vectors, not token ids",
-        "vit": "ViT embeds pixel patches; soft prompts for images are visual prompt tuning, a separate method",
-    }
+
+    class Testing:
+        config: ClassVar[dict[str, Any]] = {"num_virtual_tokens": 4}
+        skip: ClassVar[dict[str, str]] = {
+            "mlp": "the MLP takes feature vectors, not token ids",
+            "vit": "ViT embeds pixel patches; soft prompts for images are visual prompt tuning, a separate method",
+        }
 
     @dataclasses.dataclass
     class Config:

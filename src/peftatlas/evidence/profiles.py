@@ -100,6 +100,10 @@ class Profile:
     learning_curve_seeds: int = 1
     target_acc: float | dict[str, float] | None = None  # a float applies to `task`; a dict maps task → target
     budget_tolerance: float = 0.10
+    sweep_seeds: int = 2  # the LR is chosen on the mean validation accuracy over the first this-many seeds
+    lr_extend: int = 2  # at most this many rates added beyond each edge of the grid while the best sits there
+    matched_lora: bool = True  # add LoRA arms matching each fixed-size method's count on its targets
+    full_ft_artifacts: str = "all"  # "all" | "probed": keep only what the geometry probes read (see .artifacts)
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -128,7 +132,7 @@ PROFILES: dict[str, Profile] = {
         budgets=("0.2%",), lr_factors=(1.0, 3.0), seeds=(0, 1),
         train={"epochs": 1, "batch_size": 16, "evals_per_epoch": 2, "max_length": 32, "min_steps": 4},
         head_lr=3e-3, train_size=64, val_size=32, test_size=32, ood_size=16,
-        learning_curve_sizes=(16,), learning_curve_methods=("lora",), target_acc=0.5,
+        learning_curve_sizes=(16,), learning_curve_methods=("lora",), target_acc=0.5, sweep_seeds=1, lr_extend=0,
         description="tiny config-built BERT on 64 real movie-review sentences: the pipeline end to end in seconds"),
     "quick": Profile(
         name="quick", model="minilm", task="mr",

@@ -20,11 +20,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .artifacts import apply_disposals
 from .execute import RunContext, load_run
 from .executors import SequentialExecutor, drive
 from .plan import SWEEP, build_plan
 from .profiles import Profile, get_profile
-from .store import ResultsStore, RunRecord
+from .store import ResultsStore, RunRecord, canonical_json
 
 ARTIFACTS = "artifacts"
 EXECUTORS = ("sequential", "processes", "ray")
@@ -76,7 +77,7 @@ def run_profile(profile: str | Profile, store_path: str | Path, methods: list[st
     with ResultsStore(path) as store:
         ex = make_executor(name, path.parent.resolve(), n_jobs, threads, address, ray_options)
         log(f"executor {name}: {len(plan.arms)} arms, up to {ex.capacity} run(s) at a time")
-        counts = drive(plan, store, ex, log=log)
+        counts = drive(plan, store, ex, log=log, tidy=lambda done: apply_disposals(plan, store, done))
         log(f"runs: {counts['trained']} trained, {counts['cached']} already in the store, "
             f"{counts['failed']} failed")
         return plan.covered({r.key: r for r in store.records()})
@@ -96,10 +97,10 @@ def summarize(records: list[RunRecord]) -> list[dict[str, Any]]:
     """
     main = [r for r in records if r.experiment == "main" and r.status == "done"]
     groups: dict[tuple, list[RunRecord]] = {}
-    for r in main:
-        groups.setdefault((r.task, r.method, r.budget, r.profile), []).append(r)
+    for r in main:  # one row per arm: matched-LoRA arms at two ranks share method and budget label
+        groups.setdefault((r.task, r.method, r.budget, r.profile, canonical_json(r.hyperparameters)), []).append(r)
     rows: list[dict[str, Any]] = []
-    for (task, method, budget, profile), rs in groups.items():
+    for (task, method, budget, profile, _), rs in groups.items():
         test = _mean_sd([r.metrics["test_acc"] for r in rs])
         ood_names = sorted({k for r in rs for k in r.metrics if k.startswith("ood_acc/")})
         rows.append({

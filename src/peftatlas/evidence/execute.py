@@ -30,7 +30,7 @@ from ..core.io import load_adapter, save_adapter
 from ..core.model import AdaptedModel, attach
 from .data import TaskData, load_task
 from .models import load_classifier
-from .plan import RunSpec
+from .runspec import RunSpec
 from .store import ResultsStore, RunRecord, encode_items
 from .train import FeatureCache, TrainConfig, evaluate_heldout, train_classifier
 

@@ -23,7 +23,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 from .execute import RunContext, execute
-from .plan import Plan, RunSpec
+from .plan import Plan
+from .runspec import RunSpec
 from .store import ResultsStore, RunRecord
 
 Log = Callable[[str], None]
@@ -73,16 +74,21 @@ def run_line(spec: RunSpec, rec: RunRecord) -> str:
 
 
 def drive(plan: Plan, store: ResultsStore, executor: Executor, log: Log | None = None,
-          on_record: Callable[[RunRecord], None] | None = None) -> dict[str, int]:
+          on_record: Callable[[RunRecord], None] | None = None,
+          tidy: Callable[[dict[str, RunRecord]], None] | None = None) -> dict[str, int]:
     """Run every spec of ``plan`` not already finished in ``store`` (module docstring).
 
     Returns counters: ``trained`` (runs executed, completions included), ``cached`` (finished
-    records of the plan found in the store), ``failed``. ``on_record`` is called after each record is stored.
+    records of the plan found in the store), ``failed``. ``on_record`` is called after each record is
+    stored; ``tidy(done)`` after each finished run (and once at the start), e.g. to cut artifacts no
+    later run needs (:func:`~.artifacts.apply_disposals`; it may update records in ``done``).
     """
     say = log or (lambda s: None)
     done = {r.key: r for r in store.records(status="done")}
     counts = {"trained": 0, "cached": len(plan.covered(done)), "failed": 0}
     in_flight: dict[str, RunSpec] = {}
+    if tidy is not None:
+        tidy(done)
     try:
         while True:
             for spec in plan.ready(done):
@@ -100,6 +106,8 @@ def drive(plan: Plan, store: ResultsStore, executor: Executor, log: Log | None =
                 done[rec.key] = rec
                 if on_record is not None:
                     on_record(rec)
+            if tidy is not None:
+                tidy(done)
             main = next((r for r in records if r.key == spec.key), records[-1])
             counts["failed" if main.status != "done" else "trained"] += 1
             say(run_line(spec, main))

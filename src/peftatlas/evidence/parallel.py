@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from .execute import RunContext, execute
-from .plan import RunSpec
 from .profiles import Profile
+from .runspec import RunSpec
 from .store import RunRecord
 
 

@@ -40,6 +40,7 @@ from .budget import BudgetError, count_params, solve_budget, target_modules
 from .data import TaskData, load_task
 from .models import encoder_param_count, load_classifier, model_info
 from .profiles import Profile, method_plan, profile_methods
+from .runspec import RunSpec
 from .store import RunRecord, config_key
 
 SWEEP, MAIN, CURVE = "lr_sweep", "main", "learning_curve"
@@ -59,7 +60,7 @@ class Arm:
     adapter_params: int
     budget_target: int | None = None
     budget_met: bool | None = None
-    matches: dict[str, int] = dataclasses.field(default_factory=dict)
+    matches: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # method → params, budget_met
     note: str = ""
 
     def label(self) -> str:
@@ -71,51 +72,6 @@ class Arm:
         return {"role": self.role, "targets": self.hyperparameters.get("targets"), "budget": self.budget,
                 "adapter_params": self.adapter_params, "budget_target": self.budget_target,
                 "budget_met": self.budget_met, "matches": dict(self.matches)}
-
-
-@dataclasses.dataclass(frozen=True)
-class RunSpec:
-    """One run, complete enough for any worker to execute it and key it (JSON-serialisable).
-
-    ``kind``: ``"train"`` trains (evaluating test/OOD unless ``evaluate_test`` is false);
-    ``"complete"`` produces a main record from the finished sweep run ``twin`` (same training
-    computation): test/OOD are evaluated from its saved adapter, or the run is retrained if the
-    adapter is gone. ``artifact`` is the adapter folder (relative to the store's folder, or absolute).
-    """
-
-    key: str
-    train_key: str
-    kind: str
-    experiment: str
-    profile: str
-    model: str
-    task: str
-    data: dict[str, Any]  # load_task/subset arguments: train/val/test/ood sizes, the curve's train size
-    method: str
-    hyperparameters: dict[str, Any]
-    budget: str | None
-    lr: float
-    seed: int
-    train_size: int | None
-    train: dict[str, Any]  # TrainConfig fields
-    code_version: str
-    evaluate_test: bool
-    artifact: str
-    arm: dict[str, Any]
-    depends_on: tuple[str, ...] = ()
-    twin: dict[str, Any] | None = None  # "complete": the sweep record it completes (as RunRecord fields)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RunSpec:
-        return cls(**{**data, "depends_on": tuple(data.get("depends_on", ()))})
-
-    def describe(self) -> str:
-        size = ", ".join(f"{k}={v}" for k, v in self.hyperparameters.items() if k != "targets")
-        n = f" n={self.train_size}" if self.train_size else ""
-        return f"{self.method}{' ' + size if size else ''} lr={self.lr:g} s{self.seed}{n}"
 
 
 # --- building the arms ---------------------------------------------------------------------------------
@@ -168,9 +124,11 @@ def matched_lora_arms(profile: Profile, fixed: list[Arm], num_labels: int) -> li
             hp = {"r": r, **({"targets": targets} if targets is not None else {})}
             ident = (arm.task, repr(hp))
             prev = found.get(ident)
-            matches = {**(prev.matches if prev else {}), arm.method: n}
-            met = all(abs(counts[r] - m) <= MATCH_TOLERANCE * m for m in matches.values())
-            note = "matched LoRA for " + ", ".join(f"{k} ({v:,})" for k, v in sorted(matches.items()))
+            within = abs(counts[r] - n) <= MATCH_TOLERANCE * n
+            matches = {**(prev.matches if prev else {}), arm.method: {"params": n, "budget_met": within}}
+            met = all(m["budget_met"] for m in matches.values())
+            note = "matched LoRA for " + ", ".join(f"{k} ({v['params']:,}{'' if v['budget_met'] else ', outside ±10%'})"
+                                                  for k, v in sorted(matches.items()))
             found[ident] = Arm(arm.task, "lora", "matched", hp, "matched_lora", counts[r], n, met,
                                dict(sorted(matches.items())), note)
     return list(found.values())
@@ -272,21 +230,28 @@ class Plan:
         if choice is None:
             return pending, not pending
         lr = choice.pop("lr")
-        sweep = {self.spec(arm, SWEEP, lr, s).train_key: self.spec(arm, SWEEP, lr, s).key for s in self.sweep_seeds()}
+        # runs that share a training computation: a sweep seed and the main seed; a main seed and a learning-curve
+        # point on the whole training set. The later one completes (or copies) the earlier, never retrains it.
+        twins = {self.spec(arm, SWEEP, lr, s).train_key: self.spec(arm, SWEEP, lr, s).key for s in self.sweep_seeds()}
         follow = [self.spec(arm, MAIN, lr, s, lr_info=choice) for s in self.profile.seeds]
         p = self.profile
         if arm.task == p.task and (not p.learning_curve_methods or arm.method in p.learning_curve_methods):
+            for spec in follow:
+                twins.setdefault(spec.train_key, spec.key)
             follow += [self.spec(arm, CURVE, lr, s, n, lr_info=choice) for n in p.learning_curve_sizes
                        for s in p.seeds[: p.learning_curve_seeds]]
         out = []
         for spec in follow:
             if spec.key in done:
                 continue
-            twin_key = sweep.get(spec.train_key)
+            twin_key = twins.get(spec.train_key)
+            if twin_key == spec.key:
+                twin_key = None
             if twin_key is not None:
-                twin = done[twin_key]
-                if twin.status != "done":
-                    continue  # the sweep run failed: this seed has nothing to complete
+                twin = done.get(twin_key)
+                if twin is None or twin.status != "done" or (spec.experiment == CURVE and "test_acc" not in
+                                                             twin.metrics):
+                    continue  # waits for its twin (or the twin failed: nothing to complete)
                 spec = dataclasses.replace(spec, kind="complete", depends_on=(twin_key,),
                                            twin=dataclasses.asdict(twin), artifact=twin.artifact or spec.artifact)
             out.append(spec)
@@ -377,3 +342,25 @@ def _registered_safe() -> list[str]:
     from ..core.method import registered_methods
 
     return list(registered_methods())
+
+
+def run_counts(plan: Plan) -> dict[str, int]:
+    """What the plan will execute, before any result is known (for cost tables).
+
+    ``sweep`` trainings of the initial grids; ``extension_max``: at most this many more sweep trainings
+    when grids are extended (one side per arm can extend: ``lr_extend × sweep seeds``); ``main``: seed
+    runs trained anew; ``completions``: sweep seeds evaluated on test/OOD from their adapters; ``curve``:
+    learning-curve trainings (a curve point on the whole training set at a main seed is a copy, not counted).
+    """
+    p = plan.profile
+    seeds = plan.sweep_seeds()
+    out = {"arms": len(plan.arms), "sweep": 0, "extension_max": 0, "main": 0, "completions": 0, "curve": 0}
+    for arm in plan.arms:
+        out["sweep"] += len(p.lr_grid(arm.method)) * len(seeds)
+        out["extension_max"] += p.lr_extend * len(seeds)
+        out["main"] += len([s for s in p.seeds if s not in seeds])
+        out["completions"] += len([s for s in p.seeds if s in seeds])
+        if arm.task == p.task and (not p.learning_curve_methods or arm.method in p.learning_curve_methods):
+            out["curve"] += sum(1 for n in p.learning_curve_sizes for s in p.seeds[: p.learning_curve_seeds]
+                                if not (n is None or (p.train_size is not None and n >= p.train_size)))
+    return out

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .execute import RunContext, execute
-from .plan import RunSpec
+from .runspec import RunSpec
 from .store import RunRecord
 
 _CONTEXTS: dict[tuple[str, str, int], RunContext] = {}
@@ -55,7 +55,10 @@ class RayExecutor:
         self.ray = ray
         self.owns_ray = not ray.is_initialized()
         if self.owns_ray:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, **(init_kwargs or {}))
+            if address:  # joining a running cluster: its resources are its own
+                ray.init(address=address, log_to_driver=False, **(init_kwargs or {}))
+            else:
+                ray.init(include_dashboard=False, log_to_driver=False, **(init_kwargs or {}))
         resources = ray.cluster_resources()
         gpus = resources.get("GPU", 0.0)
         self.gpus_per_run = gpus_per_run if gpus_per_run is not None else (1.0 if gpus >= 1 else 0.0)

@@ -41,10 +41,11 @@ class RunRecord:
         targets         the target-module spec the adapter was attached to (list, string or None)
         adapter_params  adapter parameters actually built (head excluded)
         budget          the budget label; "matched" for matched-LoRA arms
-        matches         matched-LoRA arms only: {method: its fixed adapter parameter count} for every
-                        fixed-size method this arm matches on the same targets
+        matches         matched-LoRA arms only: {method: {"params": its fixed adapter parameter count,
+                        "budget_met": this arm within ±10 % of it}} for every fixed-size method this
+                        arm was added for (same target modules)
         budget_met      budget arms: within the profile's tolerance of the target; matched arms: within
-                        ±10 % of every method in ``matches``
+                        ±10 % of every method in ``matches`` (read the per-method flag instead)
         lr_grid, lr_means, lr_seeds   main / learning-curve runs: the final (possibly extended) LR grid,
                         the mean validation accuracy at each rate over the sweep seeds, those seeds
 

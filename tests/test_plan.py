@@ -196,3 +196,21 @@ def test_editing_a_shared_kernel_changes_dependent_keys_only():
     for a, b in zip(plain.arms, changed.arms):
         same = plain.spec(a, SWEEP, 1e-3, 0).key == changed.spec(b, SWEEP, 1e-3, 0).key
         assert same == (a.method in ("full", "goft")), a.method
+
+
+def test_catalog_and_quick_profiles_follow_the_rubric_needs():
+    """catalog: every registered method, matched LoRA, 5 seeds, LR on ≥ 2 seeds with extension, OOD, learning
+    curves over several sizes; quick: 5 seeds for its graded arms; both keep a light full-FT footprint."""
+    from peftatlas.evidence.profiles import get_profile, profile_methods, register_profile
+
+    catalog = get_profile("catalog")
+    assert profile_methods(catalog)[0] == profile_methods(get_profile("full"))[0]  # every registered method
+    for p in (catalog, get_profile("quick")):
+        assert len(p.seeds) >= 5 and p.sweep_seeds >= 2 and p.lr_extend >= 1 and p.matched_lora
+        assert p.task == "mr" and p.ood_size and p.full_ft_artifacts == "probed" and p.probe_matrices
+    assert len([n for n in catalog.learning_curve_sizes if n is not None]) >= 3 and catalog.learning_curve_seeds >= 2
+    with pytest.raises(ValueError, match="already registered"):
+        register_profile(catalog)
+    mine = register_profile(dataclasses.replace(catalog, name="test-registered"))
+    assert get_profile("test-registered") is mine
+    PROFILES.pop("test-registered")

@@ -214,3 +214,23 @@ def test_catalog_and_quick_profiles_follow_the_rubric_needs():
     mine = register_profile(dataclasses.replace(catalog, name="test-registered"))
     assert get_profile("test-registered") is mine
     PROFILES.pop("test-registered")
+
+
+def test_solved_arms_are_cached_beside_the_store(tmp_path, monkeypatch):
+    """A resumed profile reads its solved arms from the cache instead of solving the budgets again; a changed
+    profile or code version gets its own entry."""
+    import peftatlas.evidence.plan as plan_mod
+
+    profile = dataclasses.replace(SMOKE, name="plan-cache", methods=("goft", "lora"))
+    first = build_plan(profile, cache=tmp_path)
+    assert len(list(tmp_path.glob("arms-*.json"))) == 1
+
+    def no_solving(*args, **kwargs):
+        raise AssertionError("budgets solved again")
+
+    monkeypatch.setattr(plan_mod, "_solve_all", no_solving)
+    again = build_plan(profile, cache=tmp_path)
+    assert again.arms == first.arms
+    assert again.ready({})[0].key == first.ready({})[0].key
+    with pytest.raises(AssertionError, match="solved again"):
+        build_plan(dataclasses.replace(profile, budgets=("0.5%",)), cache=tmp_path)

@@ -71,7 +71,7 @@ def run_profile(profile: str | Profile, store_path: str | Path, methods: list[st
     path.parent.mkdir(parents=True, exist_ok=True)
     folder = str(Path(artifacts).resolve()) if artifacts is not None else ARTIFACTS
     log(f"profile {prof.name}: {prof.description}")
-    plan = build_plan(prof, methods, artifacts=folder, log=log)
+    plan = build_plan(prof, methods, artifacts=folder, log=log, cache=path.parent / "plans")
     for task in plan.tasks.values():
         log(task.describe())
     with ResultsStore(path) as store:

@@ -31,8 +31,11 @@ arm matches. What a record says about its arm is documented on :class:`~.store.R
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import statistics
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from ..core.method import get_method
@@ -309,18 +312,40 @@ def profile_tasks(profile: Profile) -> dict[str, TaskData]:
 
 
 def build_plan(profile: Profile, methods: list[str] | None = None, artifacts: str = "artifacts",
-               code_versions: dict[str, str] | None = None, log: Any = None) -> Plan:
+               code_versions: dict[str, str] | None = None, log: Any = None, cache: Path | None = None) -> Plan:
     """Solve every arm of ``profile`` (restricted to ``methods``) and return its :class:`Plan`.
 
     ``code_versions`` (method → version) default to :func:`~.codeversion.method_code_versions`.
+    With a ``cache`` folder, the solved arms are kept there in a JSON file named by the hash of
+    everything they depend on (profile, methods, code versions, this module and the budget solver), so
+    a resumed profile does not solve its budgets again (the catalog's 55 take minutes on a CPU).
     """
-    from .codeversion import method_code_versions
+    from .codeversion import ImportGraph, method_code_versions, package_root
 
     say = log or (lambda s: None)
     names, missing = profile_methods(profile, methods)
-    skipped = [f"{m}: not a registered method; skipped (see `peftatlas methods`)" for m in missing]
+    versions = dict(code_versions) if code_versions is not None else method_code_versions()
     tasks = profile_tasks(profile)
+    graph = ImportGraph(package_root())
+    ident = config_key({"profile": dataclasses.asdict(profile), "methods": names,
+                        "versions": {m: versions.get(get_method(m).name) for m in names},
+                        "planner": graph.digest(graph.closure(["peftatlas.evidence.plan"]))})
+    cached = _read_arms(cache / f"arms-{ident[:24]}.json") if cache is not None else None
+    if cached is not None:
+        arms, skipped = cached
+    else:
+        arms, skipped = _solve_all(profile, names, tasks)
+        skipped = [f"{m}: not a registered method; skipped (see `peftatlas methods`)" for m in missing] + skipped
+        if cache is not None:
+            _write_arms(cache / f"arms-{ident[:24]}.json", arms, skipped)
+    for line in skipped:
+        say(line)
+    return Plan(profile, arms, tasks, versions, artifacts, skipped)
+
+
+def _solve_all(profile: Profile, names: list[str], tasks: dict[str, TaskData]) -> tuple[list[Arm], list[str]]:
     arms: list[Arm] = []
+    skipped: list[str] = []
     for task, data in tasks.items():
         task_arms: list[Arm] = []
         for method in names:
@@ -332,10 +357,23 @@ def build_plan(profile: Profile, methods: list[str] | None = None, artifacts: st
             fixed = [a for a in task_arms if a.budget == "fixed"]
             task_arms += matched_lora_arms(profile, fixed, data.num_labels)
         arms += task_arms
-    for line in skipped:
-        say(line)
-    versions = dict(code_versions) if code_versions is not None else method_code_versions()
-    return Plan(profile, arms, tasks, versions, artifacts, skipped)
+    return arms, skipped
+
+
+def _read_arms(path: Path) -> tuple[list[Arm], list[str]] | None:
+    try:
+        data = json.loads(path.read_text())
+        return [Arm(**a) for a in data["arms"]], list(data["skipped"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # absent or unreadable: solve again
+
+
+def _write_arms(path: Path, arms: list[Arm], skipped: list[str]) -> None:
+    """Atomically (a temporary file renamed into place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps({"arms": [dataclasses.asdict(a) for a in arms], "skipped": skipped}, indent=1))
+    os.replace(tmp, path)
 
 
 def _registered_safe() -> list[str]:

@@ -32,7 +32,8 @@ class RunRecord:
     same hash without the experiment label: two records with equal ``train_key`` share one
     training computation (e.g. the LR sweep's chosen run is also seed 0 of the main comparison).
     Metrics absent from ``metrics`` were not measured (``steps_to_target`` is absent when the
-    target was never reached).
+    target was never reached). ``items`` holds per-item correctness by evaluation set (``"test"``,
+    ``"ood/<set>"``) for paired, item-level statistics (read by ``grading.evidence.item_correctness``).
     """
 
     key: str
@@ -56,6 +57,7 @@ class RunRecord:
     wall_seconds: float
     profile: str = ""
     train_key: str = ""
+    items: dict[str, Any] = dataclasses.field(default_factory=dict)  # per-item 0/1 correctness by set
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

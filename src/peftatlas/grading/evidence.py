@@ -8,7 +8,9 @@ shown in the evidence tables but do not decide grades.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -17,8 +19,10 @@ import numpy as np
 
 from ..geometry.probe import ProbeRow
 from ..geometry.store import ProbeJob, ProbeStore
+from .stats import Scores
 
 OOD_PREFIX = "ood_acc/"
+PARAM_TOLERANCE = 0.10  # a matched comparator's adapter size within ±10%
 
 
 def budget_value(label: str | None) -> float:
@@ -29,9 +33,61 @@ def budget_value(label: str | None) -> float:
     return float(m.group(1)) if m else float("inf") - 1
 
 
+def item_correctness(record: Any) -> dict[str, np.ndarray]:
+    """Per-item 0/1 correctness of one run, by evaluation set: ``{"test": …, "ood/<set>": …}``.
+
+    The one place that knows how records keep it (``record.items``: set name → a list of 0/1 in the
+    set's fixed item order, or a mapping with that list under ``"correct"``, or bits packed with
+    ``numpy.packbits`` and base64-encoded under ``"packed"`` with the count under ``"n"``). Empty when
+    the record has none: the rubric then cannot include test-item uncertainty and says "not measured".
+    """
+    raw = getattr(record, "items", None) or {}
+    out: dict[str, np.ndarray] = {}
+    for name, value in raw.items():
+        arr = _decode_items(value)
+        if arr is not None and arr.size:
+            out[name] = arr
+    return out
+
+
+def _decode_items(value: Any) -> np.ndarray | None:
+    if isinstance(value, list | tuple):
+        return np.asarray(value, dtype=np.float64)
+    if isinstance(value, dict):
+        if isinstance(value.get("correct"), list | tuple):
+            return np.asarray(value["correct"], dtype=np.float64)
+        if isinstance(value.get("packed"), str) and "n" in value:
+            bits = np.unpackbits(np.frombuffer(base64.b64decode(value["packed"]), dtype=np.uint8))
+            return bits[: int(value["n"])].astype(np.float64)
+    return None
+
+
+def _stack(records: list[Any], split: str, metric: str) -> Scores | None:
+    """Scores of ``records`` on one evaluation set: per-item when every record has the same items."""
+    accs = [float(r.metrics[metric]) for r in records if metric in r.metrics]
+    items = [item_correctness(r).get(split) for r in records]
+    if items and all(x is not None for x in items) and len({x.size for x in items}) == 1:  # type: ignore[union-attr]
+        return Scores.from_items(np.stack(items))  # type: ignore[arg-type]
+    if len(accs) != len(records) or not accs:
+        return None
+    return Scores.from_seeds(accs)
+
+
+def _targets(hp: dict[str, Any]) -> tuple[str, ...] | str | None:
+    t = hp.get("targets")
+    if t is None or isinstance(t, str):
+        return t
+    return tuple(sorted(t))
+
+
 @dataclasses.dataclass
 class Arm:
-    """The finished main-experiment seeds of one method at one budget in one setting."""
+    """The finished main-experiment seeds of one method at one budget in one setting.
+
+    The rubric reads an arm only through this interface: :meth:`scores` (seeds × items correctness on
+    the test set, or on all OOD sets concatenated), :attr:`adapter_params`, :attr:`targets`,
+    :attr:`matched_to`, :meth:`steps_to_target` and :attr:`steps`.
+    """
 
     method: str
     budget: str | None
@@ -53,8 +109,53 @@ class Arm:
     def trainable_params(self) -> float:
         return float(np.median([r.trainable_params for r in self.records])) if self.records else float("nan")
 
+    @property
+    def targets(self) -> tuple[str, ...] | str | None:
+        """The target modules the adapter was attached to (None: not recorded)."""
+        return _targets(self.records[0].hyperparameters) if self.records else None
+
+    @property
+    def matched_to(self) -> str | None:
+        """For a matched-LoRA arm: the method whose size and targets it copies (None otherwise)."""
+        for r in self.records:
+            m = getattr(r, "matched_to", None) or r.hyperparameters.get("matched_to")
+            if m:
+                return str(m)
+        return None
+
+    @property
+    def steps(self) -> int | None:
+        """Training steps of the arm's runs (the last evaluation step of the first record's curve)."""
+        steps = [int(p["step"]) for r in self.records[:1] for p in r.curve if "step" in p]
+        return max(steps) if steps else None
+
+    def scores(self, split: str = "test") -> Scores | None:
+        """``split="test"``: test accuracy; ``"ood"``: every OOD set's items concatenated (per seed: the
+        item-weighted mean over the sets). None when a record lacks the metric."""
+        if split == "test":
+            return _stack(self.records, "test", "test_acc")
+        sets = self.ood_sets()
+        if not sets:
+            return None
+        parts = [_stack(self.records, f"ood/{s}", f"{OOD_PREFIX}{s}") for s in sets]
+        if any(p is None for p in parts):
+            return None
+        if all(p.items is not None for p in parts):  # type: ignore[union-attr]
+            return Scores.from_items(np.concatenate([p.items for p in parts], axis=1))  # type: ignore[union-attr,misc]
+        return Scores.from_seeds(np.mean([p.per_seed for p in parts], axis=0))  # type: ignore[union-attr]
+
+    def ood_accuracy(self) -> list[float]:
+        """Per seed: mean OOD accuracy over the shifted sets."""
+        out = []
+        for r in self.records:
+            ood = [v for k, v in r.metrics.items() if k.startswith(OOD_PREFIX)]
+            if ood:
+                out.append(float(np.mean(ood)))
+        return out
+
     def retention(self) -> list[float]:
-        """Per seed: mean over the OOD sets of ood_acc / test_acc."""
+        """Per seed: mean over the OOD sets of ood_acc / test_acc (shown only; never graded — it rewards
+        under-fitting)."""
         out = []
         for r in self.records:
             ood = [v for k, v in r.metrics.items() if k.startswith(OOD_PREFIX)]
@@ -62,6 +163,12 @@ class Arm:
             if ood and test:
                 out.append(float(np.mean(ood)) / float(test))
         return out
+
+    def steps_to_target(self) -> list[float] | None:
+        """Per seed: steps until the validation target was reached (+inf: never); None if not recorded."""
+        if not any("steps_to_target" in r.metrics or "target_acc" in r.metrics for r in self.records):
+            return None
+        return [float(r.metrics.get("steps_to_target", math.inf)) for r in self.records]
 
     def ood_sets(self) -> list[str]:
         return sorted({k[len(OOD_PREFIX):] for r in self.records for k in r.metrics if k.startswith(OOD_PREFIX)})
@@ -125,14 +232,21 @@ class Evidence:
         return self.primary_arm(setting, method)
 
     def matched_lora(self, setting: tuple[str, str], arm: Arm) -> Arm | None:
-        """LoRA at the same budget label; for fixed-size methods the LoRA arm closest in parameters."""
-        loras = self.arms(setting, "lora")
+        """The LoRA arm with the same target modules and a parameter count within ±``PARAM_TOLERANCE``.
+
+        An arm recorded as matched to ``arm.method`` wins; otherwise the closest in parameters among the
+        arms that qualify. None when no LoRA arm qualifies: the comparison is then not measured.
+        """
+        def qualifies(a: Arm) -> bool:
+            rel = abs(a.adapter_params - arm.adapter_params) / max(arm.adapter_params, 1.0)
+            return a is not arm and a.targets == arm.targets and rel <= PARAM_TOLERANCE
+
+        loras = [a for a in self.arms(setting, "lora") if qualifies(a)]
         if not loras:
             return None
-        same = [a for a in loras if a.budget == arm.budget]
-        if same:
-            return same[0]
-        return min(loras, key=lambda a: abs(np.log(max(a.adapter_params, 1)) - np.log(max(arm.adapter_params, 1))))
+        named = [a for a in loras if a.matched_to == arm.method]
+        return min(named or loras, key=lambda a: (abs(np.log(max(a.adapter_params, 1)) -
+                                                      np.log(max(arm.adapter_params, 1))), -len(a.records)))
 
     def curve_points(self, setting: tuple[str, str], method: str) -> dict[int, list[float]]:
         """Learning curve: train size → test accuracies over seeds (experiment "learning_curve")."""
@@ -143,6 +257,36 @@ class Evidence:
             if "test_acc" in r.metrics:
                 out.setdefault(int(r.train_size), {}).setdefault(r.seed, float(r.metrics["test_acc"]))
         return {size: [v for _, v in sorted(seeds.items())] for size, seeds in sorted(out.items())}
+
+    def curve_scores(self, setting: tuple[str, str], method: str, budget: str | None,
+                     sizes: list[int], seeds: list[int]) -> Scores | None:
+        """Learning-curve scores of one arm averaged over ``sizes``, per seed (and per item when every run
+        has item correctness): ``Y[s, i] = mean_n Y[s, n, i]``. Averaging within a seed first keeps the
+        seeds the independent unit (a seed's runs at different sizes are not independent)."""
+        runs: dict[tuple[int, int], Any] = {}
+        for r in self.done("learning_curve"):
+            if (r.model, r.task) == setting and r.method == method and r.budget == budget and r.train_size:
+                runs.setdefault((int(r.train_size), r.seed), r)
+        per = []
+        for n in sizes:
+            recs = [runs.get((n, s)) for s in seeds]
+            if any(x is None for x in recs):
+                return None
+            sc = _stack(recs, "test", "test_acc")  # type: ignore[arg-type]
+            if sc is None:
+                return None
+            per.append(sc)
+        if all(p.items is not None for p in per) and len({p.n_items for p in per}) == 1:
+            return Scores.from_items(np.mean([p.items for p in per], axis=0))  # type: ignore[misc]
+        return Scores.from_seeds(np.mean([p.per_seed for p in per], axis=0))
+
+    def curve_seeds(self, setting: tuple[str, str], method: str, budget: str | None) -> dict[int, set[int]]:
+        """Learning-curve train size → seeds with a finished run of one arm."""
+        out: dict[int, set[int]] = {}
+        for r in self.done("learning_curve"):
+            if (r.model, r.task) == setting and r.method == method and r.budget == budget and r.train_size:
+                out.setdefault(int(r.train_size), set()).add(r.seed)
+        return out
 
     # --- probes ---------------------------------------------------------------------------------
     def probe_job(self, setting: tuple[str, str], kind: str, method: str = "full") -> ProbeJob | None:

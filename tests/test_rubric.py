@@ -149,15 +149,14 @@ def test_unmeasured_entries_say_so_and_rank_below_failures(grades, db):
     assert lora.measured_points == 0 and lora.failed_dims == 2 and lora.outcome == "graded"
 
 
-def test_geometry_predictions_move_the_grade(tmp_path):
+def _geometry_db(tmp_path, draws=100):
     db = put(tmp_path / "geo.sqlite", comparison_records())
     mats = [f"encoder.layer.{i}.attention.self.query" for i in range(4)]
     single = []
     for i, m in enumerate(mats):
-        single += [ProbeRow(m, "spectral", "energy_top8", 0.9, "gauss", 0.2, 0.01, 70.0 + i, 10, False,
-                            {"shape": [64, 64]}),
-                   ProbeRow(m, "fit", "circulant", 0.3, "perm", 0.05, 0.01, 25.0, 10),
-                   ProbeRow(m, "fit", "toeplitz", 0.06, "perm", 0.05, 0.01, 1.0, 10),
+        single += [ProbeRow(m, "spectral", "energy_top8", 0.9, detail={"shape": [64, 64]}),
+                   ProbeRow(m, "fit", "circulant", 0.3, "perm", 0.05, 0.01, 25.0, draws),
+                   ProbeRow(m, "fit", "toeplitz", 0.06, "perm", 0.05, 0.01, 1.0, draws),
                    ProbeRow(m, "magdir", "delta_magnitude", 0.1 * (i + 1)),
                    ProbeRow(m, "magdir", "delta_direction", 0.05 / (i + 1))]
     add_probe_job(db, "single", "full", single)
@@ -168,18 +167,65 @@ def test_geometry_predictions_move_the_grade(tmp_path):
         lora_rows += [ProbeRow(m, "magdir", "delta_magnitude", 0.1 * (i + 1)),
                       ProbeRow(m, "magdir", "delta_direction", 0.02 * (i + 1) + 0.001 * (i % 2))]
     add_probe_job(db, "method", "lora", lora_rows)
+    return db, mats
+
+
+def test_geometry_on_full_ft_is_shown_but_only_the_methods_own_update_counts(tmp_path):
+    db, mats = _geometry_db(tmp_path)
     every = {g.entry.id: g for g in grade_all(Evidence.from_store(db))}
-    lora = every["lora"]
-    assert [v.status for v in lora.geometry] == ["supported", "supported"]  # energy z ≫ 3; k*/d = 2/64 ≤ 0.05
-    assert lora.geometry_modifier == 0.5
+    lora = every["lora"]  # top-8 energy 0.9 ≥ 0.5; k*/d = 2/64 ≤ 0.05 — both on full FT's update
+    assert [v.status for v in lora.geometry] == ["supported", "supported"]
+    assert all("full fine-tuning's update" in v.derivation for v in lora.geometry)
+    assert lora.geometry_modifier == 0.0  # prevalence: shown, not counted
     surm = every["surm"]
     assert [v.status for v in surm.geometry] == ["supported", "not significant", "not measured"]
-    assert surm.geometry_modifier == 0.0
     dora = every["dora"]  # full FT: ΔM up while ΔD down (negative); LoRA: both up (positive)
     assert [v.status for v in dora.geometry] == ["supported", "supported"]
     assert dora.geometry[0].numbers["r"] < -0.5 < 0.5 < dora.geometry[1].numbers["r"]
-    vera = every["vera"]
-    assert vera.geometry[0].status == "not measured"
+    assert every["vera"].geometry[0].status == "not measured"
+    # the same statistic on LoRA's own update does count
+    add_probe_job(db, "method", "lora", [ProbeRow(m, "spectral", "energy_top8", 0.95) for m in mats])
+    lora = {g.entry.id: g for g in grade_all(Evidence.from_store(db))}["lora"]
+    assert "lora's own update" in lora.geometry[0].derivation and lora.geometry_modifier == 0.5
+
+
+def test_null_predictions_need_a_hundred_draws(tmp_path):
+    db, _ = _geometry_db(tmp_path, draws=20)
+    surm = {g.entry.id: g for g in grade_all(Evidence.from_store(db))}["surm"]
+    assert surm.geometry[0].status == "not measured" and "≥ 100" in surm.geometry[0].derivation
+
+
+@pytest.mark.parametrize(("values", "expected"), [((0.101, 0.099, 0.1, 0.1), "supported"),
+                                                   ((0.07, 0.14, 0.1, 0.06), "not significant")])
+def test_no_structure_needs_an_equivalence_test(tmp_path, values, expected):
+    """VeRA predicts its fit of ΔW_FT is no better than on a spectrum-matched matrix: |z| < 3 alone is not
+    evidence; the value must be shown within ±10% of the null mean."""
+    db = put(tmp_path / "eq.sqlite", comparison_records())
+    add_probe_job(db, "single", "full", [ProbeRow(f"m{i}", "fit", "vera", v, "spec", 0.1, 0.05, (v - 0.1) / 0.05, 100)
+                                         for i, v in enumerate(values)])
+    vera = {g.entry.id: g for g in grade_all(Evidence.from_store(db))}["vera"]
+    assert vera.geometry[0].status == expected and "equivalence margin ±10%" in vera.geometry[0].derivation
+
+
+def test_censored_k_star_stays_censored(tmp_path):
+    db = put(tmp_path / "cens.sqlite", comparison_records())
+    rows = [ProbeRow(f"m{i}", "seed_rank", "k_star_left", k, "analytic", 0.1, detail={"d": 384, "censored": c})
+            for i, (k, c) in enumerate([(96.0, True), (96.0, True), (10.0, False), (96.0, True)])]
+    add_probe_job(db, "pair", "full", rows)
+    every = {g.entry.id: g for g in grade_all(Evidence.from_store(db))}
+    k = every["lora"].geometry[1]  # k*/d ≤ 0.05 predicted; the median is at least 0.25
+    assert k.status == "contradicted" and k.numbers["median_high"] == float("inf") and "3 of 4" in k.derivation
+    assert every["adalora"].geometry[0].status == "not measured"  # a CV of censored values is undefined
+
+
+def test_adalora_cv_divides_k_star_by_the_side_width(tmp_path):
+    """k* = 24 on a 384-wide side and 96 on a 1,536-wide side are the same share: CV 0, not 0.6."""
+    db = put(tmp_path / "cv.sqlite", comparison_records())
+    rows = [ProbeRow(f"m{i}", "seed_rank", "k_star_left", k, "analytic", 0.1, detail={"d": d})
+            for i, (k, d) in enumerate([(24.0, 384), (96.0, 1536), (24.0, 384), (96.0, 1536)])]
+    add_probe_job(db, "pair", "full", rows)
+    ada = {g.entry.id: g for g in grade_all(Evidence.from_store(db))}["adalora"].geometry[0]
+    assert ada.status == "contradicted" and ada.numbers["value"] == pytest.approx(0.0)
 
 
 def test_grade_cli(db, capsys):
@@ -199,8 +245,8 @@ def test_grade_cli(db, capsys):
 def test_practical_threshold_guards_against_tiny_significant_effects(tmp_path):
     """z ≥ 3 alone is not support when a stated effect size (value/null ≥ 3 for PiSSA) is missed."""
     db = put(tmp_path / "ratio.sqlite", comparison_records(seeds=(0, 1)))
-    small = [ProbeRow(f"m{i}", "align", "block_pp", 0.02, "spec", 0.015, 0.0005, 10.0, 10) for i in range(3)]
-    big = [ProbeRow(f"m{i}", "align", "block_mm", 0.09, "spec", 0.015, 0.0005, 150.0, 10) for i in range(3)]
+    small = [ProbeRow(f"m{i}", "align", "block_pp", 0.02, "spec", 0.015, 0.0005, 10.0, 100) for i in range(3)]
+    big = [ProbeRow(f"m{i}", "align", "block_mm", 0.09, "spec", 0.015, 0.0005, 150.0, 100) for i in range(3)]
     add_probe_job(db, "single", "full", small + big)
     every = {g.entry.id: g for g in grade_all(Evidence.from_store(db))}
     pissa, milora = every["pissa"].geometry[0], every["milora"].geometry[0]

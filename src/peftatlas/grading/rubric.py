@@ -22,6 +22,14 @@ simulates arms with no true difference through these functions and checks the fa
                line over all arms) is shown; the OOD/ID ratio is never used (it rewards under-fitting).
     WA  (1)    not measurable: the literature mark is shown beside the measured grade, never inside it
 
+Geometry (the entry's :class:`~peftatlas.catalog.Prediction` s): judged on the graded method's own
+update when its probe job carries the statistic, else on full fine-tuning's update (the hypothesis's
+prevalence: shown, never counted). Null-model predictions need ≥ 100 draws and a median z ≥ 3 in the
+predicted direction (plus any stated practical ratio); a "no structure" prediction is supported only by
+an equivalence test (value within ±10% of the null mean over matrices, TOST); censored k* stays
+censored (bounds on the median; no CV); per-d thresholds divide by each matrix's side width. All counted
+predictions supported → +0.5; any contradicted → −0.5.
+
 Measured grade = Σ passed dimensions + geometry modifier, clipped to [0, 7] (WA excluded); an analytic
 override caps it, the uncapped sum is kept beside it. Every grade carries its setting (model, task,
 budget, steps) and the number of dimensions measured (n of 5).
@@ -55,6 +63,8 @@ PE_MAX_FRACTION = 0.01
 BF_MARGIN = 0.01  # non-inferiority margin: one accuracy point
 Z_SIGNIFICANT = 3.0
 GEOMETRY_BONUS = 0.5
+MIN_NULL_DRAWS = 100  # a null-model prediction needs this many draws per matrix
+EQUIVALENCE_MARGIN = 0.10  # "no structure": value within ±10% of the null mean (TOST over matrices)
 MEASURED = ("PE", "BL", "BF", "DE", "OOD")
 MEASURED_MAX = MAX_POINTS - SCALE["WA"]
 
@@ -336,25 +346,92 @@ def matching_rows(rows: list, p: Prediction) -> list:
             and (pat is None or pat.search(r.matrix))]
 
 
-def judge_prediction(ev: Evidence, setting: tuple[str, str], p: Prediction) -> GeometryVerdict:
+def _subject_rows(ev: Evidence, setting: tuple[str, str], p: Prediction, method: str | None
+                  ) -> tuple[list, str, bool]:
+    """Rows a prediction is judged on: the graded method's own update when its probe job carries the
+    statistic (``own=True``: it may move the grade), else full fine-tuning's (prevalence: shown only)."""
+    if method and method not in ("full", "head_only") and p.probe != "seed_rank":
+        own = matching_rows(ev.probe_rows(setting, "method", method), p)
+        if own:
+            return own, f"{method}'s own update", True
+    kind = "pair" if p.probe == "seed_rank" else "single"
+    return matching_rows(ev.probe_rows(setting, kind, "full"), p), "full fine-tuning's update", method == "full"
+
+
+def _equivalent(rows: list) -> tuple[bool, str, dict[str, Any]]:
+    """Equivalence (TOST, α = 0.025 each side) of value and null mean over matrices: the 95% t interval of
+    mean log(value / null mean) lies within ±log(1 + EQUIVALENCE_MARGIN)."""
+    ratios = [r.value / r.null_mean for r in rows if r.null_mean and r.null_mean > 0 and r.value > 0]
+    if len(ratios) < 3:
+        return False, f"equivalence needs ≥ 3 matrices with a positive null mean (have {len(ratios)})", {}
+    lr = np.log(np.asarray(ratios))
+    se = float(lr.std(ddof=1) / np.sqrt(lr.size))
+    q = float(_t_quantile(1 - ALPHA, lr.size - 1))
+    lo, hi = float(lr.mean() - q * se), float(lr.mean() + q * se)
+    bound = math.log(1 + EQUIVALENCE_MARGIN)
+    ok = -bound < lo and hi < bound
+    text = (f"value/null over {lr.size} matrices: {math.exp(lr.mean()):.3f} [95% CI {math.exp(lo):.3f}, "
+            f"{math.exp(hi):.3f}], equivalence margin ±{EQUIVALENCE_MARGIN:.0%}")
+    return ok, text, {"ratio": math.exp(lr.mean()), "ratio_low": math.exp(lo), "ratio_high": math.exp(hi)}
+
+
+def _t_quantile(q: float, df: int) -> float:
+    from scipy import stats as st
+
+    return float(st.t.ppf(q, df))
+
+
+def _censored_threshold(p: Prediction, rows: list) -> GeometryVerdict | None:
+    """Threshold predictions on k*: censored values (every tested direction passed: k* ≥ value) stay
+    censored — bounds on the median, no CV."""
+    cens = [bool(r.detail.get("censored")) for r in rows]
+    if not any(cens):
+        return None
+    vals = np.asarray([r.value / (_dim(r) or 1.0) if p.per_d else r.value for r in rows], dtype=float)
+    what = f"{sum(cens)} of {len(rows)} matrices censored (k* ≥ the tested depth)"
+    if p.aggregate == "cv":
+        return GeometryVerdict(p, "not measured", f"{what}: a coefficient of variation of censored values is "
+                               "undefined", {"censored": sum(cens)})
+    low = float(np.median(vals))  # censored values are lower bounds, so this bounds the median from below
+    high = float(np.median(np.where(cens, np.inf, vals)))
+    text = (f"median{' / d' if p.per_d else ''} of {p.stat} in [{low:.3g}, {high:.3g}] ({what}; predicted "
+            f"{p.op} {p.value:g})")
+    nums = {"median_low": low, "median_high": high, "censored": sum(cens), "n": len(rows)}
+    if p.op == "<=":
+        status = "supported" if high <= p.value else "contradicted" if low > p.value else "not significant"
+    else:
+        status = "supported" if low >= p.value else "contradicted" if high < p.value else "not significant"
+    return GeometryVerdict(p, status, text, nums)
+
+
+def judge_prediction(ev: Evidence, setting: tuple[str, str], p: Prediction,
+                     method: str | None = None) -> GeometryVerdict:
+    """Judge one prediction; ``numbers["counts"]`` says whether it may move ``method``'s grade (only a
+    judgement on the method's own update does; full fine-tuning's update is shown as prevalence)."""
     if p.kind == "magdir":
+        own = method is not None and p.job_method == method
         pts = ev.magdir_points(setting, p.job_method)
         if len(pts) < 3:
             return GeometryVerdict(p, "not measured",
-                                   f"needs ≥ 3 matrices of {p.job_method}'s update, have {len(pts)}")
+                                   f"needs ≥ 3 matrices of {p.job_method}'s update, have {len(pts)}", {"counts": own})
         c = magnitude_direction_correlation(pts)
-        text = (f"Pearson r(ΔM, ΔD) = {c['r']:+.2f} [95% CI {c['ci_low']:+.2f}, {c['ci_high']:+.2f}] "
-                f"over {c['n']} matrices")
-        nums = dict(c)
+        text = (f"on {p.job_method}'s update: Pearson r(ΔM, ΔD) = {c['r']:+.2f} [95% CI {c['ci_low']:+.2f}, "
+                f"{c['ci_high']:+.2f}] over {c['n']} matrices")
+        nums = {**c, "counts": own}
         if c["ci_low"] > 0 or c["ci_high"] < 0:
             sign = 1 if c["ci_low"] > 0 else -1
             return GeometryVerdict(p, "supported" if sign == p.direction else "contradicted", text, nums)
         return GeometryVerdict(p, "not significant", text + " (CI contains 0)", nums)
-    kind = "pair" if p.probe == "seed_rank" else "single"
-    rows = matching_rows(ev.probe_rows(setting, kind, "full"), p)
+    rows, subject, own = _subject_rows(ev, setting, p, method)
     if not rows:
-        return GeometryVerdict(p, "not measured", f"no {p.probe}/{p.stat} probe results on full fine-tuning's update")
+        return GeometryVerdict(p, "not measured", f"no {p.probe}/{p.stat} probe results on {subject}",
+                               {"counts": own})
     if p.kind == "threshold":
+        censored = _censored_threshold(p, rows)
+        if censored is not None:
+            censored.derivation = f"on {subject}: {censored.derivation}"
+            censored.numbers["counts"] = own
+            return censored
         vals = []
         for r in rows:
             d = _dim(r)
@@ -362,34 +439,44 @@ def judge_prediction(ev: Evidence, setting: tuple[str, str], p: Prediction) -> G
         arr = np.asarray(vals, dtype=float)
         if p.aggregate == "cv":
             stat = float(arr.std() / arr.mean()) if arr.mean() > 0 else float("nan")
-            what = "coefficient of variation"
+            what = "coefficient of variation" + (" of k*/d (each matrix's side width)" if p.per_d else "")
         else:
             stat, what = float(np.median(arr)), "median" + (" / d" if p.per_d else "")
         ok = stat <= p.value if p.op == "<=" else stat >= p.value
-        text = f"{what} of {p.stat} over {len(rows)} matrices = {stat:.3g} (predicted {p.op} {p.value:g})"
+        text = f"on {subject}: {what} of {p.stat} over {len(rows)} matrices = {stat:.3g} (predicted {p.op} {p.value:g})"
         if not math.isfinite(stat):
-            return GeometryVerdict(p, "not significant", text + ": undefined", {"value": stat})
-        return GeometryVerdict(p, "supported" if ok else "contradicted", text, {"value": stat, "n": len(rows)})
+            return GeometryVerdict(p, "not significant", text + ": undefined", {"value": stat, "counts": own})
+        return GeometryVerdict(p, "supported" if ok else "contradicted", text,
+                               {"value": stat, "n": len(rows), "counts": own})
+    draws = min(r.n for r in rows)
+    if draws < MIN_NULL_DRAWS:
+        return GeometryVerdict(p, "not measured", f"on {subject}: {draws} null draws per matrix; a null test needs "
+                               f"≥ {MIN_NULL_DRAWS}", {"draws": draws, "counts": own})
     zs = np.asarray([r.z for r in rows if r.z is not None], dtype=float)
     if zs.size == 0:
         inv = any(r.invariant for r in rows)
         return GeometryVerdict(p, "not measured", "the null cannot move this statistic (invariant)" if inv else
-                               "no z-scores stored")
+                               "no z-scores stored", {"counts": own})
     med = float(np.median(zs))
     frac = float(np.mean(np.abs(zs) >= Z_SIGNIFICANT))
     vals = np.asarray([r.value for r in rows], dtype=float)
     nulls = np.asarray([r.null_mean for r in rows if r.null_mean is not None], dtype=float)
-    text = (f"median z = {med:+.1f} over {zs.size} matrices ({100 * frac:.0f}% with |z| ≥ {Z_SIGNIFICANT:g}); "
-            f"median value {np.median(vals):.3g} vs null {np.median(nulls) if nulls.size else float('nan'):.3g} "
-            f"({p.null}, {rows[0].n} draws)")
-    nums = {"median_z": med, "fraction_significant": frac, "matrices": int(zs.size)}
+    text = (f"on {subject}: median z = {med:+.1f} over {zs.size} matrices ({100 * frac:.0f}% with |z| ≥ "
+            f"{Z_SIGNIFICANT:g}); median value {np.median(vals):.3g} vs null "
+            f"{np.median(nulls) if nulls.size else float('nan'):.3g} ({p.null}, {draws} draws)")
+    nums: dict[str, Any] = {"median_z": med, "fraction_significant": frac, "matrices": int(zs.size), "counts": own}
     ratio = float(np.median(vals) / np.median(nulls)) if nulls.size and np.median(nulls) > 0 else float("nan")
     if p.min_ratio is not None:
         text += f"; value/null = {ratio:.3g} (practical threshold ≥ {p.min_ratio:g})"
         nums["ratio"] = ratio
-    if p.direction == 0:
-        status = "supported" if abs(med) < Z_SIGNIFICANT else "contradicted"
-    elif med * p.direction >= Z_SIGNIFICANT:
+    if p.direction == 0:  # "no structure": only an equivalence test can support it
+        if abs(med) >= Z_SIGNIFICANT:
+            return GeometryVerdict(p, "contradicted", text, nums)
+        ok, eq_text, eq = _equivalent(rows)
+        nums.update(eq)
+        return GeometryVerdict(p, "supported" if ok else "not significant", f"{text}; {eq_text}"
+                               + ("" if ok else " — not shown equivalent"), nums)
+    if med * p.direction >= Z_SIGNIFICANT:
         practical = p.min_ratio is None or (math.isfinite(ratio) and ratio >= p.min_ratio)
         status = "supported" if practical else "not significant"
     elif med * p.direction <= -Z_SIGNIFICANT:
@@ -408,7 +495,9 @@ def _dim(row: Any) -> float | None:
 
 
 def geometry_modifier(verdicts: list[GeometryVerdict]) -> float:
-    judged = [v for v in verdicts if v.status != "not measured"]
+    """+0.5 when every counted prediction is supported, −0.5 when one is contradicted; only judgements on
+    the graded method's own update count (full fine-tuning's update is the hypothesis's prevalence: shown)."""
+    judged = [v for v in verdicts if v.status != "not measured" and v.numbers.get("counts")]
     if not judged:
         return 0.0
     if any(v.status == "contradicted" for v in judged):
@@ -487,18 +576,18 @@ def grade_method(ev: Evidence, entry: Entry, method: str | None, setting: tuple[
         verdicts = {d: Verdict(d, "not measured", 0.0, "no finished runs of this method in the store")
                     for d in MEASURED}
         verdicts["WA"] = _wa(entry)
-        geo = [judge_prediction(ev, setting, p) for p in entry.predictions] if setting else []
+        geo = [judge_prediction(ev, setting, p, method) for p in entry.predictions] if setting else []
         return Grade(entry, method, setting, None, verdicts, geo, geometry_modifier(geo), None, lit,
                      ["not measured yet: no finished runs"], [])
     if not entry.graded:
         verdicts = {d: Verdict(d, "reference", 0.0, "reference method: measured numbers shown, not graded")
                     for d in SCALE}
-        geo = [judge_prediction(ev, setting, p) for p in entry.predictions]
+        geo = [judge_prediction(ev, setting, p, method) for p in entry.predictions]
         return Grade(entry, method, setting, arm.budget, verdicts, geo, 0.0, None, lit,
                      ["reference method (ungraded)"], [], steps=arm.steps)
     verdicts = decide_all(ev, setting, arm)
     verdicts["WA"] = _wa(entry)
-    geo = [judge_prediction(ev, setting, p) for p in entry.predictions]
+    geo = [judge_prediction(ev, setting, p, method) for p in entry.predictions]
     mod = geometry_modifier(geo)
     n_measured = sum(verdicts[d].measured for d in MEASURED)
     derivation = [f"{d} {verdicts[d].points:g}/{SCALE[d]:g} ({verdicts[d].status})" for d in MEASURED]

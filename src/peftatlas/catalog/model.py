@@ -26,6 +26,8 @@ DIMENSION_NAMES: dict[str, str] = {
     "WA": "widely adopted",
 }
 MAX_POINTS = sum(SCALE.values())
+# A literature mark resting only on MEM-tagged claims is not earned until the claim is read in the paper.
+UNVERIFIED = "not earned until verified from the paper: rests only on a MEM (unverified) claim"
 
 Tag = Literal["FT", "ABS", "CODE", "CALC", "MEM"]
 

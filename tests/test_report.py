@@ -34,8 +34,8 @@ def test_every_page_and_plot_exists(site):
     for e in ENTRIES:
         assert (out / "methods" / f"{e.id}.html").is_file() and (out / "methods" / f"{e.id}.md").is_file()
     assert len(site.pages) == len(ENTRIES) + 1
-    assert {p.name for p in site.plots} >= {"pareto.png", "ood.png", "retention.png", "learning_curves.png",
-                                            "probe_overview.png", "retention_vera.png",
+    assert {p.name for p in site.plots} >= {"pareto.png", "ood.png", "ood_vs_id.png", "learning_curves.png",
+                                            "probe_overview.png", "ood_vs_id_vera.png",
                                             "seed_overlap.png", "pareto_vera.png", "magdir_dora.png"}
     for p in set(site.plots):
         data = p.read_bytes()

@@ -27,7 +27,7 @@ from .. import __version__
 from ..catalog import DIMENSION_NAMES, ENTRIES, FAMILIES, MAX_POINTS, SCALE, Entry, registration
 from ..grading import RULES, Evidence, Grade, grade_all
 from ..grading.evidence import Arm
-from ..grading.rubric import MEASURED_MAX, Z_SIGNIFICANT, matching_rows
+from ..grading.rubric import MEASURED_MAX, Z_SIGNIFICANT, effective_robustness, matching_rows
 from . import plots
 from .doc import UL, Badge, Block, Code, H, Img, Inline, Link, Mono, Note, P, Strong, Table, page_html, page_md
 
@@ -187,9 +187,11 @@ class Site:
                                  "adapter parameters; dashed: full fine-tuning and head-only.", ""))
         blocks.append(self._plot(plots.ood_bars(self._main_arms(), self.out / "plots" / "ood.png"),
                                  "OOD accuracy", "In-distribution test accuracy beside each shifted set.", ""))
-        blocks.append(self._plot(plots.retention_bars(self._main_arms(), self.out / "plots" / "retention.png"),
-                                 "OOD retention", "Shifted-set accuracy as a fraction of in-distribution accuracy "
-                                 "(the OOD dimension's statistic); dashed: LoRA and full fine-tuning.", ""))
+        blocks.append(self._plot(plots.ood_vs_id(self._main_arms(), self.out / "plots" / "ood_vs_id.png"),
+                                 "OOD vs ID accuracy", "Mean shifted-set accuracy against test accuracy per arm; "
+                                 "dashed: the ID→OOD line over all arms (height above it = effective robustness). "
+                                 "The OOD dimension compares absolute OOD accuracy with the matched LoRA, paired by "
+                                 "item.", ""))
         blocks.append(self._plot(plots.learning_curves(ev, self.setting, sorted({r.method for r in ev.done(
             "learning_curve")}), self.out / "plots" / "learning_curves.png") if self.setting else None,
             "Learning curves", "Test accuracy against the number of training examples.", ""))
@@ -342,12 +344,12 @@ class Site:
                 gap = np.mean(full.metric("test_acc")) - np.mean(head.metric("test_acc"))
                 if gap > 0:
                     r = f"{(np.mean(acc) - np.mean(head.metric('test_acc'))) / gap:.2f}"
-            ret = a.retention()
+            ood, er = a.ood_accuracy(), effective_robustness(self.arms, a)
             rows.append([_arm_label(a), f"{a.adapter_params:,.0f}", ", ".join(map(str, a.seeds)),
                          f"{np.median([x.lr for x in a.records]):.3g}", _mean_sd(a.metric("val_acc")), _mean_sd(acc),
-                         r, _mean_sd(ret) if ret else "—"])
+                         r, _mean_sd(ood) if ood else "—", f"{100 * er:+.1f} pt" if er is not None else "—"])
         return Table(["method @budget", "adapter params", "seeds", "lr", "val acc", "test acc (mean ± sd)",
-                      "FT gain recovered", "OOD retention"], rows)
+                      "FT gain recovered", "OOD acc (mean ± sd)", "effective robustness"], rows)
 
     # --- method pages ---------------------------------------------------------------------------------
     def method_page(self, entry: Entry) -> Path:
@@ -471,10 +473,10 @@ class Site:
                                  if any(a.ood_sets() for a in mine) else None,
                                  "OOD accuracy", "In-distribution and shifted-set accuracy beside LoRA and full FT.",
                                  "../"))
-        blocks.append(self._plot(plots.retention_bars(mine + refs, self.out / "plots" / f"retention_{entry.id}.png",
-                                                      hl) if any(a.retention() for a in mine) else None,
-                                 "OOD retention", "Shifted-set accuracy / in-distribution accuracy, mean ± sd over "
-                                 "seeds.", "../"))
+        blocks.append(self._plot(plots.ood_vs_id(self.arms, self.out / "plots" / f"ood_vs_id_{entry.id}.png",
+                                                 hl) if any(a.ood_accuracy() for a in mine) else None,
+                                 "OOD vs ID accuracy", "Mean shifted-set accuracy against test accuracy (± sd over "
+                                 "seeds); dashed: the ID→OOD line over all arms.", "../"))
         return blocks
 
     def _literature_blocks(self, entry: Entry) -> list[Block]:

@@ -15,6 +15,7 @@ from peftatlas.cli import main
 from peftatlas.geometry.probe import ProbeRow
 from peftatlas.grading import Evidence, Scores, contrast_test, difference_test, gain_recovered, grade_all, holm
 from peftatlas.grading.evidence import item_correctness
+from peftatlas.grading.rubric import geometry_modifier, judge_prediction
 
 
 @pytest.fixture(scope="module")
@@ -183,10 +184,15 @@ def test_geometry_on_full_ft_is_shown_but_only_the_methods_own_update_counts(tmp
     assert [v.status for v in dora.geometry] == ["supported", "supported"]
     assert dora.geometry[0].numbers["r"] < -0.5 < 0.5 < dora.geometry[1].numbers["r"]
     assert every["vera"].geometry[0].status == "not measured"
-    # the same statistic on LoRA's own update does count
+    # LoRA's own update is low-rank by construction: its top-8 energy is no evidence and is not used …
     add_probe_job(db, "method", "lora", [ProbeRow(m, "spectral", "energy_top8", 0.95) for m in mats])
-    lora = {g.entry.id: g for g in grade_all(Evidence.from_store(db))}["lora"]
-    assert "lora's own update" in lora.geometry[0].derivation and lora.geometry_modifier == 0.5
+    ev = Evidence.from_store(db)
+    lora = {g.entry.id: g for g in grade_all(ev)}["lora"]
+    assert "full fine-tuning's update" in lora.geometry[0].derivation and lora.geometry_modifier == 0.0
+    # … while a prediction meaningful on the method's own update is judged there and counts
+    own = dataclasses.replace(lora.geometry[0].prediction, on_own_update=True)
+    v = judge_prediction(ev, ev.primary_setting(), own, "lora")
+    assert "lora's own update" in v.derivation and v.status == "supported" and geometry_modifier([v]) == 0.5
 
 
 def test_null_predictions_need_a_hundred_draws(tmp_path):

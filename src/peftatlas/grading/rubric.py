@@ -23,7 +23,8 @@ simulates arms with no true difference through these functions and checks the fa
     WA  (1)    not measurable: the literature mark is shown beside the measured grade, never inside it
 
 Geometry (the entry's :class:`~peftatlas.catalog.Prediction` s): judged on the graded method's own
-update when its probe job carries the statistic, else on full fine-tuning's update (the hypothesis's
+update when the prediction is meaningful there (``on_own_update``: not fixed by the parametrization)
+and its probe job carries the statistic, else on full fine-tuning's update (the hypothesis's
 prevalence: shown, never counted). Null-model predictions need ≥ 100 draws and a median z ≥ 3 in the
 predicted direction (plus any stated practical ratio); a "no structure" prediction is supported only by
 an equivalence test (value within ±10% of the null mean over matrices, TOST); censored k* stays
@@ -348,9 +349,10 @@ def matching_rows(rows: list, p: Prediction) -> list:
 
 def _subject_rows(ev: Evidence, setting: tuple[str, str], p: Prediction, method: str | None
                   ) -> tuple[list, str, bool]:
-    """Rows a prediction is judged on: the graded method's own update when its probe job carries the
-    statistic (``own=True``: it may move the grade), else full fine-tuning's (prevalence: shown only)."""
-    if method and method not in ("full", "head_only") and p.probe != "seed_rank":
+    """Rows a prediction is judged on: the graded method's own update when the prediction is meaningful
+    there (``on_own_update``) and its probe job carries the statistic (``own=True``: it may move the
+    grade), else full fine-tuning's (prevalence: shown only)."""
+    if p.on_own_update and method and method not in ("full", "head_only") and p.probe != "seed_rank":
         own = matching_rows(ev.probe_rows(setting, "method", method), p)
         if own:
             return own, f"{method}'s own update", True

@@ -128,7 +128,7 @@ def test_marks_resting_only_on_unverified_claims_are_not_earned():
     assert len(mem) >= 10
     for e in mem:
         assert not any(e.literature[d].earned for d in MEASURED_DIMS), e.id
-    for eid in ("c3a", "miss", "shira", "oftv2", "boft", "delora"):
+    for eid in ("c3a", "miss", "shira", "oftv2", "boft"):
         assert "MEM (unverified)" in get_entry(eid).literature["BL"].why, eid
     assert "MEM (unverified)" in get_entry("antipasto").literature["DE"].why
     assert "MEM (unverified)" in get_entry("poly").literature["DE"].why
@@ -155,9 +155,9 @@ def test_every_entry_names_its_authors():
 
 
 def test_claims_verified_in_this_pass_carry_their_tag():
-    """PSOFT's and ETHER's headlines were read in their arXiv abstracts (tag ABS); ETHER's 'match or
-    outperform' at far fewer parameters is parity, so BL stays unearned with that reason."""
-    for eid in ("psoft", "ether"):
+    """PSOFT's, ETHER's and DeLoRA's headlines were read in their arXiv abstracts (tag ABS); "match or
+    outperform" is parity, so ETHER's and DeLoRA's BL stay unearned with that reason."""
+    for eid in ("psoft", "ether", "delora"):
         assert get_entry(eid).headline.tag == "ABS", eid
-    ether = get_entry("ether")
-    assert not ether.literature["BL"].earned and "parity" in ether.literature["BL"].why
+    for eid in ("ether", "delora"):
+        assert not get_entry(eid).literature["BL"].earned and "parity" in get_entry(eid).literature["BL"].why

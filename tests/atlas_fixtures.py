@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 import peftatlas as pa
-from peftatlas.evidence.store import ResultsStore, RunRecord
+from peftatlas.evidence.store import ResultsStore, RunRecord, encode_items
 
 MODEL = "tiny-bert"  # the arena's config-built 2-layer BERT (seeded): the probe runner's default loader builds it
 TASK = "mr"
@@ -70,7 +70,7 @@ def record(method: str, seed: int, test_acc: float, *, experiment: str = "main",
                      trainable_params=params + 10, lr=lr, seed=seed,
                      train_size=train_size, metrics=metrics, curve=[{"epoch": 1, "step": 10, "val_acc": test_acc}],
                      status="done", error=None, artifact=artifact, code_version="test", created=time.time() + seed,
-                     wall_seconds=1.0, items=per_item)
+                     wall_seconds=1.0, items={k: encode_items(v) for k, v in per_item.items()})
 
 
 def put(path: Path, records: list[RunRecord]) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 from types import SimpleNamespace
@@ -10,8 +9,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from atlas_fixtures import SEEDS, add_probe_job, comparison_records, put, record
+from atlas_fixtures import SEEDS, add_probe_job, comparison_records, ood, put, record
 from peftatlas.cli import main
+from peftatlas.evidence.store import encode_items
 from peftatlas.geometry.probe import ProbeRow
 from peftatlas.grading import Evidence, Scores, contrast_test, difference_test, gain_recovered, grade_all, holm
 from peftatlas.grading.evidence import item_correctness
@@ -128,12 +128,28 @@ def test_seed_accuracies_without_items_are_not_measured(tmp_path):
     assert "per-item correctness" in g["vera"].verdicts["BF"].derivation
 
 
-def test_item_results_decode_from_every_stored_form():
-    bits = np.array([1, 0, 1, 1, 0, 0, 0, 1, 1], dtype=np.uint8)
-    packed = base64.b64encode(np.packbits(bits).tobytes()).decode()
-    rec = SimpleNamespace(items={"test": [1, 0], "ood/a": {"correct": [0, 1]}, "ood/b": {"packed": packed, "n": 9}})
+def test_item_results_decode_from_the_stored_forms():
+    bits = [1, 0, 1, 1, 0, 0, 0, 1, 1]
+    rec = SimpleNamespace(items={"test": [1, 0], "ood/b": encode_items(bits)})
     out = item_correctness(rec)
-    assert out["test"].tolist() == [1, 0] and out["ood/a"].tolist() == [0, 1] and out["ood/b"].tolist() == bits.tolist()
+    assert out["test"].tolist() == [1, 0] and out["ood/b"].tolist() == bits
+
+
+def test_matched_lora_arms_are_told_apart_and_found_by_their_record(tmp_path):
+    """Two LoRA arms labelled "matched" (different ranks) stay separate arms; GOFT (200 parameters) finds the
+    one whose record says it was added for GOFT within ±10%."""
+    recs = comparison_records()
+    for s in SEEDS:
+        for r_, params, meth in ((1, 196, "goft"), (2, 392, "other")):
+            rec = record("lora", s, 0.93, budget="matched", params=params, ood=ood(0.93, 0.9))
+            recs.append(dataclasses.replace(rec, key=rec.key + str(r_), hyperparameters={"r": r_},
+                                            arm={"matches": {meth: {"params": params, "budget_met": True}}}))
+    ev = Evidence.from_store(put(tmp_path / "m.sqlite", recs))
+    loras = ev.arms(ev.primary_setting(), "lora")
+    assert len([a for a in loras if a.budget == "matched"]) == 2
+    g = {x.method: x for x in grade_all(ev) if x.method}["goft"]
+    bl = g.verdicts["BL"]
+    assert bl.status == "pass" and "196 params" in bl.derivation  # GOFT 0.96 vs its matched LoRA 0.93
 
 
 def test_unmeasured_entries_say_so_and_rank_below_failures(grades, db):

@@ -8,8 +8,8 @@ shown in the evidence tables but do not decide grades.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
+import json
 import math
 import re
 from pathlib import Path
@@ -36,30 +36,25 @@ def budget_value(label: str | None) -> float:
 def item_correctness(record: Any) -> dict[str, np.ndarray]:
     """Per-item 0/1 correctness of one run, by evaluation set: ``{"test": …, "ood/<set>": …}``.
 
-    The one place that knows how records keep it (``record.items``: set name → a list of 0/1 in the
-    set's fixed item order, or a mapping with that list under ``"correct"``, or bits packed with
-    ``numpy.packbits`` and base64-encoded under ``"packed"`` with the count under ``"n"``). Empty when
-    the record has none: the rubric then cannot include test-item uncertainty and says "not measured".
+    The one place that knows how records keep it: ``record.items`` maps a set name to
+    ``{"n", "bits"}`` (:func:`peftatlas.evidence.store.decode_items`) or to a plain list of 0/1 in the
+    set's fixed item order. Empty when the record has none: the rubric then cannot include test-item
+    uncertainty and says "not measured".
     """
+    from ..evidence.store import decode_items
+
     raw = getattr(record, "items", None) or {}
     out: dict[str, np.ndarray] = {}
     for name, value in raw.items():
-        arr = _decode_items(value)
-        if arr is not None and arr.size:
+        if isinstance(value, dict) and "bits" in value and "n" in value:
+            arr = np.asarray(decode_items(value), dtype=np.float64)
+        elif isinstance(value, list | tuple):
+            arr = np.asarray(value, dtype=np.float64)
+        else:
+            continue
+        if arr.size:
             out[name] = arr
     return out
-
-
-def _decode_items(value: Any) -> np.ndarray | None:
-    if isinstance(value, list | tuple):
-        return np.asarray(value, dtype=np.float64)
-    if isinstance(value, dict):
-        if isinstance(value.get("correct"), list | tuple):
-            return np.asarray(value["correct"], dtype=np.float64)
-        if isinstance(value.get("packed"), str) and "n" in value:
-            bits = np.unpackbits(np.frombuffer(base64.b64decode(value["packed"]), dtype=np.uint8))
-            return bits[: int(value["n"])].astype(np.float64)
-    return None
 
 
 def _stack(records: list[Any], split: str, metric: str) -> Scores | None:
@@ -71,6 +66,11 @@ def _stack(records: list[Any], split: str, metric: str) -> Scores | None:
     if len(accs) != len(records) or not accs:
         return None
     return Scores.from_seeds(accs)
+
+
+def hp_key(record: Any) -> str:
+    """Canonical JSON of a run's hyperparameters: what tells two arms of one method and budget apart."""
+    return json.dumps(record.hyperparameters, sort_keys=True, default=str)
 
 
 def _targets(hp: dict[str, Any]) -> tuple[str, ...] | str | None:
@@ -86,7 +86,7 @@ class Arm:
 
     The rubric reads an arm only through this interface: :meth:`scores` (seeds × items correctness on
     the test set, or on all OOD sets concatenated), :attr:`adapter_params`, :attr:`targets`,
-    :attr:`matched_to`, :meth:`steps_to_target` and :attr:`steps`.
+    :attr:`matches`, :meth:`steps_to_target` and :attr:`steps`.
     """
 
     method: str
@@ -102,7 +102,9 @@ class Arm:
 
     @property
     def adapter_params(self) -> float:
-        vals = [r.metrics.get("adapter_params", r.trainable_params) for r in self.records]
+        vals = [(getattr(r, "arm", None) or {}).get("adapter_params") or r.metrics.get("adapter_params",
+                                                                                     r.trainable_params)
+                for r in self.records]
         return float(np.median(vals)) if vals else float("nan")
 
     @property
@@ -110,18 +112,22 @@ class Arm:
         return float(np.median([r.trainable_params for r in self.records])) if self.records else float("nan")
 
     @property
-    def targets(self) -> tuple[str, ...] | str | None:
-        """The target modules the adapter was attached to (None: not recorded)."""
-        return _targets(self.records[0].hyperparameters) if self.records else None
+    def hp(self) -> str | None:
+        return hp_key(self.records[0]) if self.records else None
 
     @property
-    def matched_to(self) -> str | None:
-        """For a matched-LoRA arm: the method whose size and targets it copies (None otherwise)."""
-        for r in self.records:
-            m = getattr(r, "matched_to", None) or r.hyperparameters.get("matched_to")
-            if m:
-                return str(m)
-        return None
+    def targets(self) -> tuple[str, ...] | str | None:
+        """The target modules the adapter was attached to (None: not recorded)."""
+        if not self.records:
+            return None
+        arm = getattr(self.records[0], "arm", None) or {}
+        return _targets(arm if "targets" in arm else self.records[0].hyperparameters)
+
+    @property
+    def matches(self) -> dict[str, bool]:
+        """For a matched-LoRA arm: each method it was added for → whether it is within ±10% of it."""
+        arm = (getattr(self.records[0], "arm", None) or {}) if self.records else {}
+        return {m: bool(v.get("budget_met")) for m, v in (arm.get("matches") or {}).items()}
 
     @property
     def steps(self) -> int | None:
@@ -213,13 +219,15 @@ class Evidence:
         return min(settings, key=key) if settings else None
 
     def arms(self, setting: tuple[str, str], method: str | None = None) -> list[Arm]:
-        groups: dict[tuple[str, str | None], dict[int, Any]] = {}
+        """Main-experiment arms: records grouped by (method, budget label, hyperparameters), so two
+        matched-LoRA arms that share the label "matched" but differ in rank stay apart."""
+        groups: dict[tuple[str, str | None, str], dict[int, Any]] = {}
         for r in self.done():
             if (r.model, r.task) != setting or (method is not None and r.method != method):
                 continue
-            groups.setdefault((r.method, r.budget), {}).setdefault(r.seed, r)
-        return [Arm(m, b, [recs[s] for s in sorted(recs)]) for (m, b), recs in sorted(
-            groups.items(), key=lambda kv: (kv[0][0], budget_value(kv[0][1])))]
+            groups.setdefault((r.method, r.budget, hp_key(r)), {}).setdefault(r.seed, r)
+        return [Arm(m, b, [recs[s] for s in sorted(recs)]) for (m, b, _), recs in sorted(
+            groups.items(), key=lambda kv: (kv[0][0], budget_value(kv[0][1]), kv[0][2]))]
 
     def primary_arm(self, setting: tuple[str, str], method: str) -> Arm | None:
         arms = self.arms(setting, method)
@@ -238,13 +246,15 @@ class Evidence:
         arms that qualify. None when no LoRA arm qualifies: the comparison is then not measured.
         """
         def qualifies(a: Arm) -> bool:
+            if a.matches.get(arm.method):  # the plan added it for this method, same targets, within ±10%
+                return True
             rel = abs(a.adapter_params - arm.adapter_params) / max(arm.adapter_params, 1.0)
             return a is not arm and a.targets == arm.targets and rel <= PARAM_TOLERANCE
 
         loras = [a for a in self.arms(setting, "lora") if qualifies(a)]
         if not loras:
             return None
-        named = [a for a in loras if a.matched_to == arm.method]
+        named = [a for a in loras if a.matches.get(arm.method)]
         return min(named or loras, key=lambda a: (abs(np.log(max(a.adapter_params, 1)) -
                                                       np.log(max(arm.adapter_params, 1))), -len(a.records)))
 
@@ -259,13 +269,14 @@ class Evidence:
         return {size: [v for _, v in sorted(seeds.items())] for size, seeds in sorted(out.items())}
 
     def curve_scores(self, setting: tuple[str, str], method: str, budget: str | None,
-                     sizes: list[int], seeds: list[int]) -> Scores | None:
+                     sizes: list[int], seeds: list[int], hp: str | None = None) -> Scores | None:
         """Learning-curve scores of one arm averaged over ``sizes``, per seed (and per item when every run
         has item correctness): ``Y[s, i] = mean_n Y[s, n, i]``. Averaging within a seed first keeps the
         seeds the independent unit (a seed's runs at different sizes are not independent)."""
         runs: dict[tuple[int, int], Any] = {}
         for r in self.done("learning_curve"):
-            if (r.model, r.task) == setting and r.method == method and r.budget == budget and r.train_size:
+            if (r.model, r.task) == setting and r.method == method and r.budget == budget and r.train_size \
+                    and (hp is None or hp_key(r) == hp):
                 runs.setdefault((int(r.train_size), r.seed), r)
         per = []
         for n in sizes:
@@ -280,11 +291,13 @@ class Evidence:
             return Scores.from_items(np.mean([p.items for p in per], axis=0))  # type: ignore[misc]
         return Scores.from_seeds(np.mean([p.per_seed for p in per], axis=0))
 
-    def curve_seeds(self, setting: tuple[str, str], method: str, budget: str | None) -> dict[int, set[int]]:
+    def curve_seeds(self, setting: tuple[str, str], method: str, budget: str | None,
+                    hp: str | None = None) -> dict[int, set[int]]:
         """Learning-curve train size → seeds with a finished run of one arm."""
         out: dict[int, set[int]] = {}
         for r in self.done("learning_curve"):
-            if (r.model, r.task) == setting and r.method == method and r.budget == budget and r.train_size:
+            if (r.model, r.task) == setting and r.method == method and r.budget == budget and r.train_size \
+                    and (hp is None or hp_key(r) == hp):
                 out.setdefault(int(r.train_size), set()).add(r.seed)
         return out
 

@@ -532,15 +532,15 @@ def _wa(entry: Entry) -> Verdict:
 def _curves(ev: Evidence, setting: tuple[str, str], arm: Arm, comparators: dict[str, Arm]
             ) -> tuple[Scores | None, dict[str, Scores | None], list[int]]:
     """The arm's and each comparator's learning-curve scores over the sizes all of them ran."""
-    mine = ev.curve_seeds(setting, arm.method, arm.budget)
-    theirs = {k: ev.curve_seeds(setting, a.method, a.budget) for k, a in comparators.items()}
+    mine = ev.curve_seeds(setting, arm.method, arm.budget, arm.hp)
+    theirs = {k: ev.curve_seeds(setting, a.method, a.budget, a.hp) for k, a in comparators.items()}
     sizes = sorted(set(mine).intersection(*[set(t) for t in theirs.values()])) if theirs else []
     if not sizes:
         return None, {}, []
 
     def scores(a: Arm, seeds_by_size: dict[int, set[int]]) -> Scores | None:
         seeds = sorted(set.intersection(*[seeds_by_size[n] for n in sizes]))
-        return ev.curve_scores(setting, a.method, a.budget, sizes, seeds) if len(seeds) >= 2 else None
+        return ev.curve_scores(setting, a.method, a.budget, sizes, seeds, a.hp) if len(seeds) >= 2 else None
 
     return scores(arm, mine), {k: scores(comparators[k], theirs[k]) for k in comparators}, sizes
 

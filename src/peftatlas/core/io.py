@@ -2,8 +2,9 @@
 
 The JSON holds the method, its hyperparameters, the exact target list, a fingerprint of the base
 model (parameter shapes of every target and of the head) and the SHA-256 of the tensor file, so a
-mismatched pair of files is detected. Writes go to a temporary folder that replaces the
-destination in one rename, so an interrupted save never leaves a half-written adapter.
+mismatched pair of files is detected. Saving writes only its own two files, each atomically
+(:mod:`peftatlas.core.atomic`): everything else in the folder is left as it was, and an
+interrupted save leaves the previous adapter files intact.
 """
 
 from __future__ import annotations
@@ -11,17 +12,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from .. import __version__
+from .atomic import write_files
 from .method import config_to_dict, get_method, make_config
 from .model import AdaptedModel, AdapterSpec
 from .tree import get_user_submodule
@@ -57,30 +57,12 @@ def _head_fingerprint(model: AdaptedModel) -> dict[str, list[int]]:
     return {k: list(v.shape) for k, v in model.head_parameters().items()}
 
 
-def atomic_write_dir(path: str | os.PathLike, files: dict[str, bytes | dict[str, torch.Tensor]]) -> None:
-    """Write ``files`` into folder ``path`` atomically (a sibling temp folder, then one rename)."""
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    try:
-        for fname, content in files.items():
-            target = tmp / fname
-            if isinstance(content, bytes):
-                target.write_bytes(content)
-            else:
-                save_file(content, str(target))
-            with open(target, "rb") as f:
-                os.fsync(f.fileno())
-        old = None
-        if dest.exists():
-            old = dest.parent / f".{dest.name}.old-{os.getpid()}"
-            os.replace(dest, old)
-        os.replace(tmp, dest)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def atomic_write_dir(path: str | os.PathLike, files: dict[str, bytes | dict[str, torch.Tensor]]) -> Path:
+    """Write ``files`` into folder ``path``, each atomically, leaving every other file there alone.
+
+    Tensor dicts are serialised to safetensors first; see :func:`peftatlas.core.atomic.write_files`.
+    """
+    return write_files(path, {name: c if isinstance(c, bytes) else _tensors_to_bytes(c) for name, c in files.items()})
 
 
 def save_adapter(model: AdaptedModel, path: str | os.PathLike, name: str | None = None,

@@ -7,11 +7,13 @@ Quick use::
     ...train model...
     pa.save_adapter(model, "out/lora")
     model = pa.load_adapter(fresh_base_model, "out/lora")
+    model = pa.from_pretrained("path/to/base", "out/lora")     # base + adapter in one call
 """
 
 __version__ = "0.1.0"
 
-from .core.io import AdapterFileError, load_adapter, save_adapter
+from .core.atomic import DestinationError
+from .core.io import AdapterFileError, from_pretrained, load_adapter, save_adapter
 from .core.layer import BASE_NAME, AdaptedModule, MergeError
 from .core.method import LayerAdapter, MethodError, get_method, register, registered_methods
 from .core.model import AdaptedModel, ParamCount, attach
@@ -22,6 +24,7 @@ __all__ = [
     "AdaptedModel",
     "AdaptedModule",
     "AdapterFileError",
+    "DestinationError",
     "LayerAdapter",
     "MergeError",
     "MethodError",
@@ -29,6 +32,7 @@ __all__ = [
     "TargetError",
     "__version__",
     "attach",
+    "from_pretrained",
     "get_method",
     "load_adapter",
     "register",

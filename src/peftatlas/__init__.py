@@ -19,11 +19,21 @@ from .core.method import LayerAdapter, MethodError, get_method, register, regist
 from .core.model import AdaptedModel, ParamCount, attach
 from .core.targeting import TargetError
 
+
+def __getattr__(name: str):
+    if name == "AdapterTrainer":  # imports transformers' Trainer, so only when asked for
+        from .trainer import AdapterTrainer
+
+        return AdapterTrainer
+    raise AttributeError(f"module 'peftatlas' has no attribute {name!r}")
+
+
 __all__ = [
     "BASE_NAME",
     "AdaptedModel",
     "AdaptedModule",
     "AdapterFileError",
+    "AdapterTrainer",
     "DestinationError",
     "LayerAdapter",
     "MergeError",

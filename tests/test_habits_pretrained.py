@@ -107,3 +107,26 @@ def test_print_trainable_parameters(capsys):
     count = model.count_parameters()
     line = capsys.readouterr().out.strip()
     assert line.startswith(f"trainable params: {count.trainable:,} || all params: ") and "trainable%: " in line
+
+
+def test_peft_keywords_are_accepted_as_aliases():
+    model = pa.attach(tiny_model("bert").model, "lora", target_modules=["query", "value"], r=4, lora_alpha=32,
+                      lora_dropout=0.1, use_rslora=True, modules_to_save=["classifier"])
+    cfg = model.specs["default"].config
+    assert (cfg.alpha, cfg.dropout, cfg.rslora) == (32, 0.1, True)
+    assert model.head_names == ["classifier"] and len(model.adapted_layers()) == 4
+    model.add_adapter("b", "lora", target_modules=["query"], lora_alpha=8, modules_to_save="classifier")
+    assert model.specs["b"].config.alpha == 8 and model.specs["b"].targets[0].endswith("query")
+
+
+def test_peft_keywords_a_method_lacks_are_refused_in_one_line():
+    with pytest.raises(ValueError, match=r"vera has no 'alpha' \(PEFT's lora_alpha\); its hyperparameters: .*r") as e:
+        pa.attach(tiny_model("bert").model, "vera", target_modules=["query"], lora_alpha=16)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="targets= .* or target_modules= .*not both"):
+        pa.attach(tiny_model("bert").model, "lora", targets=["query"], target_modules=["value"])
+    model = pa.attach(tiny_model("bert").model, "lora", targets=["query"])
+    with pytest.raises(ValueError, match="modules_to_save=.*first wrapped"):
+        model.add_adapter("b", "lora", targets=["query"], modules_to_save=["bert.pooler.dense"])
+    with pytest.raises(ValueError, match=r"already exists \(adapters: default\).*default_2"):
+        model.add_adapter("default", "lora", targets=["query"])

@@ -124,8 +124,14 @@ class AdaptedModel(nn.Module):
         if not name or name == BASE_NAME or "." in name:
             raise ValueError(f"invalid adapter name {name!r}")
         if name in self.specs:
-            raise ValueError(f"adapter {name!r} already exists; delete it first or pick another name")
+            raise ValueError(f"adapter {name!r} already exists (adapters: {', '.join(self.specs)}); "
+                             f"delete it first or pick another name, e.g. {name}_2")
         cls = get_method(method)
+        head = hyperparameters.pop("modules_to_save", None)
+        if head is not None and sorted([head] if isinstance(head, str) else head) != sorted(self.head_names):
+            raise ValueError(f"modules_to_save={head!r}: the trained head is chosen when the model is first "
+                             f"wrapped (attach(..., head=...)); this model's head is {self.head_names}")
+        targets = peft_keywords(cls, targets, hyperparameters)
         cfg = make_config(cls, hyperparameters)
         cls.check_model(self.model, cfg)
         if targets is None:
@@ -501,6 +507,33 @@ class AdaptedModel(nn.Module):
 _SIGNED_CLASSES: dict[type, type[AdaptedModel]] = {}
 
 
+# HF PEFT keyword → ours, for users coming from PEFT (LoraConfig(r=8, lora_alpha=16, ...)).
+PEFT_KEYWORDS = {"lora_alpha": "alpha", "lora_dropout": "dropout", "use_rslora": "rslora"}
+
+
+def peft_keywords(cls: type[LayerAdapter], targets: Any, hyperparameters: dict[str, Any]) -> Any:
+    """Accept PEFT's names: ``target_modules`` for ``targets``, ``lora_alpha`` for ``alpha``, ...
+
+    Rewrites ``hyperparameters`` in place and returns the targets. A PEFT name whose meaning this
+    method lacks is refused in one line naming the method's own hyperparameters.
+    """
+    if "target_modules" in hyperparameters:
+        if targets is not None:
+            raise ValueError("give the target modules once: targets= (peftatlas) or target_modules= (PEFT), not both")
+        targets = hyperparameters.pop("target_modules")
+    fields = [f.name for f in dataclasses.fields(cls.Config)]
+    for theirs, ours in PEFT_KEYWORDS.items():
+        if theirs not in hyperparameters:
+            continue
+        if ours not in fields:
+            raise ValueError(f"{cls.name} has no {ours!r} (PEFT's {theirs}); its hyperparameters: "
+                             f"{', '.join(fields) or '(none)'}; choose modules with targets=")
+        if ours in hyperparameters:
+            raise ValueError(f"give {ours} once: {ours}= or {theirs}=, not both")
+        hyperparameters[ours] = hyperparameters.pop(theirs)
+    return targets
+
+
 def _signed_class(model_cls: type) -> type[AdaptedModel]:
     """``AdaptedModel`` with ``forward.__signature__`` = ``model_cls.forward``'s + ``adapter_names``."""
     made = _SIGNED_CLASSES.get(model_cls)
@@ -564,7 +597,12 @@ def attach(
     """Wrap ``model`` and inject adapter ``name`` of ``method``; only adapter + head params train.
 
     ``head="auto"`` trains a top-level ``classifier``/``score`` module if present; pass a module
-    name, a list, or ``None`` to choose.
+    name, a list, or ``None`` to choose. PEFT's keywords work too: ``target_modules``,
+    ``modules_to_save``, ``lora_alpha``, ``lora_dropout``, ``use_rslora``.
     """
+    if "modules_to_save" in hyperparameters and not isinstance(model, AdaptedModel):  # PEFT's name for head=
+        if head != "auto":
+            raise ValueError("give the trained head once: head= (peftatlas) or modules_to_save= (PEFT), not both")
+        head = hyperparameters.pop("modules_to_save")
     wrapped = model if isinstance(model, AdaptedModel) else AdaptedModel(model, head=head)
     return wrapped.add_adapter(name, method, targets, exclude=exclude, seed=seed, **hyperparameters)

@@ -322,17 +322,44 @@ class AdaptedModel(nn.Module):
             raise
         return self._model_output_hooks(kwargs, out)
 
-    def generate(self, *args: Any, **kwargs: Any) -> Any:
-        """``model.generate`` with the active adapters' model-level hooks applied (soft prompts, prefixes)."""
+    def generate(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
+        """``model.generate`` with the active adapters' model-level hooks applied (soft prompts, prefixes).
+
+        ``adapter_names=[...]`` (one name per input row, ``"__base__"`` for the base model) generates
+        each row with its own adapter. Generation may run a layer on ``m`` rows per input row
+        (``num_beams``, ``num_return_sequences``, both laid out row by row): each name then covers
+        its ``m`` consecutive rows.
+        """
         if args:
             if "input_ids" in kwargs or len(args) > 1:
                 raise TypeError("generate() takes input_ids as its only positional argument")
             kwargs["input_ids"] = args[0]
         kwargs = self._model_input_hooks(kwargs, generate=True)
         try:
-            return self.model.generate(**kwargs)
+            if adapter_names is None:
+                return self.model.generate(**kwargs)
+            with self.mixed_batch(adapter_names), self._rows_follow_expansion(list(adapter_names)):
+                return self.model.generate(**kwargs)
         finally:
             self._model_output_hooks(kwargs, None)
+
+    @contextlib.contextmanager
+    def _rows_follow_expansion(self, names: list[str]) -> Iterator[None]:
+        """Inside the block, a routed layer that sees ``m·len(names)`` rows repeats each name ``m`` times."""
+
+        def route(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            first = next((v for v in (*args, *kwargs.values()) if isinstance(v, Tensor) and v.dim() > 0), None)
+            rows = first.shape[0] if first is not None else len(names)
+            m = rows // len(names)
+            module.row_adapters = names if m <= 1 or m * len(names) != rows else [n for n in names for _ in range(m)]
+
+        routed = [*self.adapted_layers().values(), *self.heads().values()]
+        handles = [layer.register_forward_pre_hook(route, with_kwargs=True) for layer in routed]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
 
     def _has_input_hooks(self) -> bool:
         base_hook = LayerAdapter.transform_model_inputs.__func__  # type: ignore[attr-defined]

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .. import serving
 from .heads import HeadCopies
 from .layer import BASE_NAME, AdaptedModule, MergeError
 from .method import LayerAdapter, get_method, make_config
@@ -240,6 +241,7 @@ class AdaptedModel(nn.Module):
         if any(name in layer.merged for layer in layers.values()):
             raise MergeError(f"adapter {name!r} is merged; call unmerge() first")
         for n, layer in layers.items():
+            serving.forget(layer, name)  # stacked banks holding this adapter (a new one may reuse its memory)
             if name in layer.adapters:
                 layer.remove(name)
                 if not layer.adapters:

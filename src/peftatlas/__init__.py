@@ -18,6 +18,7 @@ from .core.layer import BASE_NAME, AdaptedModule, MergeError
 from .core.method import LayerAdapter, MethodError, get_method, register, registered_methods
 from .core.model import AdaptedModel, ParamCount, attach
 from .core.targeting import TargetError
+from .method_info import MethodDescription, describe
 
 
 def __getattr__(name: str):
@@ -37,11 +38,13 @@ __all__ = [
     "DestinationError",
     "LayerAdapter",
     "MergeError",
+    "MethodDescription",
     "MethodError",
     "ParamCount",
     "TargetError",
     "__version__",
     "attach",
+    "describe",
     "from_pretrained",
     "get_method",
     "load_adapter",

@@ -130,3 +130,13 @@ def test_peft_keywords_a_method_lacks_are_refused_in_one_line():
         model.add_adapter("b", "lora", targets=["query"], modules_to_save=["bert.pooler.dense"])
     with pytest.raises(ValueError, match=r"already exists \(adapters: default\).*default_2"):
         model.add_adapter("default", "lora", targets=["query"])
+
+
+def test_a_load_that_does_not_fit_leaves_the_plain_model_as_it_was(tmp_path):
+    pa.save_adapter(_adapted(tiny_model("bert")), tmp_path / "a")
+    other = tiny_model("bert", hidden=48).model
+    before = repr(other)
+    with pytest.raises(pa.AdapterFileError, match="does not fit"):
+        pa.load_adapter(other, tmp_path / "a")
+    assert repr(other) == before and type(other.classifier) is torch.nn.Linear
+    other.save_pretrained(tmp_path / "still_plain")  # not left refusing as a wrapped model

@@ -186,21 +186,25 @@ def load_adapter(
         cls = get_method(meta["method"])
     except ValueError as e:
         raise AdapterFileError(f"{path}: {e}") from None
+    if isinstance(model, AdaptedModel):
+        _check_free_name(model, name, path)
     wrapped = model if isinstance(model, AdaptedModel) else AdaptedModel(model, head=meta.get("head") or head)
-    check_fingerprint(wrapped, meta)
-    try:
-        cfg = make_config(cls, meta["hyperparameters"])
-    except (TypeError, ValueError) as e:
-        raise AdapterFileError(f"{path}: hyperparameters do not fit method {cls.name}: {e}") from None
     fresh = wrapped is not model
-    _check_free_name(wrapped, name, path)
-    wrapped._inject(name, cls, cfg, list(meta["targets"]), int(meta.get("init_seed", 0)))
+    injected = False
     try:
+        check_fingerprint(wrapped, meta)
+        try:
+            cfg = make_config(cls, meta["hyperparameters"])
+        except (TypeError, ValueError) as e:
+            raise AdapterFileError(f"{path}: hyperparameters do not fit method {cls.name}: {e}") from None
+        wrapped._inject(name, cls, cfg, list(meta["targets"]), int(meta.get("init_seed", 0)))
+        injected = True
         _fill_from_tensors(wrapped, name, meta, tensors, path)
-    except AdapterFileError:
-        wrapped.delete_adapter(name)
+    except BaseException:
+        if injected:
+            wrapped.delete_adapter(name)
         if fresh:
-            wrapped.unload()
+            wrapped.unload()  # the plain model as it was (head unwrapped)
         raise
     wrapped.set_trainable(trainable, name)
     return wrapped

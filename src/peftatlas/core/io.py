@@ -224,7 +224,8 @@ def restore_adapter(model: AdaptedModel, path: str | os.PathLike, name: str | No
                                "use load_adapter() to add it")
     spec = model.specs[name]
     saved = (meta["method"], list(meta["targets"]), meta["hyperparameters"])
-    if saved != (spec.method, list(spec.targets), config_to_dict(spec.config)):
+    ours = json.loads(json.dumps(config_to_dict(spec.config)))  # as the file holds it (tuples → lists)
+    if saved != (spec.method, list(spec.targets), ours):
         raise AdapterFileError(f"{path}: the saved adapter {name!r} ({meta['method']}, {len(meta['targets'])} "
                                f"targets) differs from the one on this model ({spec.method}, {len(spec.targets)} "
                                "targets) in method, targets or hyperparameters")

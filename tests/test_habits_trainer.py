@@ -81,3 +81,27 @@ def test_restore_refuses_a_different_adapter(tmp_path):
     other = pa.attach(tiny_model("bert").model, "lora", targets=["query"], r=2)
     with pytest.raises(pa.AdapterFileError, match="differs from the one on this model"):
         pa.core.io.restore_adapter(other, tmp_path / "a")
+
+
+def test_restore_checkpoint_restores_every_saved_adapter(tmp_path):
+    from peftatlas.trainer import restore_checkpoint
+
+    model = pa.attach(tiny_model("bert").model, "lora", targets=["query"], r=2, name="a")
+    model.add_adapter("b", "vera", targets=["query"], r=4)
+    g = torch.Generator().manual_seed(0)
+    for layer in model.adapted_layers().values():
+        for ad in layer.adapters.values():
+            ad.perturb_(g)
+    saved = {n: _state_of(model, n) for n in ("a", "b")}
+    model.save_pretrained(tmp_path / "ckpt")
+    for layer in model.adapted_layers().values():
+        for ad in layer.adapters.values():
+            ad.perturb_(g)
+    assert sorted(restore_checkpoint(model, tmp_path / "ckpt")) == ["a", "b"]
+    for n in ("a", "b"):
+        for k, v in _state_of(model, n).items():
+            assert torch.equal(v, saved[n][k]), (n, k)
+
+
+def _state_of(model, name: str) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.adapter_parameters(name).items()}

@@ -61,9 +61,10 @@ class AdapterTrainer(Trainer):
 
 
 def restore_checkpoint(model: AdaptedModel, folder: str | Path) -> list[str]:
-    """Restore every adapter saved in ``folder`` by ``save_pretrained`` (root and subfolders)."""
+    """Restore every adapter saved in ``folder`` by ``save_pretrained``: the root one, and each
+    subfolder named after an adapter of ``model``."""
     folder = Path(folder)
     restored = [restore_adapter(model, folder)]
-    for sub in sorted(p for p in folder.iterdir() if (p / META).is_file()):
-        restored.append(restore_adapter(model, sub))
+    for sub in sorted(p for p in folder.iterdir() if p.name in model.specs and (p / META).is_file()):
+        restored.append(restore_adapter(model, sub, sub.name))
     return restored

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from .. import serving
 from .heads import HeadCopies
-from .layer import BASE_NAME, AdaptedModule, MergeError
+from .layer import BASE_NAME, AdaptedModule, MergeError, store_row_major_
 from .method import LayerAdapter, get_method, make_config
 from .targeting import TargetError, head_module_names, match_targets
 from .tree import get_user_submodule, set_user_submodule, user_named_modules
@@ -171,6 +171,7 @@ class AdaptedModel(nn.Module):
         for wrapper in self.heads().values():
             wrapper.add(name)
         if shared is not None:
+            store_row_major_(shared)
             self.shared[name] = shared.train(self.model.training)
             for p in shared.parameters():  # trainable shared state (e.g. Compacter's slow factors)
                 p.requires_grad_(True)

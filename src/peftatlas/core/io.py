@@ -287,7 +287,7 @@ def _load_base(path: str | os.PathLike, adapter_dir: str | os.PathLike, kwargs: 
     if (Path(adapter_dir) / META).is_file():
         class_name = read_adapter_files(adapter_dir)[0].get("base_model_class")
     model_class = getattr(transformers, class_name, None) if class_name else None
-    if model_class is None or not hasattr(model_class, "from_pretrained"):
+    if not (isinstance(model_class, type) and issubclass(model_class, transformers.PreTrainedModel)):
         model_class = transformers.AutoModel
     return model_class.from_pretrained(str(path), **kwargs)
 

@@ -646,5 +646,11 @@ def attach(
         if head != "auto":
             raise ValueError("give the trained head once: head= (peftatlas) or modules_to_save= (PEFT), not both")
         head = hyperparameters.pop("modules_to_save")
-    wrapped = model if isinstance(model, AdaptedModel) else AdaptedModel(model, head=head)
-    return wrapped.add_adapter(name, method, targets, exclude=exclude, seed=seed, **hyperparameters)
+    if isinstance(model, AdaptedModel):
+        return model.add_adapter(name, method, targets, exclude=exclude, seed=seed, **hyperparameters)
+    wrapped = AdaptedModel(model, head=head)
+    try:
+        return wrapped.add_adapter(name, method, targets, exclude=exclude, seed=seed, **hyperparameters)
+    except Exception:
+        wrapped.unload()  # a refused attach leaves the plain model as it was (head unwrapped)
+        raise

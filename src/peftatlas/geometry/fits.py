@@ -247,8 +247,17 @@ def _vera_als(tt: torch.Tensor, ta: torch.Tensor, tb: torch.Tensor, ga: torch.Te
         gram = (bb.T @ bb).double() * ga
         rhs = (bb * mat).sum(0).double()
         ridge = 1e-12 * float(gram.diagonal().sum()) / r + 1e-300
-        d = torch.linalg.solve(gram + ridge * torch.eye(r, dtype=gram.dtype), rhs).to(tt.dtype)
+        d = _spd_solve(gram + ridge * torch.eye(r, dtype=gram.dtype), rhs).to(tt.dtype)
     return b, d
+
+
+def _spd_solve(g: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """``g⁻¹ rhs`` for a symmetric positive (semi)definite ``g``: Cholesky (half an LU's work), with LU
+    as the fallback when rounding makes ``g`` numerically indefinite."""
+    chol, info = torch.linalg.cholesky_ex(g)
+    if int(info) == 0:
+        return torch.cholesky_solve(rhs[:, None], chol)[:, 0]
+    return torch.linalg.solve(g, rhs)
 
 
 def _vera_check(t: np.ndarray, r: int, a: np.ndarray, b_mat: np.ndarray) -> None:

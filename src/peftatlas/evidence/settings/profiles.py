@@ -8,9 +8,9 @@ and transformers-5 DINOv2 both call their attention projections ``q_proj``/``k_p
 CPU profiles (seed methods and references, plus DoRA, OFT, (IA)³):
 
 * ``lm_cpu`` — SmolLM2-135M on question → answer type; 512 training questions, one epoch at batch
-  8 (64 steps), validation 150, test 300, both shifted formats 300 each; budget 0.2 % of the model;
+  8 (64 steps), validation 150, test 200, both shifted formats 150 each; budget 0.2 % of the model;
   the lower reference ``head_only`` is the frozen model (a causal LM's head is its tied input
-  embedding), learning curves over 64 / 128 / 256 questions;
+  embedding), learning curves over 64 / 256 questions;
 * ``vit_cpu`` — DINOv2-S/14 on 10-shot MNIST at 56 × 56 px (4 × 4 patches); 10 epochs at batch 20
   (50 steps), validation 10 per class, test 50 per class, 500 digits + 500 rotated; budget 0.4 %
   of the backbone; learning curves over 1 / 2 / 5 shots per class.
@@ -48,15 +48,15 @@ SETTING_TARGETS: dict[str, tuple[TargetSpec, ...]] = {
     "vera": ("all-linear", QV),
     "surm_circulant": (QV, ("q_proj",)),
     "goft": (QV,),
-    "oft": (QV,),
+    "oft": (QV, "all-linear"),
 }
 
 LM_CPU = Profile(
     name="lm_cpu", model="smollm2", task="trec_answer_type", methods=CPU_METHODS,
     budgets=("0.2%",), lr_factors=(1 / 3, 1.0, 3.0), seeds=SEEDS5,
     train={"epochs": 1, "batch_size": 8, "eval_batch_size": 32, "evals_per_epoch": 2, "max_length": 64},
-    head_lr=1e-2, train_size=512, val_size=150, test_size=300, ood_size=300,
-    learning_curve_sizes=(64, 128, 256), learning_curve_methods=("lora", "vera", "surm_circulant", "goft"),
+    head_lr=1e-2, train_size=512, val_size=150, test_size=200, ood_size=150,
+    learning_curve_sizes=(64, 256), learning_curve_methods=("lora", "vera", "surm_circulant", "goft"),
     learning_curve_seeds=2,
     description="SmolLM2-135M-Instruct: TREC question → answer type in words (exact match of greedy generation, "
                 "held-out loss), 512 questions, one epoch; OOD lower-cased and reworded prompts; budget 0.2%")

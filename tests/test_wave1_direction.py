@@ -71,6 +71,7 @@ def test_delora_update_is_bounded_by_lambda_and_the_weight_norm():
         torch.testing.assert_close(a.delta_weight(a.w_col_norm.new_zeros(1)), before, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.exactness
 def test_delora_is_an_exact_noop_at_init_with_random_factors():
     tm = tiny_model("mlp")
     x = tm.make_inputs(3, 0)

@@ -173,6 +173,7 @@ class AdaptedModule(nn.Module):
     def add(self, name: str, adapter: LayerAdapter) -> None:
         if name in self.adapters:
             raise ValueError(f"adapter {name!r} already exists on this layer")
+        store_row_major_(adapter)
         self.adapters[name] = adapter
 
     def remove(self, name: str) -> None:
@@ -198,6 +199,20 @@ def _batched_mixed_forward(
         return None
     return batched(layer, x, rows, present)
 
+
+def store_row_major_(module: nn.Module) -> None:
+    """Store every parameter and buffer of ``module`` densely in row-major order, in place.
+
+    Save → load must reproduce outputs bit for bit. Two tensors with equal values but different
+    strides (a transposed view vs a dense copy) reach a matmul through different BLAS kernels, and
+    those round differently on some CPUs (MKL on AVX2 without AVX-512). An adapter built from its
+    partner layers and the same adapter filled from its file (safetensors loads row-major) must
+    therefore share one layout; this makes the layout row-major for every method, by construction.
+    A tensor keeps its identity, so modules that share it keep sharing it.
+    """
+    for tensor in [*module.parameters(), *module.buffers()]:
+        if not tensor.is_contiguous():
+            tensor.data = tensor.data.contiguous()  # same tensor object: references to it stay valid
 
 def warn_once(msg: str) -> None:
     warnings.warn(msg, stacklevel=3)

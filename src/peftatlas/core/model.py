@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .layer import BASE_NAME, AdaptedModule, MergeError
+from .layer import BASE_NAME, AdaptedModule, MergeError, store_row_major_
 from .method import LayerAdapter, get_method, make_config
 from .targeting import TargetError, head_module_names, match_targets
 from .tree import get_user_submodule, set_user_submodule, user_named_modules
@@ -141,6 +141,7 @@ class AdaptedModel(nn.Module):
                 created[n] = adapter
         # commit (nothing above touched the model)
         if shared is not None:
+            store_row_major_(shared)
             self.shared[name] = shared.train(self.model.training)
             for p in shared.parameters():  # trainable shared state (e.g. Compacter's slow factors)
                 p.requires_grad_(True)

@@ -7,8 +7,8 @@ and transformers-5 DINOv2 both call their attention projections ``q_proj``/``k_p
 
 CPU profiles (seed methods and references, plus DoRA, OFT, (IA)³):
 
-* ``lm_cpu`` — SmolLM2-135M on question → answer type; 512 training questions, one epoch at batch
-  8 (64 steps), validation 150, test 200, both shifted formats 150 each; budget 0.2 % of the model;
+* ``lm_cpu`` — SmolLM2-135M on question → answer type; 384 training questions, one epoch at batch
+  8 (48 steps), validation 100, test 200, both shifted formats 100 each; budget 0.2 % of the model;
   the lower reference ``head_only`` is the frozen model (a causal LM's head is its tied input
   embedding), learning curves over 64 / 256 questions;
 * ``vit_cpu`` — DINOv2-S/14 on 10-shot MNIST at 56 × 56 px (4 × 4 patches); 10 epochs at batch 20
@@ -22,9 +22,13 @@ the whole training split (LM) or 224 px images (ViT), learning curves.
 
     run(m)      = steps(m) · step_s(m) + evals · val_rows · val_row_s
     heldout     = (test_rows + Σ ood_rows) · test_row_s
-    per config  = |LR grid| · run  +  (|seeds| − 1) · run  +  |seeds| · heldout
+    per arm     = |LR grid| · sweep_seeds · run  +  (|seeds| − sweep_seeds) · run  +  |seeds| · heldout
                   + |curve sizes| · curve_seeds · (run(at size) + heldout)
-    wall        = Σ over methods and configurations / workers
+    wall        = Σ over arms (each method's configurations + matched-LoRA arms) / workers
+
+(the plan's rules: the LR is chosen on the mean over the first ``sweep_seeds`` seeds, whose sweep runs
+are reused as seeds; each fixed-size method gets LoRA arms of its count, priced like LoRA without
+curves; grid extensions past an edge are not counted).
 """
 
 from __future__ import annotations
@@ -55,11 +59,11 @@ LM_CPU = Profile(
     name="lm_cpu", model="smollm2", task="trec_answer_type", methods=CPU_METHODS,
     budgets=("0.2%",), lr_factors=(1 / 3, 1.0, 3.0), seeds=SEEDS5,
     train={"epochs": 1, "batch_size": 8, "eval_batch_size": 32, "evals_per_epoch": 2, "max_length": 64},
-    head_lr=1e-2, train_size=512, val_size=150, test_size=200, ood_size=150,
+    head_lr=1e-2, train_size=384, val_size=100, test_size=200, ood_size=100,
     learning_curve_sizes=(64, 256), learning_curve_methods=("lora", "vera", "surm_circulant", "goft"),
     learning_curve_seeds=2,
     description="SmolLM2-135M-Instruct: TREC question → answer type in words (exact match of greedy generation, "
-                "held-out loss), 512 questions, one epoch; OOD lower-cased and reworded prompts; budget 0.2%")
+                "held-out loss), 384 questions, one epoch; OOD lower-cased and reworded prompts; budget 0.2%")
 
 VIT_CPU = Profile(
     name="vit_cpu", model="dinov2_s14", task="mnist_fewshot", methods=CPU_METHODS,
@@ -106,11 +110,13 @@ class Costs:
 
 
 def estimate(profile: Profile, costs: Costs, configurations: Mapping[str, int] | None = None,
-             curve_steps: Mapping[int | None, int] | None = None) -> dict[str, float]:
+             curve_steps: Mapping[int | None, int] | None = None, matched_arms: int = 0) -> dict[str, float]:
     """Seconds per phase and in total (see the module docstring); ``configurations`` = configurations per
-    method (default 1: one budget), ``curve_steps`` = training steps at each learning-curve size."""
+    method (default 1: one budget), ``curve_steps`` = training steps at each learning-curve size,
+    ``matched_arms`` = LoRA arms the plan adds to match fixed-size methods."""
     default_step = max(costs.step_s.values())
     lrs, seeds = len(profile.lr_factors), len(profile.seeds)
+    sweep_seeds = min(seeds, max(1, getattr(profile, "sweep_seeds", 1)))
     curve_methods = profile.learning_curve_methods or profile.methods
 
     def run(method: str, steps: int) -> float:
@@ -118,14 +124,15 @@ def estimate(profile: Profile, costs: Costs, configurations: Mapping[str, int] |
 
     heldout = costs.heldout_rows * costs.test_row_s
     sweep = main = curves = 0.0
-    for method in profile.methods:
-        n = (configurations or {}).get(method, 1)
+    arms = [(m, (configurations or {}).get(m, 1), True) for m in profile.methods]
+    arms += [("lora", matched_arms, False)] if matched_arms else []
+    for method, n, with_curves in arms:
         if costs.step_s.get(method) == 0.0:  # nothing trains (the frozen LM): one evaluation
             main += n * (costs.val_rows * costs.val_row_s + heldout)
             continue
-        sweep += n * lrs * run(method, costs.steps)
-        main += n * ((seeds - 1) * run(method, costs.steps) + seeds * heldout)
-        if method in curve_methods:
+        sweep += n * lrs * sweep_seeds * run(method, costs.steps)
+        main += n * ((seeds - sweep_seeds) * run(method, costs.steps) + seeds * heldout)
+        if with_curves and method in curve_methods:
             for size in profile.learning_curve_sizes:
                 steps = (curve_steps or {}).get(size, costs.steps)
                 curves += n * profile.learning_curve_seeds * (run(method, steps) + heldout)
@@ -134,12 +141,14 @@ def estimate(profile: Profile, costs: Costs, configurations: Mapping[str, int] |
             "total_s": total / costs.workers, "total_h": total / costs.workers / 3600}
 
 
-def runs_in(profile: Profile, methods: int | None = None) -> int:
+def runs_in(profile: Profile, methods: int | None = None, matched_arms: int = 0) -> int:
     """Training runs of a profile with one configuration per method (sweep + extra seeds + curves)."""
     m = methods if methods is not None else len(profile.methods)
+    seeds = len(profile.seeds)
+    sweep_seeds = min(seeds, max(1, getattr(profile, "sweep_seeds", 1)))
     curve = len(profile.learning_curve_methods) if profile.learning_curve_methods else m
-    return m * (len(profile.lr_factors) + len(profile.seeds) - 1) + curve * len(
-        profile.learning_curve_sizes) * profile.learning_curve_seeds
+    per_arm = len(profile.lr_factors) * sweep_seeds + seeds - sweep_seeds
+    return (m + matched_arms) * per_arm + curve * len(profile.learning_curve_sizes) * profile.learning_curve_seeds
 
 
 def hours(seconds: float) -> str:

@@ -72,6 +72,8 @@ def test_lora_trains_generates_and_scores_on_real_smollm2(smol, task):
     assert set(m) >= {"val_acc", "val_loss", "test_acc", "test_loss", "ood_acc/lowercase", "ood_acc/reworded",
                       "ood_loss/lowercase", "ood_loss/reworded"}
     assert all(0.0 <= m[k] <= 1.0 for k in m if k.endswith("_acc") or k.startswith("ood_acc"))
+    assert set(result.items) == {"test", "ood/lowercase", "ood/reworded"} and len(result.items["test"]) == 4
+    assert sum(result.items["ood/reworded"]) / 4 == pytest.approx(m["ood_acc/reworded"])
     assert m["test_greedy_match"] <= m["test_acc"]  # token-exact greedy answers are exact matches
     assert m["val_loss"] < frozen["val_loss"] - 1.0  # zero-shot ≈ 9 nats per answer token: the format is new
     point = lm.train_causal_lm(pa.attach(lm.load_causal_lm()[0], "lora", targets=QV, r=4, head=None), tok,

@@ -56,6 +56,8 @@ def test_head_only_and_lora_on_real_dinov2_end_to_end():
     assert adapted.count_parameters().adapter == 12 * 2 * 2 * (384 + 384)
     result = vi.train_image_classifier(adapted, task, TINY, SMALL)
     assert result.steps == 10 and 0.0 <= result.metrics["ood_acc/digits"] <= 1.0
+    assert set(result.items) == {"test", "ood/digits", "ood/rotated"} and len(result.items["test"]) == len(task.test)
+    assert sum(result.items["ood/digits"]) / 100 == pytest.approx(result.metrics["ood_acc/digits"])
     few = vi.load_fewshot_task(shots=2, n_val=5, n_test=10, n_ood=10)
     point = vi.train_image_classifier(pa.attach(vi.load_image_classifier(seed=1), "lora", targets=QV, r=2), few,
                                       TINY, SMALL, evaluate_test=False)

@@ -258,18 +258,19 @@ def generate_answers(model: nn.Module, tokenizer: Any, prompts: Sequence[Sequenc
 
 def evaluate_generation(model: nn.Module, tokenizer: Any, split: Split, label_names: Sequence[str],
                         cfg: TrainConfig, device: torch.device, make_prompt: Callable[[str], str] = prompt,
-                        with_loss: bool = True) -> dict[str, float]:
-    """``acc`` (exact match of generated answer words) and, with ``with_loss``, ``loss`` (held-out NLL)."""
+                        with_loss: bool = True) -> tuple[dict[str, float], list[bool]]:
+    """``acc`` (exact match of generated answer words) and, with ``with_loss``, ``loss`` (held-out NLL) and
+    ``greedy_match``; and per row (split order) whether the generated answer matched."""
     if len(split) == 0:
         raise TrainError("cannot evaluate on an empty split")
     enc = encode_split(tokenizer, split, label_names, cfg.max_length, make_prompt)
     longest = max(len(a) for a in enc.answers)
     said = generate_answers(model, tokenizer, enc.prompts, longest + 1, cfg.eval_batch_size, device)
-    hits = sum(normalise(s) == normalise(label_names[y]) for s, y in zip(said, split.labels))
-    metrics = {"acc": hits / len(split)}
+    correct = [normalise(s) == normalise(label_names[y]) for s, y in zip(said, split.labels)]
+    metrics = {"acc": sum(correct) / len(split)}
     if with_loss:
         metrics.update(teacher_forced_scores(model, enc, tokenizer.pad_token_id, cfg, device))
-    return metrics
+    return metrics, correct
 
 
 def evaluate_teacher_forced(model: nn.Module, tokenizer: Any, split: Split, label_names: Sequence[str],
@@ -281,15 +282,17 @@ def evaluate_teacher_forced(model: nn.Module, tokenizer: Any, split: Split, labe
 
 
 def heldout_metrics(model: nn.Module, tokenizer: Any, task: TaskData, cfg: TrainConfig,
-                    device: torch.device) -> dict[str, float]:
-    """``test_acc``, ``test_loss`` and ``ood_acc/<format>``, ``ood_loss/<format>`` for each shifted format."""
-    test = evaluate_generation(model, tokenizer, task.test, task.label_names, cfg, device)
+                    device: torch.device) -> tuple[dict[str, float], dict[str, list[bool]]]:
+    """``test_acc``, ``test_loss`` and ``ood_acc/<format>``, ``ood_loss/<format>`` for each shifted format;
+    and per-item exact match of each set (``"test"``, ``"ood/<format>"``, the arena's record layout)."""
+    test, correct = evaluate_generation(model, tokenizer, task.test, task.label_names, cfg, device)
     metrics = {"test_acc": test["acc"], "test_loss": test["loss"], "test_greedy_match": test["greedy_match"]}
+    items = {"test": correct}
     for name in sorted(task.ood):
-        shifted = evaluate_generation(model, tokenizer, task.ood[name], task.label_names, cfg, device,
-                                      PROMPTS.get(name, prompt))
+        shifted, items[f"ood/{name}"] = evaluate_generation(model, tokenizer, task.ood[name], task.label_names,
+                                                            cfg, device, PROMPTS.get(name, prompt))
         metrics[f"ood_acc/{name}"], metrics[f"ood_loss/{name}"] = shifted["acc"], shifted["loss"]
-    return metrics
+    return metrics, items
 
 
 # --- training --------------------------------------------------------------------------------------------
@@ -317,9 +320,11 @@ def train_causal_lm(model: nn.Module, tokenizer: Any, task: TaskData, cfg: Train
         total = 0
     else:
         metrics, curve, total = _fit(model, tokenizer, task, cfg, device, validate)
+    items: dict[str, list[bool]] = {}
     if evaluate_test:
-        metrics.update(heldout_metrics(model, tokenizer, task, cfg, device))
-    return TrainResult(metrics, curve, total, time.time() - t0)
+        held, items = heldout_metrics(model, tokenizer, task, cfg, device)
+        metrics.update(held)
+    return TrainResult(metrics, curve, total, time.time() - t0, items)
 
 
 def _fit(model: nn.Module, tokenizer: Any, task: TaskData, cfg: TrainConfig, device: torch.device,

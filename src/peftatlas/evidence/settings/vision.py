@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from ..data import DataError, package_dir
 from ..train import (
+    Evaluation,
     TrainConfig,
     TrainError,
     TrainResult,
@@ -242,15 +243,16 @@ def frozen_features(clf: ImageClassifier, x: Tensor, batch_size: int) -> Tensor:
 
 
 @torch.no_grad()
-def evaluate_images(predict: Any, x: Tensor, labels: Tensor, batch_size: int, model: nn.Module) -> dict[str, float]:
-    """Accuracy and macro-F1 of ``predict(rows) → logits`` over ``x`` (model in eval mode meanwhile)."""
+def evaluate_images(predict: Any, x: Tensor, labels: Tensor, batch_size: int, model: nn.Module) -> Evaluation:
+    """Accuracy, macro-F1 and per-item correctness of ``predict(rows) → logits`` over ``x`` (model in eval
+    mode meanwhile)."""
     was = model.training
     model.eval()
     pred = torch.cat([predict(x[s:s + batch_size]).argmax(-1).cpu() for s in range(0, len(x), batch_size)])
     model.train(was)
     confusion = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.float64)
     confusion.index_put_((labels, pred), torch.ones(len(labels), dtype=torch.float64), accumulate=True)
-    return _metrics(confusion)
+    return Evaluation(_metrics(confusion), (pred == labels).tolist())
 
 
 def train_image_classifier(model: nn.Module, task: ImageTask, cfg: TrainConfig, vision: VisionConfig | None = None,
@@ -258,7 +260,8 @@ def train_image_classifier(model: nn.Module, task: ImageTask, cfg: TrainConfig, 
     """Train ``model`` (usually an :class:`~peftatlas.AdaptedModel` around an :class:`ImageClassifier`).
 
     Metrics: ``val_acc``, ``val_f1``, ``best_step``, ``steps``, ``train_loss``; with ``evaluate_test`` also
-    ``test_acc``, ``test_f1`` and ``ood_acc/<name>``. The model is left in its best validation state."""
+    ``test_acc``, ``test_f1`` and ``ood_acc/<name>``, and ``items`` (per-item correctness of ``"test"`` and
+    ``"ood/<name>"``). The model is left in its best validation state."""
     cfg.validate()
     vision = vision or VisionConfig()
     t0 = time.time()
@@ -280,7 +283,7 @@ def train_image_classifier(model: nn.Module, task: ImageTask, cfg: TrainConfig, 
         def forward(split: str, rows: Tensor) -> Tensor:
             return model(pixel_values=inputs[split][rows])
 
-    def evaluate(split: str) -> dict[str, float]:
+    def evaluate(split: str) -> Evaluation:
         idx = torch.arange(len(labels[split]), device=device)
         return evaluate_images(lambda rows: forward(split, rows), idx, labels[split], cfg.eval_batch_size, model)
 
@@ -315,7 +318,7 @@ def train_image_classifier(model: nn.Module, task: ImageTask, cfg: TrainConfig, 
                 hook(step, total)
             loss_sum, loss_n = loss_sum + float(loss.detach()), loss_n + 1
             if step in eval_steps:
-                val = evaluate("val")
+                val = evaluate("val").metrics
                 point = {"epoch": round(step / per_epoch, 4), "step": step, "val_acc": val["acc"],
                          "val_f1": val["macro_f1"], "train_loss": loss_sum / max(1, loss_n)}
                 curve.append(point)
@@ -328,9 +331,12 @@ def train_image_classifier(model: nn.Module, task: ImageTask, cfg: TrainConfig, 
     p = best[1]
     metrics = {"val_acc": p["val_acc"], "val_f1": p["val_f1"], "best_step": float(p["step"]), "steps": float(total),
                "train_loss": curve[-1]["train_loss"]}
+    items: dict[str, list[bool]] = {}
     if evaluate_test:
         test = evaluate("test")
-        metrics.update({"test_acc": test["acc"], "test_f1": test["macro_f1"]})
+        metrics.update({"test_acc": test.metrics["acc"], "test_f1": test.metrics["macro_f1"]})
+        items["test"] = test.correct
         for name in sorted(task.ood):
-            metrics[f"ood_acc/{name}"] = evaluate(f"ood/{name}")["acc"]
-    return TrainResult(metrics, curve, total, time.time() - t0)
+            ev = evaluate(f"ood/{name}")
+            metrics[f"ood_acc/{name}"], items[f"ood/{name}"] = ev.metrics["acc"], ev.correct
+    return TrainResult(metrics, curve, total, time.time() - t0, items)

@@ -83,8 +83,11 @@ def test_lora_trains_generates_and_scores_on_real_smollm2(smol, task):
 
 @pytest.mark.realmodel
 @pytest.mark.parametrize(("method", "kwargs"), [
-    ("vera", {"targets": "all-linear", "r": 64}), ("goft", {"targets": QV}), ("ia3", {}),
-    ("prompt_tuning", {"num_virtual_tokens": 4})])
+    ("goft", {"targets": QV}),
+    # the other families: minutes together on 2 cores, so outside the CI suite (`-m slow`)
+    pytest.param("vera", {"targets": "all-linear", "r": 64}, marks=pytest.mark.slow),
+    pytest.param("ia3", {}, marks=pytest.mark.slow),
+    pytest.param("prompt_tuning", {"num_virtual_tokens": 4}, marks=pytest.mark.slow)])
 def test_representative_methods_take_a_step_and_generate_on_real_smollm2(smol, task, method, kwargs):
     """Weight-space (VeRA, GOFT), activation ((IA)³) and input-space (prompt tuning) methods: one step on real
     rows changes the held-out loss, and generation still yields answers (LoRA: the test above)."""

@@ -294,7 +294,7 @@ def test_vera_file_is_small_and_stores_no_projection(tmp_path):
     v = pa.attach(tm.model, "vera", targets=["query", "value"], r=256, head=None)
     pa.save_adapter(v, tmp_path / "vera")
     tm2 = tiny_model("bert", hidden=128)
-    lo = pa.attach(tm2.model, "lora", targets=["query", "value"], r=256, head=None)
+    lo = pa.attach(tm2.model, "lora", targets=["query", "value"], r=128, head=None)  # LoRA's r ≤ the width
     pa.save_adapter(lo, tmp_path / "lora")
     vs = (tmp_path / "vera" / "adapter.safetensors").stat().st_size
     ls = (tmp_path / "lora" / "adapter.safetensors").stat().st_size

@@ -17,9 +17,10 @@ from .grade import grade_table
 from .probe import add_arguments as add_probe_arguments
 from .probe import config_from_args
 
-# Null draws per profile when --draws is not given (the quick profile runs on a 2-core CPU). The matrices
+# Null draws per profile when --draws is not given. The rubric judges a null-model prediction only on ≥ 100
+# draws, so every graded profile uses 100 (smoke stays small: it only checks the pipeline). The matrices
 # probed default to the profile's `probe_matrices`, the very ones its full fine-tuning artifacts keep.
-PROBE_DRAWS = {"smoke": 5, "quick": 8, "catalog": 8, "full": 20}
+PROBE_DRAWS = {"smoke": 5, "quick": 100, "catalog": 100, "full": 100}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     run_profile(args.profile, store, methods=args.methods or None, progress=not args.quiet, jobs=args.jobs)
     from ..evidence.profiles import get_profile
 
-    draws, max_m = PROBE_DRAWS.get(args.profile, 20), get_profile(args.profile).probe_matrices
+    draws, max_m = PROBE_DRAWS.get(args.profile, 100), get_profile(args.profile).probe_matrices
     args.draws = draws if args.draws is None else args.draws
     args.max_matrices = max_m if args.max_matrices is None else args.max_matrices
     print(f"atlas: 2/4 probes ({args.draws} null draws, {args.max_matrices or 'all'} matrices)")

@@ -71,7 +71,7 @@ class AdaptedModule(nn.Module):
             return self.base(*args, **kwargs)
         if len(args) == 1 and not kwargs:
             return self._chain(names)(args[0])
-        if len(names) == 1 and hasattr(self.adapters[names[0]], "functional_forward"):
+        if len(names) == 1:
             return self.adapters[names[0]].functional_forward(self.base, args, kwargs)
         raise TypeError(
             f"adapter(s) {list(names)} on {type(self.base).__name__} cannot handle a call with extra arguments"
@@ -100,9 +100,9 @@ class AdaptedModule(nn.Module):
                 return fast
         elif present and all(type(self.adapters[n]) is type(self.adapters[present[0]]) for n in present):
             # block-level methods (e.g. LoReFT) run the base once and edit each row's output
-            batched_call = getattr(type(self.adapters[present[0]]), "mixed_batch_functional_forward", None)
-            if batched_call is not None:
-                return batched_call(self, args, kwargs, rows, present)
+            out = type(self.adapters[present[0]]).mixed_batch_functional_forward(self, args, kwargs, rows, present)
+            if out is not None:
+                return out
         groups: dict[str, list[int]] = {}
         for i, n in enumerate(rows):
             groups.setdefault(n if n in here else BASE_NAME, []).append(i)
@@ -194,10 +194,9 @@ def _batched_mixed_forward(
         return None
     adapters = layer.adapters
     kind = type(adapters[present[0]])
-    batched = getattr(kind, "mixed_batch_forward", None)
-    if batched is None or any(type(adapters[n]) is not kind for n in present):
+    if any(type(adapters[n]) is not kind for n in present):
         return None
-    return batched(layer, x, rows, present)
+    return kind.mixed_batch_forward(layer, x, rows, present)
 
 
 def store_row_major_(module: nn.Module) -> None:

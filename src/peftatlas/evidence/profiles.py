@@ -75,7 +75,7 @@ def lr_center(method: str) -> float:
     plan = method_plan(method)
     if plan.lr is not None:
         return plan.lr
-    suggested = getattr(cls, "suggested_lr", None)
+    suggested = cls.suggested_lr
     if isinstance(suggested, int | float) and suggested > 0:
         return float(suggested)
     return LR_BY_FAMILY.get(cls.family, 1e-3)
@@ -156,20 +156,20 @@ PROFILES: dict[str, Profile] = {
         methods=(),  # () = every registered method; those that cannot be configured for the encoder are skipped
         budgets=("0.1%",), lr_factors=(1 / 3, 1.0, 3.0), seeds=(0, 1, 2, 3, 4),
         train=QUICK_TRAIN, head_lr=1e-2, train_size=2048, val_size=300, test_size=1000, ood_size=200,
-        learning_curve_sizes=(64, 256, 1024, None), learning_curve_seeds=3,
+        learning_curve_sizes=(64, 256, 1024, None), learning_curve_seeds=5,  # the rubric grades arms with ≥ 5 seeds
         target_acc=0.75, full_ft_artifacts="probed", probe_matrices=12,
         description="every registered method that applies to the encoder, on the quick profile's data and schedule: "
                     "budget 0.1%, matched-LoRA arms, LR chosen on 2 seeds with the grid extended past an edge, "
-                    "5 seeds, OOD, learning curves over 64/256/1024/2048 sentences (3 seeds)"),
+                    "5 seeds, OOD, learning curves over 64/256/1024/2048 sentences (5 seeds)"),
     "full": Profile(
         name="full", model="minilm", task="mr",
         methods=(),  # () = every registered method
-        budgets=("0.1%", "1%"), lr_factors=(0.1, 1 / 3, 1.0, 3.0, 10.0), seeds=(0, 1, 2),
+        budgets=("0.1%", "1%"), lr_factors=(0.1, 1 / 3, 1.0, 3.0, 10.0), seeds=(0, 1, 2, 3, 4),
         train={"epochs": 3, "batch_size": 32, "evals_per_epoch": 2, "max_length": 64},
         head_lr=1e-2, extra_tasks=("trec6", "sms_spam"),
-        learning_curve_sizes=(64, 256, 1024, None), learning_curve_seeds=3,
+        learning_curve_sizes=(64, 256, 1024, None), learning_curve_seeds=5,
         target_acc={"mr": 0.8, "trec6": 0.9, "sms_spam": 0.97},
-        description="every method, budgets 0.1% and 1%, 5-point LR sweeps, 3 seeds, MR + TREC-6 + SMS spam, "
+        description="every method, budgets 0.1% and 1%, 5-point LR sweeps, 5 seeds, MR + TREC-6 + SMS spam, "
                     "OOD, learning curves; meant for a GPU"),
 }
 

@@ -61,7 +61,7 @@ LM_CPU = Profile(
     train={"epochs": 1, "batch_size": 8, "eval_batch_size": 32, "evals_per_epoch": 2, "max_length": 64},
     head_lr=1e-2, train_size=384, val_size=100, test_size=200, ood_size=100,
     learning_curve_sizes=(64, 256), learning_curve_methods=("lora", "vera", "surm_circulant", "goft"),
-    learning_curve_seeds=2,
+    learning_curve_seeds=5,
     description="SmolLM2-135M-Instruct: TREC question → answer type in words (exact match of greedy generation, "
                 "held-out loss), 384 questions, one epoch; OOD lower-cased and reworded prompts; budget 0.2%")
 
@@ -71,7 +71,7 @@ VIT_CPU = Profile(
     train={"epochs": 10, "batch_size": 20, "eval_batch_size": 100, "evals_per_epoch": 1},
     head_lr=1e-2, train_size=10, val_size=10, test_size=50, ood_size=500,  # sizes per class (shots), OOD rows
     learning_curve_sizes=(1, 2, 5), learning_curve_methods=("lora", "vera", "surm_circulant", "goft"),
-    learning_curve_seeds=2,
+    learning_curve_seeds=5,
     description="DINOv2-S/14: 10-shot MNIST (VeRA protocol) at 56 px, held-out test 50/class; OOD scikit-learn "
                 "8x8 digits and 30°-rotated MNIST; budget 0.4%")
 
@@ -79,7 +79,7 @@ LM_GPU = dataclasses.replace(
     LM_CPU, name="lm_gpu", methods=(), budgets=("0.1%", "1%"), lr_factors=(0.1, 1 / 3, 1.0, 3.0, 10.0),
     train={"epochs": 3, "batch_size": 16, "eval_batch_size": 128, "evals_per_epoch": 2, "max_length": 64},
     train_size=None, val_size=300, test_size=500, ood_size=500,
-    learning_curve_sizes=(256, 1024, None), learning_curve_methods=(), learning_curve_seeds=3,
+    learning_curve_sizes=(256, 1024, None), learning_curve_methods=(), learning_curve_seeds=5,
     description="every applicable method on SmolLM2-135M, all 4,579 training questions, 3 epochs, budgets 0.1% "
                 "and 1%, 5 LRs, 5 seeds, learning curves; a GPU")
 
@@ -87,7 +87,7 @@ VIT_GPU = dataclasses.replace(
     VIT_CPU, name="vit_gpu", methods=(), budgets=("0.1%", "1%"), lr_factors=(0.1, 1 / 3, 1.0, 3.0, 10.0),
     train={"epochs": 20, "batch_size": 20, "eval_batch_size": 256, "evals_per_epoch": 1},
     test_size=300, ood_size=None, learning_curve_sizes=(1, 2, 5), learning_curve_methods=(),
-    learning_curve_seeds=3,
+    learning_curve_seeds=5,
     description="every applicable method on DINOv2-S/14 at 224 px, 10-shot MNIST, test 300/class, both shifted "
                 "sets whole, budgets 0.1% and 1%, 5 LRs, 5 seeds, shot curves; a GPU")
 

@@ -93,7 +93,8 @@ class AdaptedModule(nn.Module):
             got = first.shape[0] if isinstance(first, Tensor) else "?"
             raise ValueError(f"adapter_names has {batch} entries but the batch has {got} rows")
         here = self.adapters.keys()
-        present = [n for n in dict.fromkeys(rows) if n in here]  # in order of first appearance
+        present = [n for n in dict.fromkeys(rows) if n in here]
+        present.sort()  # one order whatever the rows' order: serving caches are keyed by it
         if len(args) == 1 and not kwargs:
             fast = _batched_mixed_forward(self, args[0], rows, present)
             if fast is not None:

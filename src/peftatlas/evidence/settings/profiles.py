@@ -1,0 +1,155 @@
+"""The plans of the causal-LM and vision settings: a CPU profile each, a GPU profile each, and their cost.
+
+Each plan is an arena :class:`~peftatlas.evidence.profiles.Profile` (same fields, same fairness
+rules: budget-matched size knobs, each method's own LR sweep on validation, ≥ 5 seeds on test,
+learning curves), plus the setting's own target-module names (:data:`SETTING_TARGETS`; SmolLM2
+and transformers-5 DINOv2 both call their attention projections ``q_proj``/``k_proj``/``v_proj``).
+
+CPU profiles (seed methods and references, plus DoRA, OFT, (IA)³):
+
+* ``lm_cpu`` — SmolLM2-135M on question → answer type; 384 training questions, one epoch at batch
+  8 (48 steps), validation 100, test 200, both shifted formats 100 each; budget 0.2 % of the model;
+  the lower reference ``head_only`` is the frozen model (a causal LM's head is its tied input
+  embedding), learning curves over 64 / 256 questions;
+* ``vit_cpu`` — DINOv2-S/14 on 10-shot MNIST at 56 × 56 px (4 × 4 patches); 10 epochs at batch 20
+  (50 steps), validation 10 per class, test 50 per class, 500 digits + 500 rotated; budget 0.4 %
+  of the backbone; learning curves over 1 / 2 / 5 shots per class.
+
+GPU profiles: every registered method that applies, budgets 0.1 % and 1 %, five LRs, five seeds,
+the whole training split (LM) or 224 px images (ViT), learning curves.
+
+:func:`estimate` turns a profile and per-step / per-row costs into a wall-time estimate:
+
+    run(m)      = steps(m) · step_s(m) + evals · val_rows · val_row_s
+    heldout     = (test_rows + Σ ood_rows) · test_row_s
+    per arm     = |LR grid| · sweep_seeds · run  +  (|seeds| − sweep_seeds) · run  +  |seeds| · heldout
+                  + |curve sizes| · curve_seeds · (run(at size) + heldout)
+    wall        = Σ over arms (each method's configurations + matched-LoRA arms) / workers
+
+(the plan's rules: the LR is chosen on the mean over the first ``sweep_seeds`` seeds, whose sweep runs
+are reused as seeds; each fixed-size method gets LoRA arms of its count, priced like LoRA without
+curves; grid extensions past an edge are not counted).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+
+from ..budget import TargetSpec
+from ..profiles import Profile
+
+QV: tuple[str, ...] = ("q_proj", "v_proj")
+CPU_METHODS = ("full", "head_only", "lora", "vera", "surm_circulant", "goft", "dora", "oft", "ia3")
+SEEDS5 = (0, 1, 2, 3, 4)
+
+# target candidates in order of preference, as in the encoder's METHOD_PLANS (budget solver takes the first
+# set that lands within ±10 %); methods not listed use their own default targets
+SETTING_TARGETS: dict[str, tuple[TargetSpec, ...]] = {
+    "lora": (QV, "all-linear", ("v_proj",)),
+    "dora": (QV, "all-linear", ("v_proj",)),
+    "vera": ("all-linear", QV),
+    "surm_circulant": (QV, ("q_proj",)),
+    "goft": (QV,),
+    "oft": (QV, "all-linear"),
+}
+
+LM_CPU = Profile(
+    name="lm_cpu", model="smollm2", task="trec_answer_type", methods=CPU_METHODS,
+    budgets=("0.2%",), lr_factors=(1 / 3, 1.0, 3.0), seeds=SEEDS5,
+    train={"epochs": 1, "batch_size": 8, "eval_batch_size": 32, "evals_per_epoch": 2, "max_length": 64},
+    head_lr=1e-2, train_size=384, val_size=100, test_size=200, ood_size=100,
+    learning_curve_sizes=(64, 256), learning_curve_methods=("lora", "vera", "surm_circulant", "goft"),
+    learning_curve_seeds=5,
+    description="SmolLM2-135M-Instruct: TREC question → answer type in words (exact match of greedy generation, "
+                "held-out loss), 384 questions, one epoch; OOD lower-cased and reworded prompts; budget 0.2%")
+
+VIT_CPU = Profile(
+    name="vit_cpu", model="dinov2_s14", task="mnist_fewshot", methods=CPU_METHODS,
+    budgets=("0.4%",), lr_factors=(1 / 3, 1.0, 3.0), seeds=SEEDS5,
+    train={"epochs": 10, "batch_size": 20, "eval_batch_size": 100, "evals_per_epoch": 1},
+    head_lr=1e-2, train_size=10, val_size=10, test_size=50, ood_size=500,  # sizes per class (shots), OOD rows
+    learning_curve_sizes=(1, 2, 5), learning_curve_methods=("lora", "vera", "surm_circulant", "goft"),
+    learning_curve_seeds=5,
+    description="DINOv2-S/14: 10-shot MNIST (VeRA protocol) at 56 px, held-out test 50/class; OOD scikit-learn "
+                "8x8 digits and 30°-rotated MNIST; budget 0.4%")
+
+LM_GPU = dataclasses.replace(
+    LM_CPU, name="lm_gpu", methods=(), budgets=("0.1%", "1%"), lr_factors=(0.1, 1 / 3, 1.0, 3.0, 10.0),
+    train={"epochs": 3, "batch_size": 16, "eval_batch_size": 128, "evals_per_epoch": 2, "max_length": 64},
+    train_size=None, val_size=300, test_size=500, ood_size=500,
+    learning_curve_sizes=(256, 1024, None), learning_curve_methods=(), learning_curve_seeds=5,
+    description="every applicable method on SmolLM2-135M, all 4,579 training questions, 3 epochs, budgets 0.1% "
+                "and 1%, 5 LRs, 5 seeds, learning curves; a GPU")
+
+VIT_GPU = dataclasses.replace(
+    VIT_CPU, name="vit_gpu", methods=(), budgets=("0.1%", "1%"), lr_factors=(0.1, 1 / 3, 1.0, 3.0, 10.0),
+    train={"epochs": 20, "batch_size": 20, "eval_batch_size": 256, "evals_per_epoch": 1},
+    test_size=300, ood_size=None, learning_curve_sizes=(1, 2, 5), learning_curve_methods=(),
+    learning_curve_seeds=5,
+    description="every applicable method on DINOv2-S/14 at 224 px, 10-shot MNIST, test 300/class, both shifted "
+                "sets whole, budgets 0.1% and 1%, 5 LRs, 5 seeds, shot curves; a GPU")
+
+SETTING_PROFILES: dict[str, Profile] = {p.name: p for p in (LM_CPU, VIT_CPU, LM_GPU, VIT_GPU)}
+IMAGE_SIZE = {"vit_cpu": 56, "vit_gpu": 224}
+
+
+@dataclasses.dataclass(frozen=True)
+class Costs:
+    """Measured (or assumed) unit costs, in seconds on one worker."""
+
+    step_s: Mapping[str, float]  # per training step, by method
+    val_row_s: float  # one validation row (LM: a teacher-forced pass; ViT: a forward)
+    test_row_s: float  # one test / OOD row (LM: generation + a teacher-forced pass; ViT: a forward)
+    val_rows: int
+    heldout_rows: int  # test + every OOD set
+    steps: int  # training steps of one main run
+    evals: int  # validation points per run
+    workers: int = 2
+
+
+def estimate(profile: Profile, costs: Costs, configurations: Mapping[str, int] | None = None,
+             curve_steps: Mapping[int | None, int] | None = None, matched_arms: int = 0) -> dict[str, float]:
+    """Seconds per phase and in total (see the module docstring); ``configurations`` = configurations per
+    method (default 1: one budget), ``curve_steps`` = training steps at each learning-curve size,
+    ``matched_arms`` = LoRA arms the plan adds to match fixed-size methods."""
+    default_step = max(costs.step_s.values())
+    lrs, seeds = len(profile.lr_factors), len(profile.seeds)
+    sweep_seeds = min(seeds, max(1, getattr(profile, "sweep_seeds", 1)))
+    curve_methods = profile.learning_curve_methods or profile.methods
+
+    def run(method: str, steps: int) -> float:
+        return steps * costs.step_s.get(method, default_step) + costs.evals * costs.val_rows * costs.val_row_s
+
+    heldout = costs.heldout_rows * costs.test_row_s
+    sweep = main = curves = 0.0
+    arms = [(m, (configurations or {}).get(m, 1), True) for m in profile.methods]
+    arms += [("lora", matched_arms, False)] if matched_arms else []
+    for method, n, with_curves in arms:
+        if costs.step_s.get(method) == 0.0:  # nothing trains (the frozen LM): one evaluation
+            main += n * (costs.val_rows * costs.val_row_s + heldout)
+            continue
+        sweep += n * lrs * sweep_seeds * run(method, costs.steps)
+        main += n * ((seeds - sweep_seeds) * run(method, costs.steps) + seeds * heldout)
+        if with_curves and method in curve_methods:
+            for size in profile.learning_curve_sizes:
+                steps = (curve_steps or {}).get(size, costs.steps)
+                curves += n * profile.learning_curve_seeds * (run(method, steps) + heldout)
+    total = sweep + main + curves
+    return {"sweep_s": sweep / costs.workers, "main_s": main / costs.workers, "curves_s": curves / costs.workers,
+            "total_s": total / costs.workers, "total_h": total / costs.workers / 3600}
+
+
+def runs_in(profile: Profile, methods: int | None = None, matched_arms: int = 0) -> int:
+    """Training runs of a profile with one configuration per method (sweep + extra seeds + curves)."""
+    m = methods if methods is not None else len(profile.methods)
+    seeds = len(profile.seeds)
+    sweep_seeds = min(seeds, max(1, getattr(profile, "sweep_seeds", 1)))
+    curve = len(profile.learning_curve_methods) if profile.learning_curve_methods else m
+    per_arm = len(profile.lr_factors) * sweep_seeds + seeds - sweep_seeds
+    return (m + matched_arms) * per_arm + curve * len(profile.learning_curve_sizes) * profile.learning_curve_seeds
+
+
+def hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{math.ceil(seconds / 60)} min"

@@ -52,6 +52,10 @@ class LayerAdapter(nn.Module):
     noop_at_init: ClassVar[bool] = True
     supports_mixed_batch: ClassVar[bool] = True
     target_types: ClassVar[tuple[type[nn.Module], ...]] = (nn.Linear,)
+    # Layer types adapted (names from core.layer_types.LAYER_TYPES). Methods with the default
+    # target_types see each as "a matrix W on vectors"; others wrap their target_types natively
+    # (the default then names those types).
+    layer_types: ClassVar[tuple[str, ...]] = ("Linear",)
     default_targets: ClassVar[Any] = "all-linear"
     # Where the method acts: "weight" (a layer's parameters), "activation" (a layer's input/output),
     # "input" (the token embeddings), "attention cache" (per-layer keys/values), "block output".
@@ -71,6 +75,11 @@ class LayerAdapter(nn.Module):
     @dataclasses.dataclass
     class Config:
         """Hyperparameters; subclasses replace this with their own dataclass."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "layer_types" not in cls.__dict__ and tuple(cls.target_types) != (nn.Linear,):
+            cls.layer_types = tuple(t.__name__ for t in cls.target_types)
 
     def __init__(self, base: nn.Module, cfg: Any, shared: nn.Module | None = None) -> None:
         super().__init__()

@@ -34,19 +34,24 @@ def _applies(method: str, kind: str) -> bool:
     cls = pa.get_method(method)
     if kind not in LAYER_TYPE_KINDS:
         return True
-    if not adapts_as_matrix(cls):
+    if not _layer_method(method):
         return kind == "gpt2"
     return set(_kind_layer_types(kind)) <= set(cls.layer_types)
 
 
+def _layer_method(method: str) -> bool:
+    """A weight-space method that adapts layers (seen as matrices) chosen by targets."""
+    cls = pa.get_method(method)
+    return adapts_as_matrix(cls) and cls.default_targets is not None
+
+
 CASES = [(m, k) for m in METHODS for k in TINY_KINDS if _applies(m, k)]
-REFUSED = [(m, k) for m in METHODS for k in LAYER_TYPE_KINDS
-           if adapts_as_matrix(pa.get_method(m)) and not _applies(m, k)]
+REFUSED = [(m, k) for m in METHODS for k in LAYER_TYPE_KINDS if _layer_method(m) and not _applies(m, k)]
 
 
 def targets_of(method: str, tm) -> dict:
     """``targets=`` for ``method`` on the tiny model: the kind's layers for weight-space methods."""
-    if tm.targets is not None and adapts_as_matrix(pa.get_method(method)):
+    if tm.targets is not None and _layer_method(method):
         return {"targets": tm.targets}
     return {}
 

@@ -129,8 +129,12 @@ def _build_tiny_model(kind: str, seed: int, hidden: int) -> TinyModel:
             return {"x": torch.randn(batch, 4, 8, 8, generator=torch.Generator().manual_seed(s))}
         return TinyModel(kind, TinyCNN().eval(), make_img, lambda out: out,
                          targets=["conv1", "conv2", "conv3"], layer_types=("Conv2d", "Conv1d"))
-    if kind == "embedding":  # the untied Llama's input embedding and output head
-        llama = _build_tiny_model("llama", seed, hidden)
-        return dataclasses.replace(llama, kind=kind, targets=["embed_tokens", "lm_head"],
-                                   layer_types=("Embedding", "Linear"))
+    if kind == "embedding":  # an untied Llama's input embedding and output head (vocabulary 96)
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        cfg = LlamaConfig(vocab_size=96, hidden_size=hidden, num_hidden_layers=1, num_attention_heads=4,
+                          num_key_value_heads=2, intermediate_size=2 * hidden, max_position_embeddings=64,
+                          tie_word_embeddings=False)
+        return TinyModel(kind, LlamaForCausalLM(cfg).eval(), _ids(96, 8), lambda o: o.logits,
+                         targets=["embed_tokens", "lm_head"], layer_types=("Embedding", "Linear"))
     raise ValueError(f"unknown tiny model kind {kind!r}; choose from {TINY_KINDS}")

@@ -182,6 +182,12 @@ class MatrixView(nn.Module):
             return
         super().__setattr__(name, value)
 
+    def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):  # type: ignore[override]
+        """``weight`` (W, matrix layout) and ``bias`` of the base: what a Linear's own parameters would be."""
+        for name, value in (("weight", self.weight), ("bias", self.bias)):
+            if value is not None:
+                yield prefix + name, value
+
     @property
     def in_features(self) -> int:
         return int(self.weight.shape[1])

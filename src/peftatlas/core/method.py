@@ -24,6 +24,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from .layer_types import LAYER_TYPES
+
 BaseFn = Callable[[Tensor], Tensor]
 
 _REGISTRY: dict[str, type[LayerAdapter]] = {}
@@ -53,9 +55,10 @@ class LayerAdapter(nn.Module):
     supports_mixed_batch: ClassVar[bool] = True
     target_types: ClassVar[tuple[type[nn.Module], ...]] = (nn.Linear,)
     # Layer types adapted (names from core.layer_types.LAYER_TYPES). Methods with the default
-    # target_types see each as "a matrix W on vectors"; others wrap their target_types natively
-    # (the default then names those types).
-    layer_types: ClassVar[tuple[str, ...]] = ("Linear",)
+    # target_types see each as "a matrix W on vectors" (so by default every type); a method whose
+    # math needs more (e.g. attention heads) narrows it. Methods with their own target_types wrap
+    # those natively (the default then names those types).
+    layer_types: ClassVar[tuple[str, ...]] = LAYER_TYPES
     default_targets: ClassVar[Any] = "all-linear"
     # Where the method acts: "weight" (a layer's parameters), "activation" (a layer's input/output),
     # "input" (the token embeddings), "attention cache" (per-layer keys/values), "block output".

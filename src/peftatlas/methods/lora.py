@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import serving
-from ..core.layer_types import ALL_MATRIX_TYPES
 from ..core.method import BaseFn, LayerAdapter, MethodError, register
 
 
@@ -63,7 +62,6 @@ class LoRA(LayerAdapter):
     summary = "ΔW = s·BA with rank r; B=0 at init."
     formula = "r·(d_in + d_out)"
     size_knob: ClassVar[str | None] = "r"
-    layer_types: ClassVar[tuple[str, ...]] = ALL_MATRIX_TYPES
     test_config: ClassVar[dict[str, Any]] = {"r": 4, "alpha": 8}
 
     @dataclasses.dataclass

@@ -132,9 +132,9 @@ def test_vera_import_refuses_foreign_projections(tmp_path):
 
 
 @pytest.mark.parametrize(("field", "value", "match"), [
-    ("fan_in_fan_out", True, "fan_in_fan_out"),
     ("bias", "all", "bias"),
-    ("rank_pattern", {"q_proj": 2}, "rank_pattern"),
+    ("bias", "lora_only", "bias"),
+    ("layer_replication", [[0, 1]], "layer_replication"),
     ("init_lora_weights", "pissa", "rewrote the base weights"),
 ])
 def test_lora_import_refuses_features_it_lacks(field, value, match, tmp_path):

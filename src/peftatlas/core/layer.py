@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .layer_types import MatrixView, adapts_as_matrix, as_matrix
+from .layer_types import MatrixView, adapts_as_matrix, as_matrix, is_quantized
 from .method import BaseFn, LayerAdapter
 
 BASE_NAME = "__base__"
@@ -67,7 +67,7 @@ class AdaptedModule(nn.Module):
 
     def _on_matrix(self, names: Sequence[str]) -> bool:
         """Whether ``names`` run on the matrix view (a non-Linear base under weight-space methods)."""
-        if isinstance(self.base, nn.Linear):
+        if self.matrix is self.base:
             return False
         flags = {adapts_as_matrix(type(self.adapters[n])) for n in names}
         if len(flags) > 1:
@@ -127,7 +127,7 @@ class AdaptedModule(nn.Module):
             raise ValueError(f"adapter_names has {batch} entries but the batch has {got} rows")
         here = self.adapters.keys()
         present = [n for n in dict.fromkeys(rows) if n in here]  # in order of first appearance
-        if len(args) == 1 and not kwargs and isinstance(self.base, nn.Linear):
+        if len(args) == 1 and not kwargs and self.matrix is self.base:
             fast = _batched_mixed_forward(self, args[0], rows, present)
             if fast is not None:
                 return fast
@@ -173,6 +173,10 @@ class AdaptedModule(nn.Module):
                              f"{', '.join(self.tied_with)} (the same tensor), so merging would change both; "
                              "use the adapter unmerged")
         params = self._params()
+        quantized = [k for k, v in params.items() if is_quantized(v)]
+        if quantized:
+            raise MergeError(f"cannot merge adapter(s) {todo} into the quantized {', '.join(quantized)} "
+                             f"({type(params[quantized[0]]).__name__}); run them unmerged or dequantize the base first")
         current = {k: v.detach() for k, v in params.items()}
         for n in todo:
             adapter = self.adapters[n]

@@ -22,6 +22,11 @@ Embedding     (vocab, dim)               weightᵀ  (dim × vocab)           the
   only on its own side of the sum.
 * **Merging** converts the layer's parameters to the matrix layout, lets the method merge, and
   converts back (``unmerge`` restores the stored copy bit for bit, as for every layer).
+* **Quantized bases** (QLoRA-style; e.g. torchao's weight-only int8/int4 ``nn.Linear``): the view
+  presents ``W`` dequantized (``weight.dequantize()``) to methods that read it (DoRA's norms, ...)
+  and runs the quantized layer natively for the base term; adapters train in full precision.
+  Merging into a quantized weight is refused with a one-line error (it would need a re-quantization
+  that changes the base); run the adapter unmerged.
 * **Tied weights** (GPT-2's ``lm_head.weight`` *is* ``wte.weight``): adapting either module leaves
   the shared tensor untouched — the update acts only where the adapter sits, the other module keeps
   the pretrained weight. Merging into a tied tensor would change both modules (the update applied
@@ -107,9 +112,28 @@ def check_layer(method: str, types: Sequence[str], name: str, module: nn.Module)
         raise LayerTypeError(f"{method} cannot adapt {name} ({kind}): {reason} is not supported")
 
 
+def is_quantized(weight: Any) -> bool:
+    """Whether ``weight`` is a quantized tensor (a tensor subclass such as torchao's, or integer storage)."""
+    if not isinstance(weight, Tensor):
+        return False
+    return type(weight) not in (Tensor, nn.Parameter) or not weight.is_floating_point()
+
+
+def dense(weight: Tensor) -> Tensor:
+    """``weight`` as a plain floating tensor (dequantized if quantized)."""
+    if not is_quantized(weight):
+        return weight
+    dequantize = getattr(weight, "dequantize", None)
+    if dequantize is None:
+        raise LayerTypeError(f"quantized weight of type {type(weight).__name__} has no dequantize()")
+    return dequantize()
+
+
 def as_matrix(module: nn.Module) -> nn.Module:
-    """``module`` itself for ``nn.Linear``, else a :class:`MatrixView` of it."""
-    return module if isinstance(module, nn.Linear) else MatrixView(module)
+    """``module`` itself for a plain ``nn.Linear``, else a :class:`MatrixView` of it."""
+    if isinstance(module, nn.Linear) and not is_quantized(module.weight):
+        return module
+    return MatrixView(module)
 
 
 @dataclasses.dataclass
@@ -131,7 +155,7 @@ class MatrixView(nn.Module):
     def __init__(self, base: nn.Module) -> None:
         super().__init__()
         kind = layer_type(base)
-        if kind is None or kind == LINEAR:
+        if kind is None or (kind == LINEAR and not is_quantized(base.weight)):
             raise LayerTypeError(f"no matrix view for {type(base).__name__}")
         object.__setattr__(self, "base", base)
         self.kind = kind
@@ -142,10 +166,10 @@ class MatrixView(nn.Module):
     # --- W and b ------------------------------------------------------------------------------
     def to_matrix(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
         """The base's parameters (its own layout) → ``{"weight": W (d_out × d_in), "bias": b}``."""
-        w = params["weight"]
+        w = dense(params["weight"])
         if self.kind in (GPT2_CONV1D, EMBEDDING):
             w = w.t()
-        else:
+        elif self.kind != LINEAR:
             w = w.reshape(w.shape[0], -1)
         return {**params, "weight": w}
 
@@ -154,14 +178,18 @@ class MatrixView(nn.Module):
         w = params["weight"]
         if self.kind in (GPT2_CONV1D, EMBEDDING):
             w = w.t()
-        else:
+        elif self.kind != LINEAR:
             w = w.reshape(self.base.weight.shape)
         return {**params, "weight": w}
 
     @property
     def weight(self) -> Tensor:
         override = self._override.get("weight")
-        return override if override is not None else self.to_matrix({"weight": self.base.weight})["weight"]
+        if override is not None:
+            return override
+        w = self.to_matrix({"weight": self.base.weight})["weight"]
+        self.__dict__["_presented"] = w  # recognised when functional_call hands it back
+        return w
 
     @property
     def bias(self) -> Tensor | None:
@@ -174,7 +202,8 @@ class MatrixView(nn.Module):
         # the live tensor (or a view of it), which ends the override.
         if name in ("weight", "bias"):
             live = self.base.weight if name == "weight" else getattr(self.base, "bias", None)
-            is_live = value is live or (isinstance(value, Tensor) and value._base is live and live is not None)
+            is_live = value is live or (name == "weight" and value is self.__dict__.get("_presented")) or (
+                isinstance(value, Tensor) and live is not None and value._base is live)
             if is_live:
                 self._override.pop(name, None)
             else:
@@ -215,7 +244,7 @@ class MatrixView(nn.Module):
 
     def _vectors(self, x: Tensor) -> tuple[Tensor, Callable[[], Tensor], Callable[[Tensor], Tensor]]:
         base = self.base
-        if self.kind == GPT2_CONV1D:
+        if self.kind in (GPT2_CONV1D, LINEAR):
             return x, lambda: base(x), lambda y: y
         if self.kind == EMBEDDING:
             onehot = F.one_hot(x, base.num_embeddings).to(base.weight.dtype)

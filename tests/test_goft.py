@@ -93,6 +93,7 @@ def _layer(method: str, d_in: int = 12, d_out: int = 7, **hp):
 
 
 @pytest.mark.parametrize("method", ["goft", "qgoft"])
+@pytest.mark.exactness
 def test_input_side_convention_y_equals_W0_Rt_x(method):
     model, layer = _layer(method, d_in=12, d_out=7)
     adapter = layer.adapters["default"]
@@ -161,6 +162,7 @@ def test_qgoft_penalty_value_gradient_and_extra_loss():
     assert pa.get_method("goft").Config and layer.adapters["default"].extra_loss() is not None
 
 
+@pytest.mark.exactness
 def test_qgoft_non_orthogonal_merge_and_exact_unmerge():
     model, layer = _layer("qgoft", d_in=9, d_out=4)
     with torch.no_grad():

@@ -34,8 +34,8 @@ def test_every_page_and_plot_exists(site):
     for e in ENTRIES:
         assert (out / "methods" / f"{e.id}.html").is_file() and (out / "methods" / f"{e.id}.md").is_file()
     assert len(site.pages) == len(ENTRIES) + 1
-    assert {p.name for p in site.plots} >= {"pareto.png", "ood.png", "retention.png", "learning_curves.png",
-                                            "probe_overview.png", "retention_vera.png",
+    assert {p.name for p in site.plots} >= {"pareto.png", "ood.png", "ood_vs_id.png", "learning_curves.png",
+                                            "probe_overview.png", "ood_vs_id_vera.png",
                                             "seed_overlap.png", "pareto_vera.png", "magdir_dora.png"}
     for p in set(site.plots):
         data = p.read_bytes()
@@ -62,7 +62,14 @@ def test_scorecard_is_sorted_by_measured_grade_and_shows_both_grades(site):
     rows = [line for line in md.splitlines() if line.startswith("| ") and "/methods/" not in line]
     card = [line for line in md.splitlines() if re.match(r"\| \d+ \|", line)]
     assert len(card) >= len(ENTRIES)
-    assert "VeRA" in card[0] and "**7 / 8**" in card[0]
+    assert "VeRA" in card[0] and "**7 / 7**" in card[0] and "5 of 5" in card[0]
+    assert "tiny-bert · mr · budget 0.1% · 10 steps" in card[0]
+    goft = next(line for line in card if "[GOFT" in line)
+    assert "**1 / 7 (uncapped 2.5)**" in goft and "2 of 5" in goft
+    lora = next(i for i, line in enumerate(card) if "LoRA (+" in line)  # graded 0 (failed tests) …
+    assert "| graded |" in card[lora] and "(2 failed)" in card[lora]
+    dora = next(i for i, line in enumerate(card) if "[DoRA]" in line)  # … ranks apart from "not measured"
+    assert "| not measured |" in card[dora] and lora < dora
     order = [next(i for i, line in enumerate(card) if name in line) for name in ("VeRA", "LoRA (+", "DoRA")]
     assert order == sorted(order)
     assert "not measured yet" in next(line for line in card if "[DoRA]" in line)
@@ -78,10 +85,11 @@ def test_method_pages_carry_hypothesis_pseudocode_derivation_and_literature(site
     vera = (site.out / "methods" / "vera.md").read_text()
     entry = next(e for e in ENTRIES if e.id == "vera")
     assert entry.hypothesis in vera and entry.pseudocode.splitlines()[0] in vera
-    assert "CI above 0" in vera and "Derivation:" in vera and "7 / 8" in vera
+    assert "CI above +0 pt" in vera and "Derivation:" in vera and "7 / 7" in vera and "5 of 5 measured" in vera
+    assert "Measured in:** tiny-bert · mr · budget 0.1% · 10 steps" in vera and "WA (literature, beside)" in vera
     assert entry.headline.source in vera and "pareto_vera.png" in vera
     goft = (site.out / "methods" / "goft.md").read_text()
-    assert "Analytic override" in goft and "capped at 1" in goft
+    assert "Analytic override" in goft and "capped at 1" in goft and "uncapped sum 2.5" in goft
     dora = (site.out / "methods" / "dora.md").read_text()
     assert "Not measured yet" in dora and "magdir_dora.png" in dora  # no runs, but FT's geometry is probed
     assert "supported" in dora

@@ -114,3 +114,16 @@ def test_unknown_json_fields_are_ignored(tmp_path):
     rec = make_record()
     data = dataclasses.asdict(rec) | {"future_field": 1}
     assert RunRecord.from_json(json.dumps(data)) == rec
+
+
+def test_per_item_correctness_round_trips_compactly(tmp_path):
+    from peftatlas.evidence.store import decode_items, encode_items
+
+    flags = [bool((i * 7) % 3) for i in range(1000)]
+    stored = encode_items(flags)
+    assert decode_items(stored) == flags and len(stored["bits"]) == 250  # 1,000 items in 250 hex characters
+    assert decode_items(encode_items([])) == [] and decode_items(encode_items([True] * 9)) == [True] * 9
+    store = ResultsStore(tmp_path / "r.sqlite")
+    rec = make_record(items={"test": stored}, arm={"role": "matched_lora", "matches": {"goft": 4596}})
+    store.put(rec)
+    assert store.get("k1") == rec and decode_items(store.get("k1").items["test"]) == flags

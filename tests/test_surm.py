@@ -129,6 +129,7 @@ def _layer(d_in: int, d_out: int, method: str, dtype=torch.float32, **hp):
 
 @pytest.mark.parametrize("method", [*LORA_FORMS, "surm_adapter"])
 @pytest.mark.parametrize(("d_in", "d_out"), SHAPES)
+@pytest.mark.exactness
 def test_every_variant_noop_fast_equals_dense_and_counts(method, d_in, d_out):
     hp = {"r": 1} if method == "surm_kronecker" and math.gcd(d_in, d_out) == 1 else {}
     model, layer = _layer(d_in, d_out, method, **hp)

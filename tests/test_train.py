@@ -154,22 +154,19 @@ def test_head_only_linear_probe_on_cached_features_equals_the_full_forward(small
     assert any(not torch.equal(w, 0 * w) for w in w_full.values())
 
 
-def test_head_only_features_are_shared_through_the_disk_cache(small_mr, tmp_path, monkeypatch):
-    """With a feature folder set, a second process (here: an emptied in-memory cache) reads the
+def test_head_only_features_are_shared_through_the_disk_cache(small_mr, tmp_path):
+    """With a feature folder, a second process (here: a second cache object on the same folder) reads the
     features from disk instead of running the encoder, and trains the very same head."""
-    import peftatlas.evidence.train as train_mod
+    from peftatlas.evidence.train import FeatureCache
 
-    monkeypatch.setattr(train_mod, "_FEATURES", {})
-    monkeypatch.setattr(train_mod, "_FEATURE_DIR", [])
-    train_mod.use_feature_cache(tmp_path / "features")
     runs = []
     for _ in range(2):
-        train_mod._FEATURES.clear()
+        cache = FeatureCache(tmp_path / "features")
         model, tok = load_classifier("tiny-bert", 2, seed=3, dropout=0.0)
         calls = []
         model.encoder.register_forward_hook(lambda *a, seen=calls: seen.append(1))
         model = pa.attach(model, "head_only")
-        result = train_classifier(model, tok, small_mr, TrainConfig(lr=3e-2, seed=1, **CFG))
+        result = train_classifier(model, tok, small_mr, TrainConfig(lr=3e-2, seed=1, **CFG), features=cache)
         runs.append((result.metrics, adapter_tensors(model), len(calls)))
     (m1, w1, calls1), (m2, w2, calls2) = runs
     assert calls1 > 0 and calls2 == 0, (calls1, calls2)
@@ -177,10 +174,43 @@ def test_head_only_features_are_shared_through_the_disk_cache(small_mr, tmp_path
     files = sorted((tmp_path / "features").glob("*.safetensors"))
     assert files and not list((tmp_path / "features").glob(".*"))  # no temporary file left behind
     files[0].write_bytes(b"not a tensor file")  # a corrupt cache entry is recomputed, not fatal
-    train_mod._FEATURES.clear()
     model, tok = load_classifier("tiny-bert", 2, seed=3, dropout=0.0)
-    assert train_classifier(pa.attach(model, "head_only"), tok, small_mr,
-                            TrainConfig(lr=3e-2, seed=1, **CFG)).metrics == m1
+    assert train_classifier(pa.attach(model, "head_only"), tok, small_mr, TrainConfig(lr=3e-2, seed=1, **CFG),
+                            features=FeatureCache(tmp_path / "features")).metrics == m1
+
+
+def test_no_process_wide_state_in_the_loop():
+    """The loop's caches belong to their callers: no module-level feature cache or switch exists, and
+    building runs (plan, executors) leaves the training module untouched."""
+    import peftatlas.evidence.train as train_mod
+
+    assert not hasattr(train_mod, "use_feature_cache") and not hasattr(train_mod, "_FEATURES")
+    assert not any(isinstance(v, dict | list) and not k.startswith("__") and k != "GROUP" and k.isupper()
+                   for k, v in vars(train_mod).items() if k != "_TOKEN_CACHE")
+
+
+def test_hooks_are_declared_not_looked_up(small_mr):
+    """StepHooks passed explicitly replace the model's declared ones; a plain module declares none."""
+    from peftatlas.evidence.train import StepHooks
+
+    model, tok = lora_model()
+    calls: list[int] = []
+    hooks = StepHooks(extra_loss=lambda: torch.tensor(1.0), on_step=lambda step, total: calls.append(step))
+    result = train_classifier(model, tok, small_mr, TrainConfig(lr=1e-2, **CFG), hooks=hooks)
+    assert calls == [1, 2, 3, 4] and result.curve[0]["train_loss"] > 1.0
+    plain, _ = load_classifier("tiny-bert", 2)
+    assert StepHooks.declared_by(plain) == StepHooks()
+    assert StepHooks.declared_by(model).extra_loss == model.extra_loss
+
+
+def test_per_item_correctness_matches_the_accuracy(small_mr):
+    model, tok = lora_model()
+    result = train_classifier(model, tok, small_mr, TrainConfig(lr=1e-2, **CFG))
+    assert set(result.items) == {"test", *(f"ood/{k}" for k in small_mr.ood)}
+    assert len(result.items["test"]) == len(small_mr.test)
+    assert sum(result.items["test"]) / len(small_mr.test) == result.metrics["test_acc"]
+    for name, split in small_mr.ood.items():
+        assert sum(result.items[f"ood/{name}"]) / len(split) == result.metrics[f"ood_acc/{name}"]
 
 
 def test_linear_probe_is_only_for_head_only_models():

@@ -18,6 +18,7 @@ INSERTIONS = {"weight", "activation", "input", "attention cache", "block output"
 
 @pytest.mark.parametrize("kind", ["bert", "llama"])
 @pytest.mark.parametrize("method", WAVE3)
+@pytest.mark.exactness
 def test_train_step_and_exact_save_load(method, kind, tmp_path):
     cls = pa.get_method(method)
     assert kind not in cls.test_skip, f"{method} must apply to {kind}"

@@ -142,6 +142,7 @@ def test_loreft_positions_follow_the_padding_mask():
     assert changed.tolist() == [[True, False, False, False, False, True], [True, False, True, False, False, False]]
 
 
+@pytest.mark.exactness
 def test_loreft_generation_edits_the_prefill_only():
     tm = tiny_model("llama")
     model = pa.attach(tm.model, "loreft", r=4, first_n=1, last_n=2)

@@ -146,6 +146,7 @@ def test_kronecker_sum_matvec_matches_explicit_kron():
     torch.testing.assert_close(torch.kron(A[i], torch.outer(s[i], t[i]))[a * 6 + p, b * 5 + q], one)
 
 
+@pytest.mark.exactness
 def test_compacter_slow_factors_are_shared_trained_saved(tmp_path):
     tm = tiny_model("bert")
     model = pa.attach(tm.model, "compacter", bottleneck=8, phm_dim=4)

@@ -15,7 +15,9 @@ replications at 4 (:class:`Override`). These grades are provisional; the rubric
 Sources: entries 1–30 of the research draft (read in full text or abstracts, tags FT/ABS/CODE/CALC)
 and, for the methods it did not cover (RandLoRA, VB-LoRA, C3A, MiSS, SHiRA, OFTv2, BOFT, ETHER, RoAd,
 SSVD, PSOFT, CLOVER, AntiPaSTO, DeLoRA, trainable tokens, Poly, X-LoRA), paper metadata and claims
-partly from memory: every such claim is tagged ``MEM`` and should be checked before it is quoted.
+partly from memory: every such claim is tagged ``MEM`` and should be checked before it is quoted; a
+result-based mark (BL, BF, DE, OOD) resting only on a MEM claim is not earned (:data:`UNVERIFIED`).
+An equal-budget counter-result removes BL; OOD needs a shift between training and evaluation data.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from .model import (
     DIMENSION_NAMES,
     MAX_POINTS,
     SCALE,
+    UNVERIFIED,
     Claim,
     Entry,
     Family,
@@ -132,6 +135,7 @@ __all__ = [
     "FAMILY_IDS",
     "MAX_POINTS",
     "SCALE",
+    "UNVERIFIED",
     "CatalogError",
     "Claim",
     "Entry",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .model import Claim, Entry, Override, Paper, Prediction, marks
+from .model import UNVERIFIED, Claim, Entry, Override, Paper, Prediction, marks
 
 ENTRIES = [
     Entry(
@@ -197,7 +197,8 @@ ENTRIES = [
                        "Ponti et al. 2023, abstract", "MEM"),
         counter=(),
         literature=marks((True, "LoRA-sized skills"), (False, "no"), (False, "no"),
-                         (True, "few-shot transfer to new tasks (self)"), (False, "no"), (False, "niche")),
+                         (False, "few-shot transfer to new tasks (self); " + UNVERIFIED), (False, "no"),
+                         (False, "niche")),
         notes="A multi-task hypothesis; the single-task arena does not test it."),
     Entry(
         id="xlora", name="X-LoRA / MoLoRA (mixture of LoRA experts)", family="architecture",

@@ -26,6 +26,8 @@ DIMENSION_NAMES: dict[str, str] = {
     "WA": "widely adopted",
 }
 MAX_POINTS = sum(SCALE.values())
+# A literature mark resting only on MEM-tagged claims is not earned until the claim is read in the paper.
+UNVERIFIED = "not earned until verified from the paper: rests only on a MEM (unverified) claim"
 
 Tag = Literal["FT", "ABS", "CODE", "CALC", "MEM"]
 
@@ -77,6 +79,10 @@ class Prediction:
     ``min_ratio`` (null kind, direction +1): also require median value ≥ ``min_ratio`` × median null
     mean — the practical threshold the research notes state (a large matrix makes tiny effects
     significant). ``matrices`` is a regular expression on module names (``None`` = all).
+    ``on_own_update``: the prediction is also meaningful on the graded method's own update (its statistic
+    is not fixed by the method's parametrization — a rank-r method's update is low-rank by construction,
+    so a low-rank prediction is not); only such judgements, and magdir predictions on the graded method,
+    move the measured grade. The others test the hypothesis on full fine-tuning's update (prevalence).
     """
 
     kind: Literal["null", "threshold", "magdir"]
@@ -92,6 +98,7 @@ class Prediction:
     matrices: str | None = None
     job_method: str = "full"
     min_ratio: float | None = None
+    on_own_update: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

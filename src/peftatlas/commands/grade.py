@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..catalog import MAX_POINTS
 from ..grading import Grade, grade_store
+from ..grading.rubric import MEASURED_MAX
 from ..report.site import GEO_SYMBOL
 
 
@@ -15,20 +15,25 @@ def _fmt(x: float | None) -> str:
 
 
 def grade_table(grades: list[Grade]) -> str:
-    head = ["entry", "method", "measured", "dims", "literature", "PE", "BL", "BF", "DE", "OOD", "geometry"]
+    head = ["entry", "method", "measured", "outcome", "dims", "literature", "WA(lit)", "PE", "BL", "BF", "DE", "OOD",
+            "geometry", "setting"]
     short = {"pass": "✓", "fail": "✗", "inconclusive": "?", "not measured": "·", "n/a": "n/a", "reference": "ref",
              "literature": "lit"}
     rows = []
     for g in grades:
         measured = "reference" if not g.entry.graded else _fmt(g.measured_points)
+        if g.uncapped_points is not None:
+            measured += f" (uncapped {g.uncapped_points:g})"
         geo = " ".join(GEO_SYMBOL[v.status] for v in g.geometry) or "·"
-        rows.append([g.entry.id, g.method or "(not registered)", measured, f"{g.measured_dims}/5",
-                     _fmt(g.literature_points)] + [short[g.verdicts[d].status] for d in ("PE", "BL", "BF", "DE", "OOD")]
-                    + [geo])
+        where = g.measured_in.label if g.measured_in and g.outcome == "graded" else "—"
+        rows.append([g.entry.id, g.method or "(not registered)", measured, g.outcome, f"{g.measured_dims}/5",
+                     _fmt(g.literature_points), "✓" if g.wa_literature else "—"]
+                    + [short[g.verdicts[d].status] for d in ("PE", "BL", "BF", "DE", "OOD")] + [geo, where])
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-    lines.append(f"\npoints out of {MAX_POINTS:g}; ✓ pass ✗ fail ? inconclusive · not measured; geometry per "
+    lines.append(f"\nmeasured points out of {MEASURED_MAX:g} (WA is the literature mark, beside); ✓ pass ✗ fail "
+                 "? inconclusive · not measured; geometry per "
                  "prediction: + supported − contradicted 0 not significant. Details: peftatlas grade --explain ID")
     return "\n".join(lines)
 
@@ -43,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
         if not chosen:
             raise ValueError(f"no grade for {args.explain!r}; use an entry id or method name from `peftatlas grade`")
         for g in chosen:
-            print(f"{g.label} ({g.method or 'not registered'}), setting {g.setting}, budget {g.budget}")
+            where = g.measured_in.label if g.measured_in else "no setting"
+            print(f"{g.label} ({g.method or 'not registered'}): {g.outcome}, {g.measured_dims} of 5 dimensions "
+                  f"measured; measured in {where}")
             for d, v in g.verdicts.items():
                 print(f"  {d:<4}{v.status:<13}{v.points:g}  rule: {v.rule}\n      {v.derivation}")
             for gv in g.geometry:

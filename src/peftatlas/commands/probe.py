@@ -32,8 +32,8 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def add_arguments(p: argparse.ArgumentParser, draws: int | None = 20) -> None:
-    per = "per profile: smoke 5, quick 8, full 20" if draws is None else str(draws)
+def add_arguments(p: argparse.ArgumentParser, draws: int | None = 100) -> None:
+    per = "per profile: smoke 5, otherwise 100" if draws is None else str(draws)
     p.add_argument("--draws", type=int, default=draws, help=f"null matrices per null model (default {per}; "
                    "0 = values only, no nulls)")
     p.add_argument("--budget", type=int, default=None,

@@ -18,7 +18,8 @@ def run(args: argparse.Namespace) -> int:
     store = args.store or f"runs/{profile.name}.sqlite"
     methods = [m for group in args.methods for m in group.split(",") if m] if args.methods else None
     t0 = time.time()
-    records = run_profile(profile, store, methods=methods, progress=not args.quiet, jobs=args.jobs)
+    records = run_profile(profile, store, methods=methods, progress=not args.quiet, jobs=args.jobs,
+                          executor=args.executor, address=args.address, artifacts=args.artifacts)
     print(format_table(records))
     failed = [r for r in records if r.status == "failed"]
     print(f"\n{len(records)} record(s) in {store}; {len(failed)} failed; wall {time.time() - t0:.0f} s")
@@ -43,6 +44,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                   "(columns text, label, optional split)")
     p.add_argument("--jobs", default="auto", help="runs trained side by side in worker processes (default auto: "
                                                   "2 on a CPU with ≥ 2 cores, 1 with a GPU)")
+    p.add_argument("--executor", choices=("sequential", "processes", "ray"),
+                   help="who runs the plan (default: processes when --jobs resolves to > 1, else sequential); "
+                        "ray needs the extra: pip install 'peftatlas[ray]'")
+    p.add_argument("--address", help="ray: the cluster to join ('auto', or HOST:PORT of its head); default: "
+                                     "start a local one")
+    p.add_argument("--artifacts", help="adapter folder (default: 'artifacts' beside the store); with Ray on "
+                                       "several nodes, a path on a filesystem every node shares")
     p.add_argument("--quiet", action="store_true", help="no per-run log lines or progress bars")
     p.add_argument("--allow-failures", action="store_true", help="exit 0 even if some runs failed")
     p.set_defaults(func=run)

@@ -104,7 +104,7 @@ class AdaptedModule(nn.Module):
             return view.run(self._chain(names, view), args[0])
         if len(args) == 1 and not kwargs:
             return self._chain(names)(args[0])
-        if len(names) == 1 and hasattr(self.adapters[names[0]], "functional_forward"):
+        if len(names) == 1:
             return self.adapters[names[0]].functional_forward(self.base, args, kwargs)
         raise TypeError(
             f"adapter(s) {list(names)} on {type(self.base).__name__} cannot handle a call with extra arguments"
@@ -133,9 +133,9 @@ class AdaptedModule(nn.Module):
                 return fast
         elif present and all(type(self.adapters[n]) is type(self.adapters[present[0]]) for n in present):
             # block-level methods (e.g. LoReFT) run the base once and edit each row's output
-            batched_call = getattr(type(self.adapters[present[0]]), "mixed_batch_functional_forward", None)
-            if batched_call is not None:
-                return batched_call(self, args, kwargs, rows, present)
+            out = type(self.adapters[present[0]]).mixed_batch_functional_forward(self, args, kwargs, rows, present)
+            if out is not None:
+                return out
         groups: dict[str, list[int]] = {}
         for i, n in enumerate(rows):
             groups.setdefault(n if n in here else BASE_NAME, []).append(i)
@@ -219,6 +219,7 @@ class AdaptedModule(nn.Module):
     def add(self, name: str, adapter: LayerAdapter) -> None:
         if name in self.adapters:
             raise ValueError(f"adapter {name!r} already exists on this layer")
+        store_row_major_(adapter)
         self.adapters[name] = adapter
 
     def remove(self, name: str) -> None:
@@ -239,11 +240,24 @@ def _batched_mixed_forward(
         return None
     adapters = layer.adapters
     kind = type(adapters[present[0]])
-    batched = getattr(kind, "mixed_batch_forward", None)
-    if batched is None or any(type(adapters[n]) is not kind for n in present):
+    if any(type(adapters[n]) is not kind for n in present):
         return None
-    return batched(layer, x, rows, present)
+    return kind.mixed_batch_forward(layer, x, rows, present)
 
+
+def store_row_major_(module: nn.Module) -> None:
+    """Store every parameter and buffer of ``module`` densely in row-major order, in place.
+
+    Save → load must reproduce outputs bit for bit. Two tensors with equal values but different
+    strides (a transposed view vs a dense copy) reach a matmul through different BLAS kernels, and
+    those round differently on some CPUs (MKL on AVX2 without AVX-512). An adapter built from its
+    partner layers and the same adapter filled from its file (safetensors loads row-major) must
+    therefore share one layout; this makes the layout row-major for every method, by construction.
+    A tensor keeps its identity, so modules that share it keep sharing it.
+    """
+    for tensor in [*module.parameters(), *module.buffers()]:
+        if not tensor.is_contiguous():
+            tensor.data = tensor.data.contiguous()  # same tensor object: references to it stay valid
 
 def warn_once(msg: str) -> None:
     warnings.warn(msg, stacklevel=3)

@@ -11,6 +11,12 @@ A method is a subclass of :class:`LayerAdapter` that states, as briefly as its p
 * ``param_count(base, cfg)`` — the closed-form parameter count, checked against the real one;
 * ``reference_forward(x, base)`` — an independent dense computation used to test the fast path.
 
+Everything else the engine reads from a method — capabilities (``mergeable``, ``stackable``, ...),
+model-level hooks (``transform_model_inputs``, ``build_shared``, ...), batched mixed-adapter paths
+(``mixed_batch_forward``) — is declared below with a docstring and a default; the engine never looks a
+hook up by name. Hyperparameters are typed and range-checked from ``Config`` (see
+:mod:`peftatlas.core.hyperparameters`). ``docs/adding-a-method.md`` walks through adding a method.
+
 Several adapters active on one layer compose in order: adapter *i* sees the previous adapters'
 function as its ``base_fn``. Merging adapters in the same order reproduces that composition.
 """
@@ -68,24 +74,47 @@ class LayerAdapter(nn.Module):
     size_knob: ClassVar[str | None] = None
     # Whether a second adapter of this method may be stacked on the same layer (composition).
     stackable: ClassVar[bool] = True
-    # Model kinds of the test suite where this method does not apply, with the reason.
-    test_skip: ClassVar[dict[str, str]] = {}
-    # Small hyperparameters used by the generic property suite (tiny models).
-    test_config: ClassVar[dict[str, Any]] = {}
-    # Tolerances of the dense-reference / merge checks in fp32 (absolute).
-    test_atol: ClassVar[float] = 1e-5
+    # Whether ``size_knob`` is a rank bounded by the layer's width, ``r ≤ min(d_out, d_in)``: beyond it a
+    # rank-r factorisation only adds linearly dependent directions, so a larger value is refused with a
+    # one-line error (VeRA's shared r is not bounded: its random bases may be wider than a layer by design).
+    rank_within_width: ClassVar[bool] = False
+    # A learning rate the arena starts its sweep from (None = by family; see evidence.profiles).
+    suggested_lr: ClassVar[float | None] = None
+
+    # --- test-only declarations (read by the test suites, never by the math) ----------------------
+    class Testing:
+        """What the generic test suites need to know about a method, kept apart from its math.
+
+        A method declares a nested ``class Testing:`` with any of these; each is also readable as
+        ``test_<field>`` on the method class (``test_config``, ``test_skip``, ``test_atol``), the names
+        the suites read (a method may still set those directly).
+        """
+
+        config: ClassVar[dict[str, Any]] = {}  # small hyperparameters for the tiny models
+        skip: ClassVar[dict[str, str]] = {}  # model kinds where the method does not apply, with the reason
+        atol: ClassVar[float] = 1e-5  # absolute fp32 tolerance of the dense-reference / merge checks
+
+    test_config: ClassVar[dict[str, Any]] = Testing.config
+    test_skip: ClassVar[dict[str, str]] = Testing.skip
+    test_atol: ClassVar[float] = Testing.atol
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("Testing")
+        if own is not None:
+            for field in ("config", "skip", "atol"):
+                if hasattr(own, field):
+                    setattr(cls, f"test_{field}", getattr(own, field))
+        if "layer_types" not in cls.__dict__ and tuple(cls.target_types) != (nn.Linear,):
+            cls.layer_types = tuple(t.__name__ for t in cls.target_types)
 
     @dataclasses.dataclass
     class Config:
         """Hyperparameters; subclasses replace this with their own dataclass."""
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if "layer_types" not in cls.__dict__ and tuple(cls.target_types) != (nn.Linear,):
-            cls.layer_types = tuple(t.__name__ for t in cls.target_types)
-
     def __init__(self, base: nn.Module, cfg: Any, shared: nn.Module | None = None) -> None:
         super().__init__()
+        self.check_layer(base, cfg)
         self.cfg = cfg
         # Keep a plain reference (not a submodule) so shared state is stored once, on the model.
         object.__setattr__(self, "_shared", shared)
@@ -148,13 +177,55 @@ class LayerAdapter(nn.Module):
 
     @classmethod
     def validate_config(cls, cfg: Any) -> None:
-        """Raise :class:`MethodError` for impossible hyperparameters."""
+        """Raise :class:`MethodError` for impossible hyperparameters (after the generic type checks;
+        the generic range checks follow; see :func:`make_config`)."""
+
+    @classmethod
+    def check_layer(cls, base: nn.Module, cfg: Any) -> None:
+        """Raise :class:`MethodError` if ``cfg`` cannot apply to the layer ``base`` (called on construction).
+
+        Default: with :attr:`rank_within_width`, ``cfg.<size_knob> ≤ min(d_out, d_in)`` where ``d_in``
+        counts a convolution's whole receptive field (``in_channels·k``).
+        """
+        weight = getattr(base, "weight", None)
+        if not cls.rank_within_width or cls.size_knob is None or not isinstance(weight, Tensor) or weight.dim() < 2:
+            return
+        rank, width = getattr(cfg, cls.size_knob), min(int(weight.shape[0]), int(weight[0].numel()))
+        if rank > width:
+            raise MethodError(
+                f"{cls.name}: {cls.size_knob}={rank} exceeds the width of this {type(base).__name__} "
+                f"(min(d_out, d_in) = {width}, weight {list(weight.shape)}); a rank above it adds nothing")
 
     # --- the math ------------------------------------------------------------------------------
     def forward(self, x: Tensor, base_fn: BaseFn) -> Tensor:
         """Fast path. Default: additive update ``y = base_fn(x) + delta_output(x)``."""
         y = base_fn(x)
         return y + self.delta_output(x).to(y.dtype)
+
+    def functional_forward(self, base: nn.Module, args: tuple, kwargs: dict) -> Any:
+        """The layer's output for a call with more than one tensor argument (``base(*args, **kwargs)``).
+
+        Methods that wrap a whole block or attention module (LoReFT, prefix tuning, BitFit's
+        parameter deltas) see such calls; the default refuses them.
+        """
+        raise TypeError(f"{self.name} on {type(base).__name__} cannot handle a call with extra arguments "
+                        f"(only a single input tensor)")
+
+    @staticmethod
+    def mixed_batch_forward(layer: nn.Module, x: Tensor, rows: list[str], present: list[str]) -> Tensor | None:
+        """A batched mixed-adapter forward of ``layer`` (an ``AdaptedModule`` whose ``present`` adapters
+        are all of this method): row ``i`` of ``x`` through adapter ``rows[i]`` (or the base).
+
+        Default ``None``: the engine groups rows by adapter and runs each group on its own. LoRA and
+        VeRA override it with the gathered/grouped kernels of :mod:`peftatlas.serving`.
+        """
+        return None
+
+    @staticmethod
+    def mixed_batch_functional_forward(layer: nn.Module, args: tuple, kwargs: dict, rows: list[str],
+                                       present: list[str]) -> Any:
+        """As :meth:`mixed_batch_forward`, for calls with extra arguments (block-level methods); default ``None``."""
+        return None
 
     def delta_output(self, x: Tensor) -> Tensor:
         """``ΔW x`` (plus any bias change) computed without forming ``ΔW`` where possible."""
@@ -224,6 +295,11 @@ def register(name: str) -> Callable[[type[LayerAdapter]], type[LayerAdapter]]:
     return wrap
 
 
+def unregister(name: str) -> None:
+    """Remove a method from the registry (for methods registered by a test or a notebook)."""
+    _REGISTRY.pop(name, None)
+
+
 def _ensure_loaded() -> None:
     import peftatlas.methods  # noqa: F401  (imports every method module, which registers itself)
 
@@ -248,7 +324,12 @@ def registered_methods() -> dict[str, type[LayerAdapter]]:
 
 
 def make_config(cls: type[LayerAdapter], overrides: dict[str, Any] | None = None) -> Any:
-    """Build ``cls.Config`` from keyword overrides, with a clear error for unknown names."""
+    """Build ``cls.Config`` from keyword overrides, with a one-line error for anything it cannot take.
+
+    Checked in order: unknown names; each field's type, from its annotation; the method's own
+    :meth:`LayerAdapter.validate_config`; each numeric field's range (field metadata, else the
+    conventional range of its name; see :mod:`peftatlas.core.hyperparameters`).
+    """
     overrides = dict(overrides or {})
     fields = {f.name for f in dataclasses.fields(cls.Config)}
     unknown = sorted(set(overrides) - fields)
@@ -257,8 +338,12 @@ def make_config(cls: type[LayerAdapter], overrides: dict[str, Any] | None = None
             f"{cls.name}: unknown hyperparameter(s) {', '.join(unknown)}; "
             f"valid: {', '.join(sorted(fields)) or '(none)'}"
         )
+    from .hyperparameters import check_config, check_ranges  # (imports this module)
+
     cfg = cls.Config(**overrides)
+    check_config(cls.name, cfg)  # types first: the method's own checks may compare numbers
     cls.validate_config(cfg)
+    check_ranges(cls.name, cfg)
     return cfg
 
 

@@ -11,9 +11,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .layer import BASE_NAME, AdaptedModule, MergeError
+from .layer import BASE_NAME, AdaptedModule, MergeError, store_row_major_
 from .layer_types import adapts_as_matrix, as_matrix, select_targets, tied_partners
-from .method import LayerAdapter, get_method, make_config
+from .method import LayerAdapter, MethodError, get_method, make_config
 from .targeting import TargetError, head_module_names
 from .tree import get_user_submodule, set_user_submodule, user_named_modules
 
@@ -145,6 +145,7 @@ class AdaptedModel(nn.Module):
                 created[n] = adapter
         # commit (nothing above touched the model)
         if shared is not None:
+            store_row_major_(shared)
             self.shared[name] = shared.train(self.model.training)
             for p in shared.parameters():  # trainable shared state (e.g. Compacter's slow factors)
                 p.requires_grad_(True)
@@ -173,8 +174,19 @@ class AdaptedModel(nn.Module):
             raise ValueError(f"unknown adapter(s) {unknown}; known: {sorted(self.specs)}")
         if any(layer.merged for layer in self.adapted_layers().values()):
             raise MergeError("adapters are merged; call unmerge() before changing the active adapters")
+        self._refuse_unstackable(names)
         self.active_adapters = names
         self._sync_active()
+
+    def _refuse_unstackable(self, names: Sequence[str]) -> None:
+        """Adapters composed on one layer must all be of stackable methods (:attr:`LayerAdapter.stackable`)."""
+        for layer_name, layer in self.adapted_layers().items():
+            here = [n for n in names if n in layer.adapters]
+            lone = [n for n in here if not layer.adapters[n].stackable]
+            if len(here) > 1 and lone:
+                raise MethodError(
+                    f"method {layer.adapters[lone[0]].name!r} (adapter {lone[0]!r}) is not stackable: adapters "
+                    f"{here} would be stacked on {layer_name}; activate one of them at a time")
 
     def _sync_active(self) -> None:
         for layer in self.adapted_layers().values():
@@ -222,6 +234,7 @@ class AdaptedModel(nn.Module):
         Raises :class:`MergeError` and leaves every weight untouched if any result is not finite.
         """
         names = list(self.active_adapters if names is None else names)
+        self._refuse_unstackable(names)
         done: list[AdaptedModule] = []
         try:
             for layer in self.adapted_layers().values():

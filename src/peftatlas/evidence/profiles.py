@@ -1,4 +1,8 @@
-"""Experiment plans: ``smoke`` (CI, seconds), ``quick`` (real MiniLM on a 2-core CPU), ``full`` (a GPU).
+"""Experiment plans: ``smoke`` (CI, seconds), ``quick`` (real MiniLM on a 2-core CPU), ``catalog`` (every
+method on the quick setting, hours on a CPU, resumable), ``full`` (a GPU or a Ray cluster).
+
+New settings register a profile with :func:`register_profile` (and methods' arena choices with
+:data:`METHOD_PLANS`).
 
 A profile fixes the model, the data (task, OOD sets, subset sizes), the training schedule, the
 parameter budgets, each method's LR grid (``lr_center(method) × lr_factors``), the seeds, the
@@ -71,7 +75,7 @@ def lr_center(method: str) -> float:
     plan = method_plan(method)
     if plan.lr is not None:
         return plan.lr
-    suggested = getattr(cls, "suggested_lr", None)
+    suggested = cls.suggested_lr
     if isinstance(suggested, int | float) and suggested > 0:
         return float(suggested)
     return LR_BY_FAMILY.get(cls.family, 1e-3)
@@ -100,6 +104,11 @@ class Profile:
     learning_curve_seeds: int = 1
     target_acc: float | dict[str, float] | None = None  # a float applies to `task`; a dict maps task → target
     budget_tolerance: float = 0.10
+    sweep_seeds: int = 2  # the LR is chosen on the mean validation accuracy over the first this-many seeds
+    lr_extend: int = 2  # at most this many rates added beyond each edge of the grid while the best sits there
+    matched_lora: bool = True  # add LoRA arms matching each fixed-size method's count on its targets
+    full_ft_artifacts: str = "all"  # "all" | "probed": keep only what the geometry probes read (see .artifacts)
+    probe_matrices: int | None = None  # matrices the geometry probes read per full-FT update (None = all)
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -119,7 +128,10 @@ class Profile:
         return [float(f"{center * f:.3g}") for f in self.lr_factors]
 
 
-SEED_METHODS = ("surm_circulant", "goft")  # the seed papers' methods, in every CPU profile when registered
+SEED_METHODS = ("surm_circulant", "goft")
+# the CPU schedule of the quick and catalog profiles: one epoch at batch 16, no dropout inside the encoder
+QUICK_TRAIN: dict[str, Any] = {"epochs": 1, "batch_size": 16, "evals_per_epoch": 2, "max_length": 64,
+                               "encoder_dropout": 0.0}  # the seed papers' methods, in every CPU profile when registered
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
@@ -128,28 +140,46 @@ PROFILES: dict[str, Profile] = {
         budgets=("0.2%",), lr_factors=(1.0, 3.0), seeds=(0, 1),
         train={"epochs": 1, "batch_size": 16, "evals_per_epoch": 2, "max_length": 32, "min_steps": 4},
         head_lr=3e-3, train_size=64, val_size=32, test_size=32, ood_size=16,
-        learning_curve_sizes=(16,), learning_curve_methods=("lora",), target_acc=0.5,
+        learning_curve_sizes=(16,), learning_curve_methods=("lora",), target_acc=0.5, sweep_seeds=1, lr_extend=0,
         description="tiny config-built BERT on 64 real movie-review sentences: the pipeline end to end in seconds"),
     "quick": Profile(
         name="quick", model="minilm", task="mr",
         methods=("full", "head_only", "lora", "vera", *SEED_METHODS),
-        budgets=("0.1%",), lr_factors=(1 / 3, 1.0, 3.0), seeds=(0, 1, 2),
-        train={"epochs": 1, "batch_size": 16, "evals_per_epoch": 2, "max_length": 64, "encoder_dropout": 0.0},
-        head_lr=1e-2, train_size=2048, val_size=300, test_size=1000, ood_size=200,
-        target_acc=0.75,
+        budgets=("0.1%",), lr_factors=(1 / 3, 1.0, 3.0), seeds=(0, 1, 2, 3, 4),
+        train=QUICK_TRAIN, head_lr=1e-2, train_size=2048, val_size=300, test_size=1000, ood_size=200,
+        target_acc=0.75, full_ft_artifacts="probed", probe_matrices=12,
         description="pretrained MiniLM-L6 on movie-review sentiment (2,048 training sentences, one epoch, no dropout "
-                    "inside the encoder), OOD on Amazon/tweets/NYT; budget 0.1% of the encoder; fits a 2-core CPU"),
+                    "inside the encoder), OOD on Amazon/tweets/NYT; budget 0.1% of the encoder, matched-LoRA arms "
+                    "for the fixed-size methods, LR chosen on 2 seeds, 5 seeds; fits a 2-core CPU"),
+    "catalog": Profile(
+        name="catalog", model="minilm", task="mr",
+        methods=(),  # () = every registered method; those that cannot be configured for the encoder are skipped
+        budgets=("0.1%",), lr_factors=(1 / 3, 1.0, 3.0), seeds=(0, 1, 2, 3, 4),
+        train=QUICK_TRAIN, head_lr=1e-2, train_size=2048, val_size=300, test_size=1000, ood_size=200,
+        learning_curve_sizes=(64, 256, 1024, None), learning_curve_seeds=5,  # the rubric grades arms with ≥ 5 seeds
+        target_acc=0.75, full_ft_artifacts="probed", probe_matrices=12,
+        description="every registered method that applies to the encoder, on the quick profile's data and schedule: "
+                    "budget 0.1%, matched-LoRA arms, LR chosen on 2 seeds with the grid extended past an edge, "
+                    "5 seeds, OOD, learning curves over 64/256/1024/2048 sentences (5 seeds)"),
     "full": Profile(
         name="full", model="minilm", task="mr",
         methods=(),  # () = every registered method
-        budgets=("0.1%", "1%"), lr_factors=(0.1, 1 / 3, 1.0, 3.0, 10.0), seeds=(0, 1, 2),
+        budgets=("0.1%", "1%"), lr_factors=(0.1, 1 / 3, 1.0, 3.0, 10.0), seeds=(0, 1, 2, 3, 4),
         train={"epochs": 3, "batch_size": 32, "evals_per_epoch": 2, "max_length": 64},
         head_lr=1e-2, extra_tasks=("trec6", "sms_spam"),
-        learning_curve_sizes=(64, 256, 1024, None), learning_curve_seeds=3,
+        learning_curve_sizes=(64, 256, 1024, None), learning_curve_seeds=5,
         target_acc={"mr": 0.8, "trec6": 0.9, "sms_spam": 0.97},
-        description="every method, budgets 0.1% and 1%, 5-point LR sweeps, 3 seeds, MR + TREC-6 + SMS spam, "
+        description="every method, budgets 0.1% and 1%, 5-point LR sweeps, 5 seeds, MR + TREC-6 + SMS spam, "
                     "OOD, learning curves; meant for a GPU"),
 }
+
+
+def register_profile(profile: Profile, replace: bool = False) -> Profile:
+    """Add ``profile`` to :data:`PROFILES` (``peftatlas run --profile NAME``); an existing name needs ``replace``."""
+    if profile.name in PROFILES and not replace:
+        raise ValueError(f"profile {profile.name!r} is already registered")
+    PROFILES[profile.name] = profile
+    return profile
 
 
 def get_profile(name: str | Profile) -> Profile:

@@ -33,6 +33,25 @@ class RunRecord:
     training computation (e.g. the LR sweep's chosen run is also seed 0 of the main comparison).
     Metrics absent from ``metrics`` were not measured (``steps_to_target`` is absent when the
     target was never reached).
+
+    ``arm`` describes the configuration the run belongs to (written by the run plan,
+    :mod:`peftatlas.evidence.plan`)::
+
+        role            "method" | "reference" | "matched_lora"
+        targets         the target-module spec the adapter was attached to (list, string or None)
+        adapter_params  adapter parameters actually built (head excluded)
+        budget          the budget label; "matched" for matched-LoRA arms
+        matches         matched-LoRA arms only: {method: {"params": its fixed adapter parameter count,
+                        "budget_met": this arm within ±10 % of it}} for every fixed-size method this
+                        arm was added for (same target modules)
+        budget_met      budget arms: within the profile's tolerance of the target; matched arms: within
+                        ±10 % of every method in ``matches`` (read the per-method flag instead)
+        lr_grid, lr_means, lr_seeds   main / learning-curve runs: the final (possibly extended) LR grid,
+                        the mean validation accuracy at each rate over the sweep seeds, those seeds
+
+    ``items`` holds per-item correctness on each held-out set the run was evaluated on
+    (``"test"``, ``"ood/<name>"``): ``{"n": items, "bits": hex}`` with bit i (most significant first)
+    = item i of the split in its stored order answered correctly; see :func:`decode_items`.
     """
 
     key: str
@@ -56,6 +75,8 @@ class RunRecord:
     wall_seconds: float
     profile: str = ""
     train_key: str = ""
+    arm: dict[str, Any] = dataclasses.field(default_factory=dict)
+    items: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -65,6 +86,22 @@ class RunRecord:
         data = json.loads(text)
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def encode_items(correct: list[bool] | list[int]) -> dict[str, Any]:
+    """Per-item correctness as ``{"n": len, "bits": hex}`` (8 items per byte, most significant bit first)."""
+    n = len(correct)
+    packed = bytearray((n + 7) // 8)
+    for i, ok in enumerate(correct):
+        if ok:
+            packed[i // 8] |= 0x80 >> (i % 8)
+    return {"n": n, "bits": packed.hex()}
+
+
+def decode_items(stored: dict[str, Any]) -> list[bool]:
+    """The list of per-item correctness flags of :func:`encode_items`."""
+    raw = bytes.fromhex(stored["bits"])
+    return [bool(raw[i // 8] & (0x80 >> (i % 8))) for i in range(int(stored["n"]))]
 
 
 def canonical_json(obj: Any) -> str:

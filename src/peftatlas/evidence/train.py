@@ -11,10 +11,15 @@ Pseudocode::
         at each evaluation point: accuracy on validation → curve; keep the best trainable state
     restore the best state;  evaluate test (+ OOD sets) there
 
-Head-only runs (nothing but the classifier trains, no adapter attached) are linear probes: the
-frozen encoder's pooled features are computed once per split in eval mode (no encoder dropout) and
-reused by every run on the same encoder and texts; the loop above then runs on the cached features
-(same batches, optimizer, schedule and evaluation points) at a small fraction of the cost.
+The loop is assembled from named pieces:
+
+* :func:`wrap_for_ranks` — DistributedDataParallel under ``torchrun``, the model itself otherwise;
+* :class:`FullForward` / :class:`CachedFeaturesHead` (chosen by :func:`forward_path`) — how a batch's
+  logits and a split's evaluation are computed. Head-only runs (nothing but the classifier trains,
+  no adapter attached) are linear probes: the frozen encoder's pooled features are computed once per
+  split in eval mode and kept in a :class:`FeatureCache` that the caller owns and passes in (an
+  executor shares one across its runs, on disk across its worker processes);
+* :class:`StepHooks` — the per-method hooks the model declares (extra loss, after-step schedule).
 
 Runs are deterministic for a seed (data order, dropout, head init). Under ``torchrun`` with an
 initialised process group, the model is wrapped in DistributedDataParallel; the loss of each
@@ -97,6 +102,7 @@ class TrainResult:
     curve: list[dict[str, float]]
     steps: int
     wall_seconds: float
+    items: dict[str, list[bool]] = dataclasses.field(default_factory=dict)  # held-out set → per-item correct
 
 
 # --- distributed helpers ------------------------------------------------------------------------
@@ -109,8 +115,6 @@ def dist_info() -> tuple[int, int]:
 
 def default_device() -> torch.device:
     if torch.cuda.is_available():
-        import os
-
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
 
@@ -151,41 +155,62 @@ def logits_of(output: Any) -> Tensor:
 
 
 # --- evaluation ------------------------------------------------------------------------------------
+def _confusion(gold: Tensor, pred: Tensor, num_labels: int) -> Tensor:
+    confusion = torch.zeros(num_labels, num_labels, dtype=torch.float64)
+    confusion.index_put_((gold, pred), torch.ones(len(gold), dtype=torch.float64), accumulate=True)
+    return confusion
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, tokenizer: Any, split: Split, num_labels: int, cfg: TrainConfig,
-             device: torch.device) -> dict[str, float]:
-    """Accuracy and macro-F1 on ``split`` (rows sharded over DDP ranks, counts all-reduced)."""
+def predict(model: nn.Module, tokenizer: Any, split: Split, cfg: TrainConfig, device: torch.device) -> Tensor:
+    """Predicted label of every item of ``split`` in its order (``-1`` where another DDP rank predicted it;
+    :func:`evaluate` all-reduces)."""
     if len(split) == 0:
         raise TrainError("cannot evaluate on an empty split")
     rank, world = dist_info()
     ids = encode(tokenizer, split.texts, cfg.max_length)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))[rank::world]  # length-sorted: less padding
-    confusion = torch.zeros(num_labels, num_labels, dtype=torch.float64)
+    out = torch.full((len(ids),), -1, dtype=torch.long)
     was_training = model.training
     model.eval()
     pad = tokenizer.pad_token_id or 0
     for start in range(0, len(order), cfg.eval_batch_size):
         rows = order[start:start + cfg.eval_batch_size]
-        pred = logits_of(model(**collate([ids[i] for i in rows], pad, device))).argmax(-1).cpu()
-        gold = torch.tensor([split.labels[i] for i in rows])
-        confusion.index_put_((gold, pred), torch.ones(len(rows), dtype=torch.float64), accumulate=True)
+        out[torch.tensor(rows)] = logits_of(model(**collate([ids[i] for i in rows], pad, device))).argmax(-1).cpu()
     model.train(was_training)
-    return _metrics(_all_reduce(confusion.to(device)).cpu())
+    return out
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """Accuracy and macro-F1 of one split, and which items were answered correctly (in split order)."""
+
+    metrics: dict[str, float]
+    correct: list[bool]
+
+
+def score(pred: Tensor, split: Split, num_labels: int) -> Evaluation:
+    """:class:`Evaluation` of complete predictions (one label per item; DDP shards already merged)."""
+    gold = torch.tensor(split.labels)
+    return Evaluation(_metrics(_confusion(gold, pred, num_labels)), (pred == gold).tolist())
+
+
+def evaluate_split_full(model: nn.Module, tokenizer: Any, split: Split, num_labels: int, cfg: TrainConfig,
+                        device: torch.device) -> Evaluation:
+    """Evaluate by the full forward; rows sharded over DDP ranks, predictions merged across them."""
+    pred = predict(model, tokenizer, split, cfg, device)
+    if dist_info()[1] > 1:  # every item was predicted by exactly one rank; the others hold -1
+        pred = (_all_reduce((pred + 1).to(device)).cpu() - 1)
+    return score(pred, split, num_labels)
+
+
+def evaluate(model: nn.Module, tokenizer: Any, split: Split, num_labels: int, cfg: TrainConfig,
+             device: torch.device) -> dict[str, float]:
+    """Accuracy and macro-F1 on ``split`` (rows sharded over DDP ranks)."""
+    return evaluate_split_full(model, tokenizer, split, num_labels, cfg, device).metrics
 
 
 # --- head-only: a linear probe on cached frozen features -------------------------------------------
-
-_FEATURES: dict[tuple, Tensor] = {}
-_FEATURES_MAX = 16  # cached splits (a few MB each)
-_FEATURE_DIR: list[Path] = []  # the on-disk cache shared by processes, when set
-
-
-def use_feature_cache(folder: str | Path | None) -> None:
-    """Also keep head-only features in ``folder`` (one safetensors file per encoder and split), so
-    that parallel worker processes compute them once; None turns the disk cache off."""
-    _FEATURE_DIR[:] = [Path(folder)] if folder is not None else []
-
-
 def _save_features(features: Tensor, path: Path) -> None:
     """Write atomically (a temporary file renamed into place): a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -205,18 +230,71 @@ def _disk_key(key: tuple, ids: list[list[int]]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+class FeatureCache:
+    """Frozen pooled features of head-only runs, kept in memory (``capacity`` splits) and, with a
+    ``folder``, on disk (one safetensors file per encoder and split, written atomically) so that
+    several worker processes compute them once. Its owner (an executor) passes it to each run:
+    nothing is switched on for the whole process."""
+
+    def __init__(self, folder: str | Path | None = None, capacity: int = 16) -> None:
+        self.folder = Path(folder) if folder is not None else None
+        self.capacity = capacity
+        self.memory: dict[tuple, Tensor] = {}
+
+    def features(self, clf: nn.Module, tokenizer: Any, split: Split, cfg: TrainConfig,
+                 device: torch.device) -> Tensor:
+        """Pooled encoder features ``(n, hidden)`` of ``split`` in eval mode."""
+        key = (_encoder_fingerprint(clf.encoder), clf.pooling, cfg.max_length, id(tokenizer), tuple(split.texts))
+        disk: Path | None = None
+        if key not in self.memory and self.folder is not None:
+            disk = self.folder / f"{_disk_key(key, encode(tokenizer, split.texts, cfg.max_length))}.safetensors"
+            if disk.is_file():
+                with contextlib.suppress(OSError, KeyError, safetensors.SafetensorError):  # unreadable: recompute
+                    self.memory[key] = safetensors.torch.load_file(str(disk))["features"]
+        if key not in self.memory:
+            out = _encode_features(clf, tokenizer, split, cfg, device)
+            if len(self.memory) >= self.capacity:
+                self.memory.pop(next(iter(self.memory)))
+            self.memory[key] = out
+            if disk is not None:
+                _save_features(out, disk)
+        return self.memory[key].to(device)
+
+
+@torch.no_grad()
+def _encode_features(clf: nn.Module, tokenizer: Any, split: Split, cfg: TrainConfig, device: torch.device) -> Tensor:
+    ids = encode(tokenizer, split.texts, cfg.max_length)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    was_training = clf.training
+    clf.eval()
+    pad = tokenizer.pad_token_id or 0
+    out: Tensor | None = None
+    for start in range(0, len(order), cfg.eval_batch_size):
+        rows = order[start:start + cfg.eval_batch_size]
+        batch = collate([ids[i] for i in rows], pad, device)
+        hidden = clf.encoder(**batch)
+        hidden = hidden[0] if isinstance(hidden, tuple) else hidden.last_hidden_state
+        pooled = clf.pool(hidden, batch.get("attention_mask")).to(clf.classifier.weight.dtype)
+        if out is None:
+            out = pooled.new_empty(len(ids), pooled.shape[-1])
+        out[torch.tensor(rows, device=device)] = pooled
+    clf.train(was_training)
+    assert out is not None
+    return out
+
+
 def probe_classifier(model: nn.Module, world: int = 1) -> nn.Module | None:
     """The classifier to train on cached features, when ``model`` trains only its head.
 
     That is: a :class:`~peftatlas.evidence.models.SequenceClassifier` (possibly wrapped by an
     :class:`~peftatlas.AdaptedModel` with no adapter layers), every trainable parameter inside its
-    ``classifier``, and a single process. Otherwise None (the full forward runs).
+    ``classifier``, no method loss, and a single process. Otherwise None (the full forward runs).
     """
     from .models import SequenceClassifier
 
     inner = model
     if hasattr(model, "adapted_layers"):
-        if model.adapted_layers() or getattr(model, "extra_loss", lambda: None)() is not None:
+        if model.adapted_layers() or StepHooks.declared_by(model).loss() is not None:
             return None
         inner = model.model
     if world != 1 or not isinstance(inner, SequenceClassifier):
@@ -235,42 +313,6 @@ def _encoder_fingerprint(encoder: nn.Module) -> tuple:
                      for n, t in [*encoder.named_parameters(), *encoder.named_buffers()])
 
 
-@torch.no_grad()
-def frozen_features(clf: nn.Module, tokenizer: Any, split: Split, cfg: TrainConfig, device: torch.device) -> Tensor:
-    """Pooled encoder features ``(n, hidden)`` of ``split`` in eval mode, cached across runs."""
-    key = (_encoder_fingerprint(clf.encoder), clf.pooling, cfg.max_length, id(tokenizer), tuple(split.texts))
-    disk: Path | None = None
-    if key not in _FEATURES and _FEATURE_DIR:
-        disk = _FEATURE_DIR[0] / f"{_disk_key(key, encode(tokenizer, split.texts, cfg.max_length))}.safetensors"
-        if disk.is_file():
-            with contextlib.suppress(OSError, KeyError, safetensors.SafetensorError):  # unreadable: recompute
-                _FEATURES[key] = safetensors.torch.load_file(str(disk))["features"]
-    if key not in _FEATURES:
-        ids = encode(tokenizer, split.texts, cfg.max_length)
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        was_training = clf.training
-        clf.eval()
-        pad = tokenizer.pad_token_id or 0
-        out: Tensor | None = None
-        for start in range(0, len(order), cfg.eval_batch_size):
-            rows = order[start:start + cfg.eval_batch_size]
-            batch = collate([ids[i] for i in rows], pad, device)
-            hidden = clf.encoder(**batch)
-            hidden = hidden[0] if isinstance(hidden, tuple) else hidden.last_hidden_state
-            pooled = clf.pool(hidden, batch.get("attention_mask")).to(clf.classifier.weight.dtype)
-            if out is None:
-                out = pooled.new_empty(len(ids), pooled.shape[-1])
-            out[torch.tensor(rows, device=device)] = pooled
-        clf.train(was_training)
-        if len(_FEATURES) >= _FEATURES_MAX:
-            _FEATURES.pop(next(iter(_FEATURES)))
-        assert out is not None
-        _FEATURES[key] = out
-        if disk is not None:
-            _save_features(out, disk)
-    return _FEATURES[key].to(device)
-
-
 def _metrics(confusion: Tensor) -> dict[str, float]:
     """Accuracy and macro-F1 from a (gold × predicted) confusion matrix."""
     tp = confusion.diagonal()
@@ -279,19 +321,6 @@ def _metrics(confusion: Tensor) -> dict[str, float]:
     recall = tp / confusion.sum(1).clamp_min(1)
     f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall), torch.zeros_like(tp))
     return {"acc": acc, "macro_f1": float(f1.mean())}
-
-
-@torch.no_grad()
-def evaluate_probe(clf: nn.Module, tokenizer: Any, split: Split, num_labels: int, cfg: TrainConfig,
-                   device: torch.device) -> dict[str, float]:
-    """:func:`evaluate` for a linear probe: the head on the split's cached features."""
-    if len(split) == 0:
-        raise TrainError("cannot evaluate on an empty split")
-    pred = clf.classifier(frozen_features(clf, tokenizer, split, cfg, device)).argmax(-1).cpu()
-    confusion = torch.zeros(num_labels, num_labels, dtype=torch.float64)
-    confusion.index_put_((torch.tensor(split.labels), pred), torch.ones(len(split), dtype=torch.float64),
-                         accumulate=True)
-    return _metrics(confusion)
 
 
 # --- training ------------------------------------------------------------------------------------
@@ -395,13 +424,100 @@ def _progress(total: int, enabled: bool, desc: str) -> Any:
                 dynamic_ncols=True)
 
 
+# --- the named pieces of a run ------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class StepHooks:
+    """The per-method hooks a model declares to the loop: a loss term added to the task loss
+    (e.g. qGOFT's orthogonality penalty) and a call after every optimizer step (cross-layer schedules
+    such as AdaLoRA's rank budget). An :class:`~peftatlas.AdaptedModel` declares both (its methods
+    forward to the adapters); any other module declares none."""
+
+    extra_loss: Callable[[], Tensor | None] | None = None
+    on_step: Callable[[int, int], None] | None = None
+
+    @classmethod
+    def declared_by(cls, model: nn.Module) -> StepHooks:
+        from ..core.model import AdaptedModel
+
+        if isinstance(model, AdaptedModel):
+            return cls(extra_loss=model.extra_loss, on_step=model.on_train_step)
+        return cls()
+
+    def loss(self) -> Tensor | None:
+        return self.extra_loss() if self.extra_loss is not None else None
+
+    def after_step(self, step: int, total: int) -> None:
+        if self.on_step is not None:
+            self.on_step(step, total)
+
+
+def wrap_for_ranks(model: nn.Module, device: torch.device, cfg: TrainConfig) -> nn.Module:
+    """The module the forward runs through: ``model`` itself in one process; DistributedDataParallel
+    over it under an initialised process group (``torchrun``)."""
+    if dist_info()[1] == 1:
+        return model
+    on = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=on, find_unused_parameters=cfg.ddp_find_unused)
+
+
+class FullForward:
+    """Training rows through the whole model (``net``: the model or its DDP wrapper)."""
+
+    def __init__(self, model: nn.Module, net: nn.Module, tokenizer: Any, task: TaskData, cfg: TrainConfig,
+                 device: torch.device) -> None:
+        self.model, self.net, self.tokenizer = model, net, tokenizer
+        self.task, self.cfg, self.device = task, cfg, device
+        self.ids = encode(tokenizer, task.train.texts, cfg.max_length)
+        self.pad = tokenizer.pad_token_id or 0
+
+    def logits(self, rows: list[int]) -> Tensor:
+        return logits_of(self.net(**collate([self.ids[i] for i in rows], self.pad, self.device)))
+
+    def evaluate(self, split: Split) -> Evaluation:
+        return evaluate_split_full(self.model, self.tokenizer, split, self.task.num_labels, self.cfg, self.device)
+
+
+class CachedFeaturesHead:
+    """Head-only runs as a linear probe: the classifier (with its dropout) on the frozen encoder's
+    cached pooled features; same batches, optimizer, schedule and evaluation points as :class:`FullForward`."""
+
+    def __init__(self, clf: nn.Module, cache: FeatureCache, tokenizer: Any, task: TaskData, cfg: TrainConfig,
+                 device: torch.device) -> None:
+        self.clf, self.cache, self.tokenizer = clf, cache, tokenizer
+        self.task, self.cfg, self.device = task, cfg, device
+        self.train_features = cache.features(clf, tokenizer, task.train, cfg, device)
+
+    def logits(self, rows: list[int]) -> Tensor:
+        return self.clf.classifier(self.clf.dropout(self.train_features[torch.tensor(rows, device=self.device)]))
+
+    @torch.no_grad()
+    def evaluate(self, split: Split) -> Evaluation:
+        if len(split) == 0:
+            raise TrainError("cannot evaluate on an empty split")
+        feats = self.cache.features(self.clf, self.tokenizer, split, self.cfg, self.device)
+        return score(self.clf.classifier(feats).argmax(-1).cpu(), split, self.task.num_labels)
+
+
+def forward_path(model: nn.Module, net: nn.Module, tokenizer: Any, task: TaskData, cfg: TrainConfig,
+                 device: torch.device, features: FeatureCache | None) -> FullForward | CachedFeaturesHead:
+    """:class:`CachedFeaturesHead` when the model trains only its head in one process, else :class:`FullForward`."""
+    clf = probe_classifier(model, dist_info()[1])
+    if clf is not None:
+        return CachedFeaturesHead(clf, features if features is not None else FeatureCache(), tokenizer, task, cfg,
+                                  device)
+    return FullForward(model, net, tokenizer, task, cfg, device)
+
+
 def train_classifier(model: nn.Module, tokenizer: Any, task: TaskData, cfg: TrainConfig, *,
-                     evaluate_test: bool = True, progress: bool = False, desc: str = "train") -> TrainResult:
+                     evaluate_test: bool = True, progress: bool = False, desc: str = "train",
+                     features: FeatureCache | None = None, hooks: StepHooks | None = None) -> TrainResult:
     """Train ``model`` (usually an :class:`~peftatlas.AdaptedModel`) on ``task.train``; see the module docstring.
 
     The model is left in its best validation state. Metrics: ``val_acc``, ``val_f1``, ``best_epoch``,
     ``best_step``, ``steps``, ``train_loss``; with ``evaluate_test`` also ``test_acc``, ``test_f1`` and
-    ``ood_acc/<name>`` for each OOD set; ``steps_to_target`` when ``cfg.target_acc`` was reached.
+    ``ood_acc/<name>`` for each OOD set (and their per-item correctness in ``TrainResult.items``);
+    ``steps_to_target`` when ``cfg.target_acc`` was reached. ``features`` caches head-only features
+    across runs (default: within this call only); ``hooks`` default to those the model declares.
     """
     cfg.validate()
     if len(task.train) == 0 or len(task.val) == 0:
@@ -411,36 +527,15 @@ def train_classifier(model: nn.Module, tokenizer: Any, task: TaskData, cfg: Trai
     device = torch.device(cfg.device) if cfg.device else default_device()
     model.to(device)
     torch.manual_seed(cfg.seed * 7919 + rank)  # dropout; identical data order on every rank comes from `order`
-    net: nn.Module = model
-    if world > 1:
-        on = [device.index] if device.type == "cuda" else None
-        net = nn.parallel.DistributedDataParallel(model, device_ids=on, find_unused_parameters=cfg.ddp_find_unused)
+    hooks = hooks if hooks is not None else StepHooks.declared_by(model)
+    path = forward_path(model, wrap_for_ranks(model, device, cfg), tokenizer, task, cfg, device, features)
     opt = make_optimizer(model, cfg)
     epochs, per_epoch, eval_steps = plan_steps(len(task.train), cfg, world)
     total = epochs * per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(total, round(cfg.warmup_ratio * total)))
-    ids = encode(tokenizer, task.train.texts, cfg.max_length)
-    lengths = [len(x) for x in ids]
+    lengths = [len(x) for x in encode(tokenizer, task.train.texts, cfg.max_length)]
     labels = torch.tensor(task.train.labels)
-    pad = tokenizer.pad_token_id or 0
     order = torch.Generator().manual_seed(cfg.seed)
-    extra = getattr(model, "extra_loss", None)
-    hook = getattr(model, "on_train_step", None)
-    clf = probe_classifier(model, world)
-    if clf is not None:  # head-only: the head on cached frozen features (module docstring)
-        feats = frozen_features(clf, tokenizer, task.train, cfg, device)
-
-        def forward(rows: list[int]) -> Tensor:
-            return clf.classifier(clf.dropout(feats[torch.tensor(rows, device=device)]))
-
-        def evaluate_split(split: Split) -> dict[str, float]:
-            return evaluate_probe(clf, tokenizer, split, task.num_labels, cfg, device)
-    else:
-        def forward(rows: list[int]) -> Tensor:
-            return logits_of(net(**collate([ids[i] for i in rows], pad, device)))
-
-        def evaluate_split(split: Split) -> dict[str, float]:
-            return evaluate(model, tokenizer, split, task.num_labels, cfg, device)
 
     curve: list[dict[str, float]] = []
     best: tuple[float, dict[str, float], dict[str, Tensor]] | None = None
@@ -448,13 +543,13 @@ def train_classifier(model: nn.Module, tokenizer: Any, task: TaskData, cfg: Trai
     model.train()
     bar = _progress(total, progress and rank == 0, desc)
     for _ in range(epochs):
-        perm = torch.randperm(len(ids), generator=order).tolist()
+        perm = torch.randperm(len(lengths), generator=order).tolist()
         for rows in epoch_batches(perm, lengths, cfg, world, order):
             mine = rows[rank::world]
-            logits = forward(mine)
             # sum over this rank's rows / global rows, × world: DDP's gradient mean is the global-batch mean
-            loss = F.cross_entropy(logits.float(), labels[mine].to(device), reduction="sum") * world / len(rows)
-            reg = extra() if extra is not None else None
+            loss = F.cross_entropy(path.logits(mine).float(), labels[mine].to(device), reduction="sum") \
+                * world / len(rows)
+            reg = hooks.loss()
             if reg is not None:
                 loss = loss + reg
             opt.zero_grad(set_to_none=True)
@@ -464,13 +559,12 @@ def train_classifier(model: nn.Module, tokenizer: Any, task: TaskData, cfg: Trai
             opt.step()
             sched.step()
             step += 1
-            if hook is not None:
-                hook(step, total)
+            hooks.after_step(step, total)
             loss_sum += float(_all_reduce(loss.detach().clone()).item()) / world
             loss_n += 1
             bar.update(1)
             if step in eval_steps:
-                val = evaluate_split(task.val)
+                val = path.evaluate(task.val).metrics
                 point = {"epoch": round(step / per_epoch, 4), "step": step, "val_acc": val["acc"],
                          "val_f1": val["macro_f1"], "train_loss": loss_sum / max(1, loss_n)}
                 curve.append(point)
@@ -488,22 +582,30 @@ def train_classifier(model: nn.Module, tokenizer: Any, task: TaskData, cfg: Trai
         hit = next((p["step"] for p in curve if p["val_acc"] >= cfg.target_acc), None)
         if hit is not None:
             metrics["steps_to_target"] = float(hit)
+    items: dict[str, list[bool]] = {}
     if evaluate_test:
-        metrics.update(heldout_metrics(evaluate_split, task))
-    return TrainResult(metrics, curve, total, time.time() - t0)
+        held, items = heldout(path.evaluate, task)
+        metrics.update(held)
+    return TrainResult(metrics, curve, total, time.time() - t0, items)
 
 
-def heldout_metrics(evaluate_split: Callable[[Split], dict[str, float]], task: TaskData) -> dict[str, float]:
-    """``test_acc``, ``test_f1`` and ``ood_acc/<name>`` for each OOD set of ``task``."""
+def heldout(evaluate_split: Callable[[Split], Evaluation], task: TaskData) -> tuple[dict[str, float],
+                                                                                    dict[str, list[bool]]]:
+    """``test_acc``, ``test_f1`` and ``ood_acc/<name>`` for each OOD set of ``task``; and the per-item
+    correctness of each set (``"test"``, ``"ood/<name>"``)."""
     test = evaluate_split(task.test)
-    metrics = {"test_acc": test["acc"], "test_f1": test["macro_f1"]}
+    metrics = {"test_acc": test.metrics["acc"], "test_f1": test.metrics["macro_f1"]}
+    items = {"test": test.correct}
     for name in sorted(task.ood):
-        metrics[f"ood_acc/{name}"] = evaluate_split(task.ood[name])["acc"]
-    return metrics
+        ev = evaluate_split(task.ood[name])
+        metrics[f"ood_acc/{name}"] = ev.metrics["acc"]
+        items[f"ood/{name}"] = ev.correct
+    return metrics, items
 
 
-def evaluate_heldout(model: nn.Module, tokenizer: Any, task: TaskData, cfg: TrainConfig) -> dict[str, float]:
-    """:func:`heldout_metrics` of a trained model as it is (e.g. one rebuilt from its saved adapter)."""
+def evaluate_heldout(model: nn.Module, tokenizer: Any, task: TaskData, cfg: TrainConfig) -> tuple[
+        dict[str, float], dict[str, list[bool]]]:
+    """:func:`heldout` of a trained model as it is (e.g. one rebuilt from its saved adapter)."""
     device = torch.device(cfg.device) if cfg.device else default_device()
     model.to(device)
-    return heldout_metrics(lambda split: evaluate(model, tokenizer, split, task.num_labels, cfg, device), task)
+    return heldout(lambda split: evaluate_split_full(model, tokenizer, split, task.num_labels, cfg, device), task)

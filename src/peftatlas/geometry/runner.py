@@ -42,7 +42,7 @@ DELTA_SUFFIX = ".deltas.weight"
 class ProbeConfig:
     """How much probing to do. ``draws`` null matrices per null model and statistic."""
 
-    draws: int = 20
+    draws: int = 100  # the rubric judges null-model predictions on ≥ 100 draws
     budget: int | None = None  # equal-budget fits; None = a rank-1 LoRA's (d_out + d_in)
     k: int = 8  # subspace size of the W0-alignment statistics
     nulls: tuple[str, ...] = ("perm", "spec")

@@ -9,6 +9,8 @@ shown in the evidence tables but do not decide grades.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -17,8 +19,10 @@ import numpy as np
 
 from ..geometry.probe import ProbeRow
 from ..geometry.store import ProbeJob, ProbeStore
+from .stats import Scores
 
 OOD_PREFIX = "ood_acc/"
+PARAM_TOLERANCE = 0.10  # a matched comparator's adapter size within ±10%
 
 
 def budget_value(label: str | None) -> float:
@@ -29,9 +33,61 @@ def budget_value(label: str | None) -> float:
     return float(m.group(1)) if m else float("inf") - 1
 
 
+def item_correctness(record: Any) -> dict[str, np.ndarray]:
+    """Per-item 0/1 correctness of one run, by evaluation set: ``{"test": …, "ood/<set>": …}``.
+
+    The one place that knows how records keep it: ``record.items`` maps a set name to
+    ``{"n", "bits"}`` (:func:`peftatlas.evidence.store.decode_items`) or to a plain list of 0/1 in the
+    set's fixed item order. Empty when the record has none: the rubric then cannot include test-item
+    uncertainty and says "not measured".
+    """
+    from ..evidence.store import decode_items
+
+    raw = getattr(record, "items", None) or {}
+    out: dict[str, np.ndarray] = {}
+    for name, value in raw.items():
+        if isinstance(value, dict) and "bits" in value and "n" in value:
+            arr = np.asarray(decode_items(value), dtype=np.float64)
+        elif isinstance(value, list | tuple):
+            arr = np.asarray(value, dtype=np.float64)
+        else:
+            continue
+        if arr.size:
+            out[name] = arr
+    return out
+
+
+def _stack(records: list[Any], split: str, metric: str) -> Scores | None:
+    """Scores of ``records`` on one evaluation set: per-item when every record has the same items."""
+    accs = [float(r.metrics[metric]) for r in records if metric in r.metrics]
+    items = [item_correctness(r).get(split) for r in records]
+    if items and all(x is not None for x in items) and len({x.size for x in items}) == 1:  # type: ignore[union-attr]
+        return Scores.from_items(np.stack(items))  # type: ignore[arg-type]
+    if len(accs) != len(records) or not accs:
+        return None
+    return Scores.from_seeds(accs)
+
+
+def hp_key(record: Any) -> str:
+    """Canonical JSON of a run's hyperparameters: what tells two arms of one method and budget apart."""
+    return json.dumps(record.hyperparameters, sort_keys=True, default=str)
+
+
+def _targets(hp: dict[str, Any]) -> tuple[str, ...] | str | None:
+    t = hp.get("targets")
+    if t is None or isinstance(t, str):
+        return t
+    return tuple(sorted(t))
+
+
 @dataclasses.dataclass
 class Arm:
-    """The finished main-experiment seeds of one method at one budget in one setting."""
+    """The finished main-experiment seeds of one method at one budget in one setting.
+
+    The rubric reads an arm only through this interface: :meth:`scores` (seeds × items correctness on
+    the test set, or on all OOD sets concatenated), :attr:`adapter_params`, :attr:`targets`,
+    :attr:`matches`, :meth:`steps_to_target` and :attr:`steps`.
+    """
 
     method: str
     budget: str | None
@@ -46,15 +102,66 @@ class Arm:
 
     @property
     def adapter_params(self) -> float:
-        vals = [r.metrics.get("adapter_params", r.trainable_params) for r in self.records]
+        vals = [(getattr(r, "arm", None) or {}).get("adapter_params") or r.metrics.get("adapter_params",
+                                                                                     r.trainable_params)
+                for r in self.records]
         return float(np.median(vals)) if vals else float("nan")
 
     @property
     def trainable_params(self) -> float:
         return float(np.median([r.trainable_params for r in self.records])) if self.records else float("nan")
 
+    @property
+    def hp(self) -> str | None:
+        return hp_key(self.records[0]) if self.records else None
+
+    @property
+    def targets(self) -> tuple[str, ...] | str | None:
+        """The target modules the adapter was attached to (None: not recorded)."""
+        if not self.records:
+            return None
+        arm = getattr(self.records[0], "arm", None) or {}
+        return _targets(arm if "targets" in arm else self.records[0].hyperparameters)
+
+    @property
+    def matches(self) -> dict[str, bool]:
+        """For a matched-LoRA arm: each method it was added for → whether it is within ±10% of it."""
+        arm = (getattr(self.records[0], "arm", None) or {}) if self.records else {}
+        return {m: bool(v.get("budget_met")) for m, v in (arm.get("matches") or {}).items()}
+
+    @property
+    def steps(self) -> int | None:
+        """Training steps of the arm's runs (the last evaluation step of the first record's curve)."""
+        steps = [int(p["step"]) for r in self.records[:1] for p in r.curve if "step" in p]
+        return max(steps) if steps else None
+
+    def scores(self, split: str = "test") -> Scores | None:
+        """``split="test"``: test accuracy; ``"ood"``: every OOD set's items concatenated (per seed: the
+        item-weighted mean over the sets). None when a record lacks the metric."""
+        if split == "test":
+            return _stack(self.records, "test", "test_acc")
+        sets = self.ood_sets()
+        if not sets:
+            return None
+        parts = [_stack(self.records, f"ood/{s}", f"{OOD_PREFIX}{s}") for s in sets]
+        if any(p is None for p in parts):
+            return None
+        if all(p.items is not None for p in parts):  # type: ignore[union-attr]
+            return Scores.from_items(np.concatenate([p.items for p in parts], axis=1))  # type: ignore[union-attr,misc]
+        return Scores.from_seeds(np.mean([p.per_seed for p in parts], axis=0))  # type: ignore[union-attr]
+
+    def ood_accuracy(self) -> list[float]:
+        """Per seed: mean OOD accuracy over the shifted sets."""
+        out = []
+        for r in self.records:
+            ood = [v for k, v in r.metrics.items() if k.startswith(OOD_PREFIX)]
+            if ood:
+                out.append(float(np.mean(ood)))
+        return out
+
     def retention(self) -> list[float]:
-        """Per seed: mean over the OOD sets of ood_acc / test_acc."""
+        """Per seed: mean over the OOD sets of ood_acc / test_acc (shown only; never graded — it rewards
+        under-fitting)."""
         out = []
         for r in self.records:
             ood = [v for k, v in r.metrics.items() if k.startswith(OOD_PREFIX)]
@@ -62,6 +169,12 @@ class Arm:
             if ood and test:
                 out.append(float(np.mean(ood)) / float(test))
         return out
+
+    def steps_to_target(self) -> list[float] | None:
+        """Per seed: steps until the validation target was reached (+inf: never); None if not recorded."""
+        if not any("steps_to_target" in r.metrics or "target_acc" in r.metrics for r in self.records):
+            return None
+        return [float(r.metrics.get("steps_to_target", math.inf)) for r in self.records]
 
     def ood_sets(self) -> list[str]:
         return sorted({k[len(OOD_PREFIX):] for r in self.records for k in r.metrics if k.startswith(OOD_PREFIX)})
@@ -106,13 +219,15 @@ class Evidence:
         return min(settings, key=key) if settings else None
 
     def arms(self, setting: tuple[str, str], method: str | None = None) -> list[Arm]:
-        groups: dict[tuple[str, str | None], dict[int, Any]] = {}
+        """Main-experiment arms: records grouped by (method, budget label, hyperparameters), so two
+        matched-LoRA arms that share the label "matched" but differ in rank stay apart."""
+        groups: dict[tuple[str, str | None, str], dict[int, Any]] = {}
         for r in self.done():
             if (r.model, r.task) != setting or (method is not None and r.method != method):
                 continue
-            groups.setdefault((r.method, r.budget), {}).setdefault(r.seed, r)
-        return [Arm(m, b, [recs[s] for s in sorted(recs)]) for (m, b), recs in sorted(
-            groups.items(), key=lambda kv: (kv[0][0], budget_value(kv[0][1])))]
+            groups.setdefault((r.method, r.budget, hp_key(r)), {}).setdefault(r.seed, r)
+        return [Arm(m, b, [recs[s] for s in sorted(recs)]) for (m, b, _), recs in sorted(
+            groups.items(), key=lambda kv: (kv[0][0], budget_value(kv[0][1]), kv[0][2]))]
 
     def primary_arm(self, setting: tuple[str, str], method: str) -> Arm | None:
         arms = self.arms(setting, method)
@@ -125,14 +240,23 @@ class Evidence:
         return self.primary_arm(setting, method)
 
     def matched_lora(self, setting: tuple[str, str], arm: Arm) -> Arm | None:
-        """LoRA at the same budget label; for fixed-size methods the LoRA arm closest in parameters."""
-        loras = self.arms(setting, "lora")
+        """The LoRA arm with the same target modules and a parameter count within ±``PARAM_TOLERANCE``.
+
+        An arm recorded as matched to ``arm.method`` wins; otherwise the closest in parameters among the
+        arms that qualify. None when no LoRA arm qualifies: the comparison is then not measured.
+        """
+        def qualifies(a: Arm) -> bool:
+            if a.matches.get(arm.method):  # the plan added it for this method, same targets, within ±10%
+                return True
+            rel = abs(a.adapter_params - arm.adapter_params) / max(arm.adapter_params, 1.0)
+            return a is not arm and a.targets == arm.targets and rel <= PARAM_TOLERANCE
+
+        loras = [a for a in self.arms(setting, "lora") if qualifies(a)]
         if not loras:
             return None
-        same = [a for a in loras if a.budget == arm.budget]
-        if same:
-            return same[0]
-        return min(loras, key=lambda a: abs(np.log(max(a.adapter_params, 1)) - np.log(max(arm.adapter_params, 1))))
+        named = [a for a in loras if a.matches.get(arm.method)]
+        return min(named or loras, key=lambda a: (abs(np.log(max(a.adapter_params, 1)) -
+                                                      np.log(max(arm.adapter_params, 1))), -len(a.records)))
 
     def curve_points(self, setting: tuple[str, str], method: str) -> dict[int, list[float]]:
         """Learning curve: train size → test accuracies over seeds (experiment "learning_curve")."""
@@ -143,6 +267,39 @@ class Evidence:
             if "test_acc" in r.metrics:
                 out.setdefault(int(r.train_size), {}).setdefault(r.seed, float(r.metrics["test_acc"]))
         return {size: [v for _, v in sorted(seeds.items())] for size, seeds in sorted(out.items())}
+
+    def curve_scores(self, setting: tuple[str, str], method: str, budget: str | None,
+                     sizes: list[int], seeds: list[int], hp: str | None = None) -> Scores | None:
+        """Learning-curve scores of one arm averaged over ``sizes``, per seed (and per item when every run
+        has item correctness): ``Y[s, i] = mean_n Y[s, n, i]``. Averaging within a seed first keeps the
+        seeds the independent unit (a seed's runs at different sizes are not independent)."""
+        runs: dict[tuple[int, int], Any] = {}
+        for r in self.done("learning_curve"):
+            if (r.model, r.task) == setting and r.method == method and r.budget == budget and r.train_size \
+                    and (hp is None or hp_key(r) == hp):
+                runs.setdefault((int(r.train_size), r.seed), r)
+        per = []
+        for n in sizes:
+            recs = [runs.get((n, s)) for s in seeds]
+            if any(x is None for x in recs):
+                return None
+            sc = _stack(recs, "test", "test_acc")  # type: ignore[arg-type]
+            if sc is None:
+                return None
+            per.append(sc)
+        if all(p.items is not None for p in per) and len({p.n_items for p in per}) == 1:
+            return Scores.from_items(np.mean([p.items for p in per], axis=0))  # type: ignore[misc]
+        return Scores.from_seeds(np.mean([p.per_seed for p in per], axis=0))
+
+    def curve_seeds(self, setting: tuple[str, str], method: str, budget: str | None,
+                    hp: str | None = None) -> dict[int, set[int]]:
+        """Learning-curve train size → seeds with a finished run of one arm."""
+        out: dict[int, set[int]] = {}
+        for r in self.done("learning_curve"):
+            if (r.model, r.task) == setting and r.method == method and r.budget == budget and r.train_size \
+                    and (hp is None or hp_key(r) == hp):
+                out.setdefault(int(r.train_size), set()).add(r.seed)
+        return out
 
     # --- probes ---------------------------------------------------------------------------------
     def probe_job(self, setting: tuple[str, str], kind: str, method: str = "full") -> ProbeJob | None:

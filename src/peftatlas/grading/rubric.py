@@ -1,29 +1,39 @@
 """The rubric in code: every dimension of the seed catalog's point scale decided by a stated test.
 
-Dimensions and tests (test accuracy on the primary setting's test split, main experiment, every
-finished seed; 95% percentile-bootstrap intervals resampling each arm's seeds; ≥ 2 seeds per arm
-for any CI-based decision)::
+Every dimension is a one-sided test of a linear contrast of arm accuracies in the crossed seeds ×
+items model of :mod:`peftatlas.grading.stats` (uncertainty over seeds and test items, paired by item
+when the arms share a test set), at level α = 0.025 each, then Holm's correction over the measured
+dimensions of one grade (family-wise error ≤ 0.025 per grade). Every arm in a test needs ≥ 5 finished
+seeds; fewer → "not measured" with the reason. The calibration test (``tests/test_calibration.py``)
+simulates arms with no true difference through these functions and checks the false-pass rates::
 
-    PE  (1)    R = (s − s0)/(s_FT − s0) ≥ 0.95 (point estimate; CI shown) with adapter parameters < 1% of
-               full fine-tuning's; s0 = head-only.  fail: R < 0.95 or ≥ 1% parameters
-    BL  (1)    mean(s) − mean(s_LoRA) at the same budget label (fixed-size methods: the LoRA arm closest
-               in parameters) has a CI above 0.  fail: CI below 0;  inconclusive: CI contains 0
-    BF  (1.5)  mean(s) − mean(s_FT) has a CI above 0
-    DE  (1.5)  learning curves: at every train size ≤ 256 where both ran, the accuracy difference to full
-               fine-tuning at the same size; their mean has a CI above 0
-    OOD (2)    retention = mean over shifted sets of ood_acc/test_acc, per seed; retention − LoRA's
-               retention has a CI above 0 (LoRA itself is compared with full fine-tuning)
-    WA  (1)    not measurable: the literature mark is carried over
+    PE  (1)    R = (s − s_head)/(s_FT − s_head) > 0.95: the contrast s − 0.95 s_FT − 0.05 s_head > 0
+               (Fieller interval for R shown); adapter < 1% of full fine-tuning's parameters.
+               fail: R's upper bound < 0.95, or ≥ 1% parameters
+    BL  (1)    acc − acc(LoRA) > 0, LoRA with the same target modules and ±10% parameters; no such arm →
+               not measured (never fail).  fail: upper bound < 0
+    BF  (1.5)  non-inferiority to full fine-tuning: acc − acc(FT) > −1 point.  fail: upper bound < −1 pt
+    DE  (1.5)  learning curves (mean accuracy over the training-set sizes below the full set) above full
+               fine-tuning's AND the matched LoRA's (intersection–union test), or fewer steps to the
+               validation target than both (exact permutation test on ranks; never-reached = +inf);
+               Bonferroni over the two routes. Not measured without learning curves.
+    OOD (2)    absolute accuracy on the shifted sets (all items pooled) − the matched LoRA's > 0, paired by
+               item (LoRA itself: − full fine-tuning's). Effective robustness (residual from the ID→OOD
+               line over all arms) is shown; the OOD/ID ratio is never used (it rewards under-fitting).
+    WA  (1)    not measurable: the literature mark is shown beside the measured grade, never inside it
 
-Geometry (the entry's :class:`~peftatlas.catalog.Prediction` s on full fine-tuning's update): each
-prediction is *supported* (median z over the selected matrices ≥ 3 in the predicted direction, or
-|z| < 3 for a "no structure" prediction; a threshold met; a magnitude/direction correlation of the
-predicted sign with a CI excluding 0), *contradicted* (significant the other way, threshold missed)
-or *not significant*. All measured predictions supported → +0.5 point; any contradicted → −0.5.
+Geometry (the entry's :class:`~peftatlas.catalog.Prediction` s): judged on the graded method's own
+update when the prediction is meaningful there (``on_own_update``: not fixed by the parametrization)
+and its probe job carries the statistic, else on full fine-tuning's update (the hypothesis's
+prevalence: shown, never counted). Null-model predictions need ≥ 100 draws and a median z ≥ 3 in the
+predicted direction (plus any stated practical ratio); a "no structure" prediction is supported only by
+an equivalence test (value within ±10% of the null mean over matrices, TOST); censored k* stays
+censored (bounds on the median; no CV); per-d thresholds divide by each matrix's side width. All counted
+predictions supported → +0.5; any contradicted → −0.5.
 
-Measured grade = Σ passed dimensions + geometry modifier, clipped to [0, 8]; an analytic override
-(the stated claim is mathematically false) caps it at 1. Dimensions without data score 0 and say
-"not measured"; the number of measured dimensions is reported beside the grade.
+Measured grade = Σ passed dimensions + geometry modifier, clipped to [0, 7] (WA excluded); an analytic
+override caps it, the uncapped sum is kept beside it. Every grade carries its setting (model, task,
+budget, steps) and the number of dimensions measured (n of 5).
 """
 
 from __future__ import annotations
@@ -38,22 +48,35 @@ import numpy as np
 from ..catalog import ENTRIES, MAX_POINTS, SCALE, Entry, Prediction, registered_names
 from ..geometry.rotation import magnitude_direction_correlation
 from .evidence import Arm, Evidence
-from .stats import Interval, bootstrap, gain_recovered, mean_difference
+from .stats import (
+    ALPHA,
+    MIN_SEEDS,
+    ContrastTest,
+    Scores,
+    difference_test,
+    gain_recovered,
+    holm,
+    permutation_p_less,
+)
 
 PE_RECOVERY = 0.95
 PE_MAX_FRACTION = 0.01
-DE_MAX_SIZE = 256
+BF_MARGIN = 0.01  # non-inferiority margin: one accuracy point
 Z_SIGNIFICANT = 3.0
 GEOMETRY_BONUS = 0.5
+MIN_NULL_DRAWS = 100  # a null-model prediction needs this many draws per matrix
+EQUIVALENCE_MARGIN = 0.10  # "no structure": value within ±10% of the null mean (TOST over matrices)
+MEASURED = ("PE", "BL", "BF", "DE", "OOD")
+MEASURED_MAX = MAX_POINTS - SCALE["WA"]
 
 RULES: dict[str, str] = {
-    "PE": f"R = (s − s_head)/(s_FT − s_head) ≥ {PE_RECOVERY} with adapter parameters < {PE_MAX_FRACTION:.0%} of "
-          "full fine-tuning's",
-    "BL": "accuracy − budget-matched LoRA's accuracy: 95% bootstrap CI above 0",
-    "BF": "accuracy − full fine-tuning's accuracy: 95% bootstrap CI above 0",
-    "DE": f"mean accuracy difference to full fine-tuning over learning-curve sizes ≤ {DE_MAX_SIZE}: CI above 0",
-    "OOD": "OOD retention (ood_acc/test_acc) − LoRA's retention (LoRA: − full FT's): CI above 0",
-    "WA": "not measurable; the literature mark is carried over",
+    "PE": f"recovered share of full FT's gain over head-only R > {PE_RECOVERY} (one-sided, α = {ALPHA}, Holm), "
+          f"adapter < {PE_MAX_FRACTION:.0%} of full FT's parameters",
+    "BL": "accuracy − LoRA's (same targets, ±10% parameters) > 0, paired by item (α = 0.025, Holm)",
+    "BF": f"non-inferior to full fine-tuning: accuracy − FT's > −{100 * BF_MARGIN:g} pt (α = 0.025, Holm)",
+    "DE": "learning curve above full FT's and matched LoRA's, or fewer steps to target than both (α = 0.025, Holm)",
+    "OOD": "absolute OOD accuracy − matched LoRA's (LoRA: full FT's) > 0, paired by item (α = 0.025, Holm)",
+    "WA": "not measurable; the literature mark is shown beside the measured grade, never inside it",
 }
 
 
@@ -64,10 +87,16 @@ class Verdict:
     points: float
     derivation: str
     numbers: dict[str, Any] = dataclasses.field(default_factory=dict)
+    p: float | None = None  # one-sided p-value of the dimension's test (None: no test)
+    p_holm: float | None = None
 
     @property
     def rule(self) -> str:
         return RULES[self.dim]
+
+    @property
+    def measured(self) -> bool:
+        return self.status in ("pass", "fail", "inconclusive")
 
 
 @dataclasses.dataclass
@@ -76,6 +105,23 @@ class GeometryVerdict:
     status: str  # supported | not significant | contradicted | not measured
     derivation: str
     numbers: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """Where a grade was measured: model, task, budget label and training steps."""
+
+    model: str
+    task: str
+    budget: str | None
+    steps: int | None
+
+    @property
+    def label(self) -> str:
+        budget = "no budget" if self.budget is None else ("fixed size" if self.budget == "fixed" else
+                                                          f"budget {self.budget}")
+        steps = f"{self.steps:,} steps" if self.steps else "steps not recorded"
+        return f"{self.model} · {self.task} · {budget} · {steps}"
 
 
 @dataclasses.dataclass
@@ -91,10 +137,31 @@ class Grade:
     literature_points: float
     derivation: list[str]
     disagreements: list[str]
+    uncapped_points: float | None = None  # the sum before an analytic cap (None: no cap applied)
+    steps: int | None = None
 
     @property
     def measured_dims(self) -> int:
-        return sum(v.status in ("pass", "fail", "inconclusive") for v in self.verdicts.values())
+        return sum(self.verdicts[d].measured for d in MEASURED if d in self.verdicts)
+
+    @property
+    def failed_dims(self) -> int:
+        return sum(self.verdicts[d].status == "fail" for d in MEASURED if d in self.verdicts)
+
+    @property
+    def wa_literature(self) -> bool:
+        return self.entry.literature["WA"].earned
+
+    @property
+    def measured_in(self) -> Setting | None:
+        return Setting(self.setting[0], self.setting[1], self.budget, self.steps) if self.setting else None
+
+    @property
+    def outcome(self) -> str:
+        """``graded`` (≥ 1 dimension measured), ``not measured`` or ``reference``: what the ranking groups by."""
+        if not self.entry.graded:
+            return "reference"
+        return "graded" if self.measured_points is not None else "not measured"
 
     @property
     def label(self) -> str:
@@ -104,12 +171,17 @@ class Grade:
         return f"{self.entry.name} — {self.method}"
 
     def as_dict(self) -> dict[str, Any]:
+        where = self.measured_in
         return {
             "entry": self.entry.id, "method": self.method, "setting": list(self.setting) if self.setting else None,
-            "budget": self.budget, "measured_points": self.measured_points, "literature_points": self.literature_points,
-            "measured_dimensions": self.measured_dims, "geometry_modifier": self.geometry_modifier,
+            "measured_in": dataclasses.asdict(where) | {"label": where.label} if where else None,
+            "budget": self.budget, "measured_points": self.measured_points, "uncapped_points": self.uncapped_points,
+            "measured_max": MEASURED_MAX, "literature_points": self.literature_points,
+            "wa_literature": self.wa_literature, "outcome": self.outcome,
+            "measured_dimensions": self.measured_dims, "failed_dimensions": self.failed_dims,
+            "geometry_modifier": self.geometry_modifier,
             "verdicts": {d: {"status": v.status, "points": v.points, "rule": v.rule, "derivation": v.derivation,
-                             "numbers": v.numbers} for d, v in self.verdicts.items()},
+                             "p": v.p, "p_holm": v.p_holm, "numbers": v.numbers} for d, v in self.verdicts.items()},
             "geometry": [{"meaning": g.prediction.meaning, "status": g.status, "derivation": g.derivation}
                          for g in self.geometry],
             "derivation": self.derivation, "disagreements": self.disagreements,
@@ -117,88 +189,155 @@ class Grade:
 
 
 # --- dimension tests ----------------------------------------------------------------------------------
-def _ci_verdict(dim: str, diff: Interval, what: str, numbers: dict[str, Any]) -> Verdict:
-    numbers = {**numbers, "difference": diff.estimate, "ci_low": diff.low, "ci_high": diff.high, "n": list(diff.n)}
-    text = f"{what}: {diff.fmt(pct=True)} (seeds {'/'.join(map(str, diff.n))})"
-    if min(diff.n) < 2:
-        return Verdict(dim, "inconclusive", 0.0, text + " — needs ≥ 2 seeds per arm for a CI", numbers)
-    if diff.low > 0:
-        return Verdict(dim, "pass", SCALE[dim], text + " — CI above 0", numbers)
-    if diff.high < 0:
-        return Verdict(dim, "fail", 0.0, text + " — CI below 0", numbers)
-    return Verdict(dim, "inconclusive", 0.0, text + " — CI contains 0", numbers)
+def _too_few(dim: str, arms: dict[str, Scores | None]) -> Verdict | None:
+    """"not measured" when an arm lacks data, has fewer than MIN_SEEDS seeds, or lacks per-item results."""
+    missing = [k for k, v in arms.items() if v is None]
+    if missing:
+        return Verdict(dim, "not measured", 0.0, f"no scores for {', '.join(missing)}")
+    few = {k: v.n_seeds for k, v in arms.items() if v is not None and v.n_seeds < MIN_SEEDS}
+    if few:
+        have = ", ".join(f"{k} {n}" for k, n in few.items())
+        return Verdict(dim, "not measured", 0.0, f"needs ≥ {MIN_SEEDS} seeds per arm (have {have})",
+                       {"seeds": few})
+    no_items = [k for k, v in arms.items() if v is not None and v.items is None]
+    if no_items or len({v.n_items for v in arms.values() if v is not None}) > 1:
+        what = f"no per-item correctness for {', '.join(no_items)}" if no_items else "arms scored on different items"
+        return Verdict(dim, "not measured", 0.0, f"{what}: the test needs item-level results to include test-item "
+                       "uncertainty (a seeds-only test passed 4.9% of simulated null comparisons at nominal 2.5%)")
+    return None
 
 
-def decide_pe(arm: Arm, full: Arm | None, head: Arm | None) -> Verdict:
-    if full is None or head is None:
-        return Verdict("PE", "not measured", 0.0, "needs full fine-tuning and head-only runs in the same setting")
-    s, ft, s0 = arm.metric("test_acc"), full.metric("test_acc"), head.metric("test_acc")
-    if not (s and ft and s0):
-        return Verdict("PE", "not measured", 0.0, "test accuracy missing")
-    frac = arm.adapter_params / full.adapter_params if full.adapter_params > 0 else float("nan")
-    gap = float(np.mean(ft) - np.mean(s0))
-    nums = {"fraction_params": frac, "s": float(np.mean(s)), "s_full": float(np.mean(ft)),
-            "s_head": float(np.mean(s0)), "adapter_params": arm.adapter_params}
-    if gap <= 0:
-        return Verdict("PE", "inconclusive", 0.0, f"full fine-tuning ({np.mean(ft):.3f}) does not beat head-only "
-                       f"({np.mean(s0):.3f}): there is no gain to recover", nums)
-    r = gain_recovered(s, ft, s0)
+def _test_verdict(dim: str, t: ContrastTest, what: str, numbers: dict[str, Any]) -> Verdict:
+    """pass: one-sided p ≤ α (before Holm); fail: the interval lies wholly below the threshold."""
+    numbers = {**numbers, "estimate": t.estimate, "threshold": t.threshold, "ci_low": t.low, "ci_high": t.high,
+               "se": t.se, "df": t.df, "n": list(t.n_seeds), "items": t.n_items, "paired": t.paired}
+    text = f"{what}: {t.fmt()}"
+    at = f"{100 * t.threshold + 0.0:+g} pt"
+    if t.p <= ALPHA:
+        return Verdict(dim, "pass", SCALE[dim], text + f" — CI above {at}", numbers, p=t.p)
+    if t.high < t.threshold:
+        return Verdict(dim, "fail", 0.0, text + f" — CI below {at}", numbers, p=t.p)
+    return Verdict(dim, "inconclusive", 0.0, text + f" — CI contains {at}", numbers, p=t.p)
+
+
+def decide_pe(s: Scores | None, full: Scores | None, head: Scores | None, fraction: float = 0.0) -> Verdict:
+    """PE: R > 0.95 with the adapter under 1% of full fine-tuning's parameters."""
+    missing = _too_few("PE", {"method": s, "full fine-tuning": full, "head-only": head})
+    if missing:
+        return missing
+    assert s is not None and full is not None and head is not None
+    nums: dict[str, Any] = {"fraction_params": fraction, "s": s.mean, "s_full": full.mean, "s_head": head.mean}
+    if full.mean <= head.mean:
+        return Verdict("PE", "inconclusive", 0.0, f"full fine-tuning ({full.mean:.3f}) does not beat head-only "
+                       f"({head.mean:.3f}): there is no gain to recover", nums)
+    r = gain_recovered(s, full, head, PE_RECOVERY)
     nums.update({"R": r.estimate, "R_low": r.low, "R_high": r.high})
-    text = (f"R = {r.fmt()} at {arm.adapter_params:,.0f} adapter parameters = {100 * frac:.3f}% of full "
-            f"fine-tuning's (s = {np.mean(s):.3f}, s_FT = {np.mean(ft):.3f}, s_head = {np.mean(s0):.3f})")
-    if frac >= PE_MAX_FRACTION:
-        return Verdict("PE", "fail", 0.0, text + f" — uses ≥ {PE_MAX_FRACTION:.0%} of the parameters", nums)
-    if r.estimate >= PE_RECOVERY:
-        sure = "CI also above" if r.low >= PE_RECOVERY else "CI reaches below"
-        return Verdict("PE", "pass", SCALE["PE"], text + f" — R ≥ {PE_RECOVERY} ({sure} the threshold)", nums)
-    return Verdict("PE", "fail", 0.0, text + f" — R < {PE_RECOVERY}", nums)
+    v = _test_verdict("PE", r.test, f"R = {r.estimate:.3f} [{100 * (1 - 2 * ALPHA):.0f}% Fieller CI {r.low:.3f}, "
+                      f"{r.high:.3f}]; s − {PE_RECOVERY} s_FT − {1 - PE_RECOVERY:.2f} s_head", nums)
+    if math.isfinite(fraction) and fraction >= PE_MAX_FRACTION:
+        return Verdict("PE", "fail", 0.0, v.derivation + f"; but {fraction:.2%} ≥ {PE_MAX_FRACTION:.0%} of the "
+                       "parameters", v.numbers, p=v.p)
+    return v
 
 
-def decide_bl(arm: Arm, lora: Arm | None) -> Verdict:
-    if arm.method == "lora":
+def decide_bl(s: Scores | None, lora: Scores | None, lora_label: str = "LoRA", is_lora: bool = False) -> Verdict:
+    """BL: beats the LoRA arm with the same targets and ±10% parameters (none → not measured)."""
+    if is_lora:
         return Verdict("BL", "n/a", 0.0, "LoRA is the comparator")
     if lora is None:
-        return Verdict("BL", "not measured", 0.0, "no LoRA run in the same setting")
-    a, b = arm.metric("test_acc"), lora.metric("test_acc")
-    if not (a and b):
-        return Verdict("BL", "not measured", 0.0, "test accuracy missing")
-    return _ci_verdict("BL", mean_difference(a, b), f"vs LoRA @{lora.budget} ({lora.adapter_params:,.0f} params)",
-                       {"lora_budget": lora.budget})
+        return Verdict("BL", "not measured", 0.0, "no LoRA arm with the same target modules and ±10% parameters "
+                       "in this setting")
+    missing = _too_few("BL", {"method": s, lora_label: lora})
+    if missing:
+        return missing
+    assert s is not None
+    return _test_verdict("BL", difference_test(s, lora), f"vs {lora_label}", {"comparator": lora_label})
 
 
-def decide_bf(arm: Arm, full: Arm | None) -> Verdict:
-    if full is None:
-        return Verdict("BF", "not measured", 0.0, "no full fine-tuning run in the same setting")
-    a, b = arm.metric("test_acc"), full.metric("test_acc")
-    if not (a and b):
-        return Verdict("BF", "not measured", 0.0, "test accuracy missing")
-    return _ci_verdict("BF", mean_difference(a, b), "vs full fine-tuning", {})
+def decide_bf(s: Scores | None, full: Scores | None) -> Verdict:
+    """BF: non-inferior to full fine-tuning within BF_MARGIN."""
+    missing = _too_few("BF", {"method": s, "full fine-tuning": full})
+    if missing:
+        return missing
+    assert s is not None and full is not None
+    return _test_verdict("BF", difference_test(s, full, margin=BF_MARGIN),
+                         f"vs full fine-tuning (non-inferiority margin {100 * BF_MARGIN:g} pt)", {"margin": BF_MARGIN})
 
 
-def decide_de(ev: Evidence, setting: tuple[str, str], method: str) -> Verdict:
-    mine, ref = ev.curve_points(setting, method), ev.curve_points(setting, "full")
-    sizes = sorted(s for s in set(mine) & set(ref) if s <= DE_MAX_SIZE)
-    if not sizes:
-        have = f"method sizes {sorted(mine) or 'none'}, full FT sizes {sorted(ref) or 'none'}"
-        return Verdict("DE", "not measured", 0.0, f"no learning-curve size ≤ {DE_MAX_SIZE} run by both ({have})")
-    groups = [mine[s] for s in sizes] + [ref[s] for s in sizes]
-    k = len(sizes)
-    diff = bootstrap(groups, lambda *m: np.mean([m[i] - m[k + i] for i in range(k)], axis=0))
-    return _ci_verdict("DE", diff, f"mean difference to full FT at sizes {sizes}", {"sizes": sizes})
+def decide_de(curve: Scores | None, comparator_curves: dict[str, Scores | None],
+              steps: list[float] | None = None, comparator_steps: dict[str, list[float] | None] | None = None,
+              sizes: list[int] | None = None) -> Verdict:
+    """DE: learning curve above every comparator's (IUT), or fewer steps to target than each (IUT);
+    Bonferroni over the two routes when both are measured."""
+    if curve is None or not comparator_curves:
+        return Verdict("DE", "not measured", 0.0, "no learning curves shared with full fine-tuning "
+                       f"(sizes: {sizes or 'none'})")
+    missing = _too_few("DE", {"method": curve, **comparator_curves})
+    if missing:
+        return missing
+    tests = {name: difference_test(curve, c) for name, c in comparator_curves.items()}  # type: ignore[arg-type]
+    p_curve = max(t.p for t in tests.values())
+    parts = [f"vs {name}: {t.fmt()}" for name, t in tests.items()]
+    nums: dict[str, Any] = {"sizes": sizes, "curve": {k: {"estimate": t.estimate, "ci_low": t.low, "ci_high": t.high,
+                                                          "p": t.p} for k, t in tests.items()}}
+    p_steps = None
+    cs = comparator_steps or {}
+    usable = steps is not None and cs and set(cs) == set(comparator_curves) and all(
+        v is not None and len(v) >= MIN_SEEDS for v in cs.values()) and len(steps) >= MIN_SEEDS
+    if usable:
+        p_steps = max(permutation_p_less(steps, v) for v in cs.values())  # type: ignore[arg-type]
+        med = {k: float(np.median(v)) for k, v in cs.items()}  # type: ignore[arg-type]
+        parts.append(f"steps to target: median {np.median(steps):g} vs " +  # type: ignore[arg-type]
+                     ", ".join(f"{k} {m:g}" for k, m in med.items()) + f" (permutation p = {p_steps:.3g})")
+        nums["steps_p"] = p_steps
+    p = p_curve if p_steps is None else min(1.0, 2 * min(p_curve, p_steps))
+    text = f"mean accuracy over sizes {sizes}: " + "; ".join(parts)
+    if p <= ALPHA:
+        return Verdict("DE", "pass", SCALE["DE"], text + " — beats every comparator", nums, p=p)
+    if any(t.high < 0 for t in tests.values()) and (p_steps is None or p_steps > 0.5):
+        return Verdict("DE", "fail", 0.0, text + " — below a comparator", nums, p=p)
+    return Verdict("DE", "inconclusive", 0.0, text + " — not shown", nums, p=p)
 
 
-def decide_ood(arm: Arm, lora: Arm | None, full: Arm | None) -> Verdict:
-    comp = full if arm.method == "lora" else lora
-    name = "full fine-tuning" if arm.method == "lora" else "LoRA"
-    if comp is None:
-        return Verdict("OOD", "not measured", 0.0, f"no {name} run in the same setting")
-    a, b = arm.retention(), comp.retention()
-    if not (a and b):
-        return Verdict("OOD", "not measured", 0.0, "no OOD metrics (ood_acc/*) in the runs")
-    v = _ci_verdict("OOD", mean_difference(a, b),
-                    f"retention {np.mean(a):.3f} vs {name} {np.mean(b):.3f} over {', '.join(arm.ood_sets())}",
-                    {"retention": float(np.mean(a)), "comparator_retention": float(np.mean(b)), "comparator": name})
-    return v
+def decide_ood(ood: Scores | None, comparator: Scores | None, name: str = "LoRA",
+               extra: dict[str, Any] | None = None) -> Verdict:
+    """OOD: absolute accuracy on the shifted sets above the comparator's, paired by item."""
+    if comparator is None:
+        return Verdict("OOD", "not measured", 0.0, f"no {name} arm to compare with in this setting")
+    missing = _too_few("OOD", {"method": ood, name: comparator})
+    if missing:
+        return missing
+    assert ood is not None
+    return _test_verdict("OOD", difference_test(ood, comparator), f"OOD accuracy {ood.mean:.3f} vs {name} "
+                         f"{comparator.mean:.3f}", {"comparator": name, **(extra or {})})
+
+
+def apply_holm(verdicts: dict[str, Verdict]) -> dict[str, Verdict]:
+    """Holm over the measured dimensions' p-values: a pass survives only if its adjusted p ≤ α."""
+    ps = {d: v.p for d, v in verdicts.items() if d in MEASURED and v.measured and v.p is not None}
+    adjusted = holm(ps)  # type: ignore[arg-type]
+    for d, p_adj in adjusted.items():
+        v = verdicts[d]
+        v.p_holm = p_adj
+        if v.status == "pass" and p_adj > ALPHA:
+            v.status, v.points = "inconclusive", 0.0
+            v.derivation += f" — but not after Holm's correction over {len(ps)} tests (p_adj = {p_adj:.3g})"
+        elif v.status == "pass":
+            v.derivation += f" (Holm p_adj = {p_adj:.3g} over {len(ps)} tests)"
+    return verdicts
+
+
+def effective_robustness(arms: list[Arm], arm: Arm) -> float | None:
+    """OOD accuracy minus the ID→OOD line fitted (least squares) over every arm's mean accuracies."""
+    pts = [(float(np.mean(a.metric("test_acc"))), float(np.mean(a.ood_accuracy()))) for a in arms
+           if a.metric("test_acc") and a.ood_accuracy()]
+    if len(pts) < 3 or not arm.ood_accuracy() or not arm.metric("test_acc"):
+        return None
+    x, y = np.asarray(pts).T
+    if np.ptp(x) == 0:
+        return None
+    slope, intercept = np.polyfit(x, y, 1)
+    return float(np.mean(arm.ood_accuracy()) - (intercept + slope * np.mean(arm.metric("test_acc"))))
 
 
 # --- geometry -------------------------------------------------------------------------------------------
@@ -208,25 +347,93 @@ def matching_rows(rows: list, p: Prediction) -> list:
             and (pat is None or pat.search(r.matrix))]
 
 
-def judge_prediction(ev: Evidence, setting: tuple[str, str], p: Prediction) -> GeometryVerdict:
+def _subject_rows(ev: Evidence, setting: tuple[str, str], p: Prediction, method: str | None
+                  ) -> tuple[list, str, bool]:
+    """Rows a prediction is judged on: the graded method's own update when the prediction is meaningful
+    there (``on_own_update``) and its probe job carries the statistic (``own=True``: it may move the
+    grade), else full fine-tuning's (prevalence: shown only)."""
+    if p.on_own_update and method and method not in ("full", "head_only") and p.probe != "seed_rank":
+        own = matching_rows(ev.probe_rows(setting, "method", method), p)
+        if own:
+            return own, f"{method}'s own update", True
+    kind = "pair" if p.probe == "seed_rank" else "single"
+    return matching_rows(ev.probe_rows(setting, kind, "full"), p), "full fine-tuning's update", method == "full"
+
+
+def _equivalent(rows: list) -> tuple[bool, str, dict[str, Any]]:
+    """Equivalence (TOST, α = 0.025 each side) of value and null mean over matrices: the 95% t interval of
+    mean log(value / null mean) lies within ±log(1 + EQUIVALENCE_MARGIN)."""
+    ratios = [r.value / r.null_mean for r in rows if r.null_mean and r.null_mean > 0 and r.value > 0]
+    if len(ratios) < 3:
+        return False, f"equivalence needs ≥ 3 matrices with a positive null mean (have {len(ratios)})", {}
+    lr = np.log(np.asarray(ratios))
+    se = float(lr.std(ddof=1) / np.sqrt(lr.size))
+    q = float(_t_quantile(1 - ALPHA, lr.size - 1))
+    lo, hi = float(lr.mean() - q * se), float(lr.mean() + q * se)
+    bound = math.log(1 + EQUIVALENCE_MARGIN)
+    ok = -bound < lo and hi < bound
+    text = (f"value/null over {lr.size} matrices: {math.exp(lr.mean()):.3f} [95% CI {math.exp(lo):.3f}, "
+            f"{math.exp(hi):.3f}], equivalence margin ±{EQUIVALENCE_MARGIN:.0%}")
+    return ok, text, {"ratio": math.exp(lr.mean()), "ratio_low": math.exp(lo), "ratio_high": math.exp(hi)}
+
+
+def _t_quantile(q: float, df: int) -> float:
+    from scipy import stats as st
+
+    return float(st.t.ppf(q, df))
+
+
+def _censored_threshold(p: Prediction, rows: list) -> GeometryVerdict | None:
+    """Threshold predictions on k*: censored values (every tested direction passed: k* ≥ value) stay
+    censored — bounds on the median, no CV."""
+    cens = [bool(r.detail.get("censored")) for r in rows]
+    if not any(cens):
+        return None
+    vals = np.asarray([r.value / (_dim(r) or 1.0) if p.per_d else r.value for r in rows], dtype=float)
+    what = f"{sum(cens)} of {len(rows)} matrices censored (k* ≥ the tested depth)"
+    if p.aggregate == "cv":
+        return GeometryVerdict(p, "not measured", f"{what}: a coefficient of variation of censored values is "
+                               "undefined", {"censored": sum(cens)})
+    low = float(np.median(vals))  # censored values are lower bounds, so this bounds the median from below
+    high = float(np.median(np.where(cens, np.inf, vals)))
+    text = (f"median{' / d' if p.per_d else ''} of {p.stat} in [{low:.3g}, {high:.3g}] ({what}; predicted "
+            f"{p.op} {p.value:g})")
+    nums = {"median_low": low, "median_high": high, "censored": sum(cens), "n": len(rows)}
+    if p.op == "<=":
+        status = "supported" if high <= p.value else "contradicted" if low > p.value else "not significant"
+    else:
+        status = "supported" if low >= p.value else "contradicted" if high < p.value else "not significant"
+    return GeometryVerdict(p, status, text, nums)
+
+
+def judge_prediction(ev: Evidence, setting: tuple[str, str], p: Prediction,
+                     method: str | None = None) -> GeometryVerdict:
+    """Judge one prediction; ``numbers["counts"]`` says whether it may move ``method``'s grade (only a
+    judgement on the method's own update does; full fine-tuning's update is shown as prevalence)."""
     if p.kind == "magdir":
+        own = method is not None and p.job_method == method
         pts = ev.magdir_points(setting, p.job_method)
         if len(pts) < 3:
             return GeometryVerdict(p, "not measured",
-                                   f"needs ≥ 3 matrices of {p.job_method}'s update, have {len(pts)}")
+                                   f"needs ≥ 3 matrices of {p.job_method}'s update, have {len(pts)}", {"counts": own})
         c = magnitude_direction_correlation(pts)
-        text = (f"Pearson r(ΔM, ΔD) = {c['r']:+.2f} [95% CI {c['ci_low']:+.2f}, {c['ci_high']:+.2f}] "
-                f"over {c['n']} matrices")
-        nums = dict(c)
+        text = (f"on {p.job_method}'s update: Pearson r(ΔM, ΔD) = {c['r']:+.2f} [95% CI {c['ci_low']:+.2f}, "
+                f"{c['ci_high']:+.2f}] over {c['n']} matrices")
+        nums = {**c, "counts": own}
         if c["ci_low"] > 0 or c["ci_high"] < 0:
             sign = 1 if c["ci_low"] > 0 else -1
             return GeometryVerdict(p, "supported" if sign == p.direction else "contradicted", text, nums)
         return GeometryVerdict(p, "not significant", text + " (CI contains 0)", nums)
-    kind = "pair" if p.probe == "seed_rank" else "single"
-    rows = matching_rows(ev.probe_rows(setting, kind, "full"), p)
+    rows, subject, own = _subject_rows(ev, setting, p, method)
     if not rows:
-        return GeometryVerdict(p, "not measured", f"no {p.probe}/{p.stat} probe results on full fine-tuning's update")
+        return GeometryVerdict(p, "not measured", f"no {p.probe}/{p.stat} probe results on {subject}",
+                               {"counts": own})
     if p.kind == "threshold":
+        censored = _censored_threshold(p, rows)
+        if censored is not None:
+            censored.derivation = f"on {subject}: {censored.derivation}"
+            censored.numbers["counts"] = own
+            return censored
         vals = []
         for r in rows:
             d = _dim(r)
@@ -234,34 +441,44 @@ def judge_prediction(ev: Evidence, setting: tuple[str, str], p: Prediction) -> G
         arr = np.asarray(vals, dtype=float)
         if p.aggregate == "cv":
             stat = float(arr.std() / arr.mean()) if arr.mean() > 0 else float("nan")
-            what = "coefficient of variation"
+            what = "coefficient of variation" + (" of k*/d (each matrix's side width)" if p.per_d else "")
         else:
             stat, what = float(np.median(arr)), "median" + (" / d" if p.per_d else "")
         ok = stat <= p.value if p.op == "<=" else stat >= p.value
-        text = f"{what} of {p.stat} over {len(rows)} matrices = {stat:.3g} (predicted {p.op} {p.value:g})"
+        text = f"on {subject}: {what} of {p.stat} over {len(rows)} matrices = {stat:.3g} (predicted {p.op} {p.value:g})"
         if not math.isfinite(stat):
-            return GeometryVerdict(p, "not significant", text + ": undefined", {"value": stat})
-        return GeometryVerdict(p, "supported" if ok else "contradicted", text, {"value": stat, "n": len(rows)})
+            return GeometryVerdict(p, "not significant", text + ": undefined", {"value": stat, "counts": own})
+        return GeometryVerdict(p, "supported" if ok else "contradicted", text,
+                               {"value": stat, "n": len(rows), "counts": own})
+    draws = min(r.n for r in rows)
+    if draws < MIN_NULL_DRAWS:
+        return GeometryVerdict(p, "not measured", f"on {subject}: {draws} null draws per matrix; a null test needs "
+                               f"≥ {MIN_NULL_DRAWS}", {"draws": draws, "counts": own})
     zs = np.asarray([r.z for r in rows if r.z is not None], dtype=float)
     if zs.size == 0:
         inv = any(r.invariant for r in rows)
         return GeometryVerdict(p, "not measured", "the null cannot move this statistic (invariant)" if inv else
-                               "no z-scores stored")
+                               "no z-scores stored", {"counts": own})
     med = float(np.median(zs))
     frac = float(np.mean(np.abs(zs) >= Z_SIGNIFICANT))
     vals = np.asarray([r.value for r in rows], dtype=float)
     nulls = np.asarray([r.null_mean for r in rows if r.null_mean is not None], dtype=float)
-    text = (f"median z = {med:+.1f} over {zs.size} matrices ({100 * frac:.0f}% with |z| ≥ {Z_SIGNIFICANT:g}); "
-            f"median value {np.median(vals):.3g} vs null {np.median(nulls) if nulls.size else float('nan'):.3g} "
-            f"({p.null}, {rows[0].n} draws)")
-    nums = {"median_z": med, "fraction_significant": frac, "matrices": int(zs.size)}
+    text = (f"on {subject}: median z = {med:+.1f} over {zs.size} matrices ({100 * frac:.0f}% with |z| ≥ "
+            f"{Z_SIGNIFICANT:g}); median value {np.median(vals):.3g} vs null "
+            f"{np.median(nulls) if nulls.size else float('nan'):.3g} ({p.null}, {draws} draws)")
+    nums: dict[str, Any] = {"median_z": med, "fraction_significant": frac, "matrices": int(zs.size), "counts": own}
     ratio = float(np.median(vals) / np.median(nulls)) if nulls.size and np.median(nulls) > 0 else float("nan")
     if p.min_ratio is not None:
         text += f"; value/null = {ratio:.3g} (practical threshold ≥ {p.min_ratio:g})"
         nums["ratio"] = ratio
-    if p.direction == 0:
-        status = "supported" if abs(med) < Z_SIGNIFICANT else "contradicted"
-    elif med * p.direction >= Z_SIGNIFICANT:
+    if p.direction == 0:  # "no structure": only an equivalence test can support it
+        if abs(med) >= Z_SIGNIFICANT:
+            return GeometryVerdict(p, "contradicted", text, nums)
+        ok, eq_text, eq = _equivalent(rows)
+        nums.update(eq)
+        return GeometryVerdict(p, "supported" if ok else "not significant", f"{text}; {eq_text}"
+                               + ("" if ok else " — not shown equivalent"), nums)
+    if med * p.direction >= Z_SIGNIFICANT:
         practical = p.min_ratio is None or (math.isfinite(ratio) and ratio >= p.min_ratio)
         status = "supported" if practical else "not significant"
     elif med * p.direction <= -Z_SIGNIFICANT:
@@ -280,7 +497,9 @@ def _dim(row: Any) -> float | None:
 
 
 def geometry_modifier(verdicts: list[GeometryVerdict]) -> float:
-    judged = [v for v in verdicts if v.status != "not measured"]
+    """+0.5 when every counted prediction is supported, −0.5 when one is contradicted; only judgements on
+    the graded method's own update count (full fine-tuning's update is the hypothesis's prevalence: shown)."""
+    judged = [v for v in verdicts if v.status != "not measured" and v.numbers.get("counts")]
     if not judged:
         return 0.0
     if any(v.status == "contradicted" for v in judged):
@@ -304,49 +523,94 @@ def _disagreements(entry: Entry, verdicts: dict[str, Verdict]) -> list[str]:
     return out
 
 
+def _wa(entry: Entry) -> Verdict:
+    wa = entry.literature["WA"]
+    return Verdict("WA", "literature", 0.0, f"literature mark {'earned' if wa.earned else 'not earned'} "
+                   f"(shown beside the grade, not counted): {wa.why}", {"literature_mark": wa.earned})
+
+
+def _curves(ev: Evidence, setting: tuple[str, str], arm: Arm, comparators: dict[str, Arm]
+            ) -> tuple[Scores | None, dict[str, Scores | None], list[int]]:
+    """The arm's and each comparator's learning-curve scores over the sizes all of them ran."""
+    mine = ev.curve_seeds(setting, arm.method, arm.budget, arm.hp)
+    theirs = {k: ev.curve_seeds(setting, a.method, a.budget, a.hp) for k, a in comparators.items()}
+    sizes = sorted(set(mine).intersection(*[set(t) for t in theirs.values()])) if theirs else []
+    if not sizes:
+        return None, {}, []
+
+    def scores(a: Arm, seeds_by_size: dict[int, set[int]]) -> Scores | None:
+        seeds = sorted(set.intersection(*[seeds_by_size[n] for n in sizes]))
+        return ev.curve_scores(setting, a.method, a.budget, sizes, seeds, a.hp) if len(seeds) >= 2 else None
+
+    return scores(arm, mine), {k: scores(comparators[k], theirs[k]) for k in comparators}, sizes
+
+
+def decide_all(ev: Evidence, setting: tuple[str, str], arm: Arm) -> dict[str, Verdict]:
+    """Every measured dimension of one arm, Holm-corrected together."""
+    full, head = ev.reference(setting, "full"), ev.reference(setting, "head_only")
+    is_lora = arm.method == "lora"
+    lora = None if is_lora else ev.matched_lora(setting, arm)
+    s = arm.scores("test")
+    fraction = arm.adapter_params / full.adapter_params if full and full.adapter_params > 0 else float("nan")
+    lora_label = f"LoRA @{lora.budget} ({lora.adapter_params:,.0f} params, targets {lora.targets})" if lora else ""
+    verdicts = {
+        "PE": decide_pe(s, full.scores("test") if full else None, head.scores("test") if head else None, fraction),
+        "BL": decide_bl(s, lora.scores("test") if lora else None, lora_label, is_lora),
+        "BF": decide_bf(s, full.scores("test") if full else None),
+    }
+    comps: dict[str, Arm] = {"full fine-tuning": full} if full else {}
+    if lora is not None:
+        comps["matched LoRA"] = lora
+    curve, comp_curves, sizes = _curves(ev, setting, arm, comps) if comps else (None, {}, [])
+    verdicts["DE"] = decide_de(curve, comp_curves, arm.steps_to_target(),
+                               {k: a.steps_to_target() for k, a in comps.items()}, sizes)
+    comparator, name = (full, "full fine-tuning") if is_lora else (lora, "matched LoRA")
+    er = effective_robustness(ev.arms(setting), arm)
+    verdicts["OOD"] = decide_ood(arm.scores("ood"), comparator.scores("ood") if comparator else None, name,
+                                 {"effective_robustness": er})
+    return apply_holm(verdicts)
+
+
 def grade_method(ev: Evidence, entry: Entry, method: str | None, setting: tuple[str, str] | None) -> Grade:
     lit = entry.literature_points
-    verdicts: dict[str, Verdict] = {}
     arm = ev.primary_arm(setting, method) if (setting and method) else None
-    derivation: list[str] = []
     if arm is None:
-        for dim in SCALE:
-            verdicts[dim] = Verdict(dim, "not measured", 0.0, "no finished runs of this method in the store")
-        verdicts["WA"] = Verdict("WA", "literature", SCALE["WA"] if entry.literature["WA"].earned else 0.0,
-                                 entry.literature["WA"].why)
-        geo = [judge_prediction(ev, setting, p) for p in entry.predictions] if setting else []
+        verdicts = {d: Verdict(d, "not measured", 0.0, "no finished runs of this method in the store")
+                    for d in MEASURED}
+        verdicts["WA"] = _wa(entry)
+        geo = [judge_prediction(ev, setting, p, method) for p in entry.predictions] if setting else []
         return Grade(entry, method, setting, None, verdicts, geo, geometry_modifier(geo), None, lit,
                      ["not measured yet: no finished runs"], [])
-    full, head = ev.reference(setting, "full"), ev.reference(setting, "head_only")
-    lora = ev.matched_lora(setting, arm)
     if not entry.graded:
-        for dim in SCALE:
-            verdicts[dim] = Verdict(dim, "reference", 0.0, "reference method: measured numbers shown, not graded")
-        geo = [judge_prediction(ev, setting, p) for p in entry.predictions]
+        verdicts = {d: Verdict(d, "reference", 0.0, "reference method: measured numbers shown, not graded")
+                    for d in SCALE}
+        geo = [judge_prediction(ev, setting, p, method) for p in entry.predictions]
         return Grade(entry, method, setting, arm.budget, verdicts, geo, 0.0, None, lit,
-                     ["reference method (ungraded)"], [])
-    verdicts["PE"] = decide_pe(arm, full, head)
-    verdicts["BL"] = decide_bl(arm, lora)
-    verdicts["BF"] = decide_bf(arm, full)
-    verdicts["DE"] = decide_de(ev, setting, arm.method)
-    verdicts["OOD"] = decide_ood(arm, lora, full)
-    wa = entry.literature["WA"]
-    verdicts["WA"] = Verdict("WA", "literature", SCALE["WA"] if wa.earned else 0.0, wa.why)
-    geo = [judge_prediction(ev, setting, p) for p in entry.predictions]
+                     ["reference method (ungraded)"], [], steps=arm.steps)
+    verdicts = decide_all(ev, setting, arm)
+    verdicts["WA"] = _wa(entry)
+    geo = [judge_prediction(ev, setting, p, method) for p in entry.predictions]
     mod = geometry_modifier(geo)
-    base = sum(v.points for v in verdicts.values())
-    total = min(max(base + mod, 0.0), MAX_POINTS)
-    derivation = [f"{d} {v.points:g}/{SCALE[d]:g} ({v.status})" for d, v in verdicts.items()]
+    n_measured = sum(verdicts[d].measured for d in MEASURED)
+    derivation = [f"{d} {verdicts[d].points:g}/{SCALE[d]:g} ({verdicts[d].status})" for d in MEASURED]
     derivation.append(f"geometry {mod:+g}")
+    if n_measured == 0:
+        derivation.append(f"= not measured (0 of 5 dimensions measurable; {arm.method} has {len(arm.records)} "
+                          f"seed(s)); WA literature mark {'earned' if entry.literature['WA'].earned else 'not earned'}")
+        return Grade(entry, arm.method, setting, arm.budget, verdicts, geo, mod, None, lit, derivation,
+                     _disagreements(entry, verdicts), steps=arm.steps)
+    total = min(max(sum(verdicts[d].points for d in MEASURED) + mod, 0.0), MEASURED_MAX)
+    uncapped = None
     cap_note = ""
     if entry.override and entry.override.kind == "analytic" and total > entry.override.cap:
+        uncapped = total
         cap_note = (f"{total:g}, capped at {entry.override.cap:g} by the analytic override "
                     f"({entry.override.finding}) → ")
         total = entry.override.cap
     grade = Grade(entry, arm.method, setting, arm.budget, verdicts, geo, mod, total, lit, derivation,
-                  _disagreements(entry, verdicts))
-    derivation.append(f"= {cap_note}{total:g} / {MAX_POINTS:g} ({grade.measured_dims} of 5 measurable dimensions "
-                      "measured)")
+                  _disagreements(entry, verdicts), uncapped, arm.steps)
+    derivation.append(f"= {cap_note}{total:g} / {MEASURED_MAX:g} ({n_measured} of 5 dimensions measured; "
+                      f"WA literature mark {'earned' if grade.wa_literature else 'not earned'}, shown beside)")
     return grade
 
 
@@ -366,13 +630,16 @@ def grade_all(ev: Evidence) -> list[Grade]:
 
 
 def sort_grades(grades: list[Grade]) -> list[Grade]:
-    """Measured grade first (descending), then references, then unmeasured by literature grade."""
+    """Graded first (descending points, then more dimensions measured, then fewer failures), then the
+    references, then the not-measured rows by literature grade: a 0 from failed tests ranks above, and
+    apart from, a row nothing was measured for."""
     def key(g: Grade) -> tuple:
-        if g.measured_points is not None:
-            return (0, -g.measured_points, -g.measured_dims, -g.literature_points, g.entry.id, g.method or "")
-        if not g.entry.graded:
-            return (1, 0, 0, 0, g.entry.id, g.method or "")
-        return (2, 0, 0, -g.literature_points, g.entry.id, g.method or "")
+        if g.outcome == "graded":
+            return (0, -(g.measured_points or 0.0), -g.measured_dims, g.failed_dims, -g.literature_points,
+                    g.entry.id, g.method or "")
+        if g.outcome == "reference":
+            return (1, 0, 0, 0, 0, g.entry.id, g.method or "")
+        return (2, 0, 0, 0, -g.literature_points, g.entry.id, g.method or "")
     return sorted(grades, key=key)
 
 

@@ -49,6 +49,7 @@ class AdaLoRA(LayerAdapter):
     summary = "SVD-form P·diag(λ)·Q with importance-based pruning of triplets to a global rank budget."
     formula = "r0·(d_in + d_out + 1)"
     size_knob: ClassVar[str | None] = "init_r"
+    rank_within_width = True
     test_config: ClassVar[dict[str, Any]] = {"init_r": 4, "target_r": 2, "alpha": 4.0}
 
     @dataclasses.dataclass

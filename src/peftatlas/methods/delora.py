@@ -44,6 +44,7 @@ class DeLoRA(LayerAdapter):
     summary = "ΔW = (λ/r)·B Ξ A·diag(‖W0‖_col), Ξ normalising each rank-1 term; one learnable strength λ."
     formula = "r·(d_in + d_out) + 1"
     size_knob: ClassVar[str | None] = "r"
+    rank_within_width = True
     test_config: ClassVar[dict[str, Any]] = {"r": 4, "lambda_init": 2.0}
 
     @dataclasses.dataclass

@@ -43,6 +43,7 @@ class DeltaLoRA(LayerAdapter):
     summary = "LoRA whose per-step increments are also added to W (kept in the adapter); total rank ≤ 2r."
     formula = "r·(d_in + d_out)"
     size_knob: ClassVar[str | None] = "r"
+    rank_within_width = True
     test_config: ClassVar[dict[str, Any]] = {"r": 4, "alpha": 8.0}
 
     @dataclasses.dataclass

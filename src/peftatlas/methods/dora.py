@@ -38,6 +38,7 @@ class DoRA(LayerAdapter):
     summary = "W' = m ⊙ (W0 + sBA)/‖W0 + sBA‖_row: LoRA on the direction, a trainable magnitude per neuron."
     formula = "r·(d_in + d_out) + d_out"
     size_knob: ClassVar[str | None] = "r"
+    rank_within_width = True
     stackable: ClassVar[bool] = False
     test_config: ClassVar[dict[str, Any]] = {"r": 4, "alpha": 8}
 

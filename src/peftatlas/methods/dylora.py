@@ -33,6 +33,7 @@ class DyLoRA(LayerAdapter):
     summary = "LoRA trained with a random truncation rank each step, so every prefix rank b ≤ r works."
     formula = "r·(d_in + d_out)"
     size_knob: ClassVar[str | None] = "r"
+    rank_within_width = True
     test_config: ClassVar[dict[str, Any]] = {"r": 4, "alpha": 4.0}
 
     @dataclasses.dataclass

@@ -73,6 +73,7 @@ class LoRA(LayerAdapter):
     summary = "ΔW = s·BA with rank r; B=0 at init."
     formula = "r·(d_in + d_out)"
     size_knob: ClassVar[str | None] = "r"
+    rank_within_width = True
     test_config: ClassVar[dict[str, Any]] = {"r": 4, "alpha": 8}
 
     @dataclasses.dataclass

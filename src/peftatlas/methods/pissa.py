@@ -37,6 +37,7 @@ class PiSSA(LayerAdapter):
     summary = "LoRA initialised on W0's top-r singular triplets (A = √σ Vᵀ, B = U √σ); residual frozen."
     formula = "r·(d_in + d_out)"
     size_knob: ClassVar[str | None] = "r"
+    rank_within_width = True
     test_config: ClassVar[dict[str, Any]] = {"r": 4}
     which: ClassVar[str] = "principal"
 

@@ -18,6 +18,11 @@ Labels aligned with the tokens (causal LM, token classification) get ``p`` leadi
 returned ``logits`` / ``last_hidden_state`` / ``hidden_states`` drop the virtual positions, so the
 adapted model's outputs line up with its inputs. ``generate()`` prepends the prompt to the prompt
 tokens' embeddings in the prefill and returns the usual ``input_ids + new tokens``. Not mergeable.
+
+Encoder-decoder models (T5): the prompt goes in front of the encoder's input by default (as in the
+paper; labels and logits are the decoder's, so they are left alone), and ``generate()`` works. With
+``targets=["decoder.embed_tokens"]`` it goes in front of the decoder's input instead (``forward``
+only: labels get ``p`` leading ``-100`` and the logits drop the prompt positions).
 """
 
 from __future__ import annotations
@@ -65,6 +70,10 @@ def check_token_model(model: nn.Module, method: str) -> None:
                           f"{type(model).__name__}.forward does not")
 
 
+def _is_encoder_decoder(model: nn.Module) -> bool:
+    return bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+
+
 @register("prompt_tuning")
 class PromptTuning(LayerAdapter):
     family = "input-space"
@@ -78,11 +87,13 @@ class PromptTuning(LayerAdapter):
     size_knob: ClassVar[str | None] = "num_virtual_tokens"
     target_types: ClassVar[tuple[type[nn.Module], ...]] = (nn.Embedding,)
     default_targets: ClassVar[Any] = INPUT_EMBEDDINGS
-    test_config: ClassVar[dict[str, Any]] = {"num_virtual_tokens": 4}
-    test_skip: ClassVar[dict[str, str]] = {
-        "mlp": "the MLP takes feature vectors, not token ids",
-        "vit": "ViT embeds pixel patches; soft prompts for images are visual prompt tuning, a separate method",
-    }
+
+    class Testing:
+        config: ClassVar[dict[str, Any]] = {"num_virtual_tokens": 4}
+        skip: ClassVar[dict[str, str]] = {
+            "mlp": "the MLP takes feature vectors, not token ids",
+            "vit": "ViT embeds pixel patches; soft prompts for images are visual prompt tuning, a separate method",
+        }
 
     @dataclasses.dataclass
     class Config:
@@ -104,10 +115,18 @@ class PromptTuning(LayerAdapter):
         check_token_model(model, cls.name)
 
     @classmethod
+    def layer_configs(cls, bases: dict[str, nn.Module], cfg: Config) -> dict[str, Any]:
+        """An encoder-decoder model matches both stacks' embeddings: the prompt goes on the encoder's."""
+        encoder = [n for n in bases if "encoder" in n.split(".")]
+        if len(bases) == 2 and len(encoder) == 1 and any("decoder" in n.split(".") for n in bases):
+            return {encoder[0]: cfg}
+        return {n: cfg for n in bases}
+
+    @classmethod
     def build_shared(cls, targets: dict[str, nn.Module], cfg: Config) -> nn.Module:
         if len(targets) != 1:
             raise MethodError(f"prompt_tuning: the prompt lives on the one input embedding; {len(targets)} "
-                              f"modules matched ({', '.join(targets)})")
+                              f"modules matched ({', '.join(targets)}); name one in targets=[...]")
         return PromptState()
 
     def __init__(self, base: nn.Module, cfg: Config, shared: nn.Module | None = None) -> None:
@@ -142,7 +161,11 @@ class PromptTuning(LayerAdapter):
         past = cache_argument(kwargs)
         if past is not None and hasattr(past, "get_seq_length") and past.get_seq_length() > 0:
             return kwargs  # continuing a cache that already holds the prompt
-        _, adapter = single_adapter(model, name, cls)
+        layer_name, adapter = single_adapter(model, name, cls)
+        if _is_encoder_decoder(model):
+            if "decoder" in layer_name.split("."):
+                return cls._prepend_decoder(model, name, layer_name, adapter, kwargs)
+            keep_ids = False  # seq2seq generate() takes the encoder's inputs_embeds alone
         batch, n, device = batch_and_length(kwargs)
         kwargs = dict(kwargs)
         embeds = kwargs.get("inputs_embeds")
@@ -161,9 +184,37 @@ class PromptTuning(LayerAdapter):
             pos = kwargs["position_ids"]
             lead = torch.arange(p, device=pos.device, dtype=pos.dtype).expand(pos.shape[0], p)
             kwargs["position_ids"] = torch.cat([lead, pos + p], dim=1)
+        if _is_encoder_decoder(model):
+            return kwargs  # labels and logits belong to the decoder
         labels = kwargs.get("labels")
         if isinstance(labels, Tensor) and labels.dim() == 2 and labels.shape[1] == n:
             kwargs["labels"] = torch.cat([labels.new_full((labels.shape[0], p), IGNORE_INDEX), labels], dim=1)
+        state = shared_state(model, name)
+        if state is not None:
+            state.length = n + p
+        return kwargs
+
+    @classmethod
+    def _prepend_decoder(cls, model: nn.Module, name: str, layer_name: str, adapter: PromptTuning,
+                         kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Encoder-decoder models, prompt on the decoder: ``decoder_inputs_embeds = [P; embed(decoder ids)]``."""
+        kwargs = dict(kwargs)
+        ids, labels = kwargs.pop("decoder_input_ids", None), kwargs.get("labels")
+        embeds = kwargs.pop("decoder_inputs_embeds", None)
+        if embeds is None:
+            if ids is None and isinstance(labels, Tensor):
+                ids = model.model.prepare_decoder_input_ids_from_labels(labels=labels)
+            if ids is None:
+                raise MethodError("prompt_tuning: a decoder-side prompt needs decoder_input_ids or labels")
+            embeds = model.adapted_layers()[layer_name](ids)
+        batch, n, p = int(embeds.shape[0]), int(embeds.shape[1]), adapter.cfg.num_virtual_tokens
+        prompt = adapter.prompt.to(device=embeds.device, dtype=embeds.dtype).expand(batch, -1, -1)
+        kwargs["decoder_inputs_embeds"] = torch.cat([prompt, embeds], dim=1)
+        mask = kwargs.get("decoder_attention_mask")
+        if mask is not None:
+            kwargs["decoder_attention_mask"] = prepend_ones(mask, batch, n, p, embeds.device)
+        if isinstance(labels, Tensor) and labels.dim() == 2 and labels.shape[1] == n:
+            kwargs["labels"] = torch.cat([labels.new_full((batch, p), IGNORE_INDEX), labels], dim=1)
         state = shared_state(model, name)
         if state is not None:
             state.length = n + p
@@ -177,6 +228,10 @@ class PromptTuning(LayerAdapter):
     def transform_generate_inputs(cls, model: nn.Module, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         if "input_ids" not in kwargs and "inputs_embeds" not in kwargs:
             raise MethodError("prompt_tuning: generate() needs input_ids (or inputs_embeds) to prepend the prompt to")
+        layer_name, _ = single_adapter(model, name, cls)
+        if _is_encoder_decoder(model) and "decoder" in layer_name.split("."):
+            raise MethodError("prompt_tuning: generate() with the prompt on the decoder of an encoder-decoder model "
+                              "is not supported (forward is); put it on the encoder: targets=['encoder.embed_tokens']")
         return cls._prepend(model, name, kwargs, keep_ids=True)
 
     @classmethod

@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..core.hyperparameters import at_least
 from ..core.method import BaseFn, LayerAdapter, MethodError, register
 from ..ops import (
     circulant_dense,
@@ -276,7 +277,8 @@ class SURMKronecker(_SURMDelta):
 
     @dataclasses.dataclass
     class Config:
-        r: int = 0  # A is r × d_in/r, B is d_out/r × r; 0 = the divisor allowing the highest rank
+        # A is r × d_in/r, B is d_out/r × r; 0 = the divisor allowing the highest rank
+        r: int = dataclasses.field(default=0, metadata={"range": at_least(0)})
         alpha: float = 1.0
         dropout: float = 0.0
 

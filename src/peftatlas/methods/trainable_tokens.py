@@ -41,13 +41,15 @@ class TrainableTokens(LayerAdapter):
     formula = "k·d (k = number of tokens)"
     target_types: ClassVar[tuple[type[nn.Module], ...]] = (nn.Embedding,)
     default_targets: ClassVar[Any] = INPUT_EMBEDDINGS
-    # every other id of the tiny vocabularies, so that every random test batch hits some of them
-    test_config: ClassVar[dict[str, Any]] = {"token_indices": list(range(3, 100, 2))}
-    test_skip: ClassVar[dict[str, str]] = {
-        "mlp": "the MLP has no token embedding",
-        "vit": "ViT embeds pixel patches, not tokens",
-        "gpt2": "GPT-2 ties lm_head to the input embedding; the method refuses tied weights in one line",
-    }
+
+    class Testing:
+        # every other id of the tiny vocabularies, so that every random test batch hits some of them
+        config: ClassVar[dict[str, Any]] = {"token_indices": list(range(3, 100, 2))}
+        skip: ClassVar[dict[str, str]] = {
+            "mlp": "the MLP has no token embedding",
+            "vit": "ViT embeds pixel patches, not tokens",
+            "gpt2": "GPT-2 ties lm_head to the input embedding; the method refuses tied weights in one line",
+        }
 
     @dataclasses.dataclass
     class Config:

@@ -27,9 +27,9 @@ from .. import __version__
 from ..catalog import DIMENSION_NAMES, ENTRIES, FAMILIES, MAX_POINTS, SCALE, Entry, registration
 from ..grading import RULES, Evidence, Grade, grade_all
 from ..grading.evidence import Arm
-from ..grading.rubric import Z_SIGNIFICANT, matching_rows
+from ..grading.rubric import MEASURED_MAX, Z_SIGNIFICANT, effective_robustness, matching_rows
 from . import plots
-from .doc import UL, Badge, Block, Code, H, Img, Link, Mono, Note, P, Strong, Table, page_html, page_md
+from .doc import UL, Badge, Block, Code, H, Img, Inline, Link, Mono, Note, P, Strong, Table, page_html, page_md
 
 DIMS = ("PE", "BL", "BF", "DE", "OOD")
 STATUS_BADGE = {"pass": ("✓ pass", "pass"), "fail": ("✗ fail", "fail"),
@@ -89,6 +89,36 @@ def _arm_label(a: Arm) -> str:
     return f"{a.method} @{a.budget}" if a.budget not in (None, "fixed") else a.method
 
 
+OUTCOME_LABEL = {"graded": "graded", "not measured": "not measured", "reference": "reference"}
+
+
+def grade_cell(g: Grade) -> Inline:
+    """Measured points out of 7, with the uncapped sum beside an analytic cap."""
+    if not g.entry.graded:
+        return Badge("reference", "info")
+    if g.measured_points is None:
+        return Badge("not measured yet", "missing")
+    cap = f" (uncapped {g.uncapped_points:g})" if g.uncapped_points is not None else ""
+    return Strong(f"{_fmt(g.measured_points)} / {MEASURED_MAX:g}{cap}")
+
+
+def wa_cell(g: Grade) -> Inline:
+    return Badge("lit ✓", "pass") if g.wa_literature else Badge("lit —", "missing")
+
+
+def geo_cell(g: Grade) -> str:
+    return " ".join(GEO_SYMBOL[v.status] for v in g.geometry) or "·"
+
+
+def flags_cell(g: Grade) -> list[Inline] | str:
+    flags: list[Inline] = []
+    if g.entry.override:
+        flags.append(Badge(g.entry.override.kind, "warn"))
+    if g.disagreements:
+        flags.append(Badge(f"{len(g.disagreements)} disagreement(s)", "inconclusive"))
+    return flags or "—"
+
+
 def _mean_sd(vals: list[float]) -> str:
     if not vals:
         return "—"
@@ -139,24 +169,29 @@ class Site:
                          f"{len(failed)} failed, {len(ev.jobs)} probe jobs. ", *setting,
                          f"{len(ENTRIES)} catalog entries. Grades use the seed catalog's point scale (PE 1, BL 1, "
                          f"BF 1.5, DE 1.5, OOD 2, WA 1; max {MAX_POINTS:g}): the measured grade comes from the rubric "
-                         "on this store's runs and probes, the literature grade from the papers alone (provisional)."]))
+                         f"on this store's runs and probes (at most {MEASURED_MAX:g}: WA is a literature mark shown "
+                         "beside it, never inside), the literature grade from the papers alone (provisional)."]))
         if not done:
             blocks.append(Note("missing", "No finished runs in this store: every measured grade below is 'not "
                                           "measured yet'. Run `peftatlas run --profile quick` or `peftatlas atlas`."))
         blocks += [H(2, "Scorecard", "scorecard"), self._scorecard()]
-        blocks.append(P("Columns PE…OOD: ✓ pass, ✗ fail, ? inconclusive (CI contains the threshold or too few seeds), "
-                        "· not measured. Geometry: + supported, − contradicted, 0 not significant, · no probe data. "
-                        "Rows are sorted by measured grade, then references, then unmeasured entries by literature "
-                        "grade."))
+        blocks.append(P("Columns PE…OOD: ✓ pass, ✗ fail, ? inconclusive (the interval contains the threshold, or a "
+                        "pass did not survive Holm's correction), · not measured (no comparator, < 5 seeds, no "
+                        "per-item results, no learning curves). Geometry: + supported, − contradicted, 0 not "
+                        "significant, · no probe data. Rows: graded entries by measured grade (a 0 from failed tests "
+                        "is graded), then references, then entries with nothing measured, by literature grade. "
+                        "Under an analytic cap the uncapped sum is shown beside the grade."))
         blocks += [H(2, "Accuracy, parameters and shifted sets", "plots")]
         blocks.append(self._plot(plots.pareto(self.arms, self.out / "plots" / "pareto.png"),
                                  "Accuracy vs trainable parameters", "Test accuracy (mean ± sd over seeds) against "
                                  "adapter parameters; dashed: full fine-tuning and head-only.", ""))
         blocks.append(self._plot(plots.ood_bars(self._main_arms(), self.out / "plots" / "ood.png"),
                                  "OOD accuracy", "In-distribution test accuracy beside each shifted set.", ""))
-        blocks.append(self._plot(plots.retention_bars(self._main_arms(), self.out / "plots" / "retention.png"),
-                                 "OOD retention", "Shifted-set accuracy as a fraction of in-distribution accuracy "
-                                 "(the OOD dimension's statistic); dashed: LoRA and full fine-tuning.", ""))
+        blocks.append(self._plot(plots.ood_vs_id(self._main_arms(), self.out / "plots" / "ood_vs_id.png"),
+                                 "OOD vs ID accuracy", "Mean shifted-set accuracy against test accuracy per arm; "
+                                 "dashed: the ID→OOD line over all arms (height above it = effective robustness). "
+                                 "The OOD dimension compares absolute OOD accuracy with the matched LoRA, paired by "
+                                 "item.", ""))
         blocks.append(self._plot(plots.learning_curves(ev, self.setting, sorted({r.method for r in ev.done(
             "learning_curve")}), self.out / "plots" / "learning_curves.png") if self.setting else None,
             "Learning curves", "Test accuracy against the number of training examples.", ""))
@@ -181,23 +216,21 @@ class Site:
         return self.arms
 
     def _scorecard(self) -> Table:
+        """One row per grade, grouped by outcome (graded, reference, not measured): a 0 earned by failed
+        tests is ranked, and shown, apart from a row nothing could be measured for."""
         rows = []
         for i, g in enumerate(self.grades, 1):
             reg = g.method if g.method else "not registered yet"
-            measured = (Badge("reference", "info") if not g.entry.graded else
-                        Strong(f"{_fmt(g.measured_points)} / {MAX_POINTS:g}") if g.measured_points is not None
-                        else Badge("not measured yet", "missing"))
-            geo = " ".join(GEO_SYMBOL[v.status] for v in g.geometry) or "·"
-            flags = []
-            if g.entry.override:
-                flags.append(Badge(g.entry.override.kind, "warn"))
-            if g.disagreements:
-                flags.append(Badge(f"{len(g.disagreements)} disagreement(s)", "inconclusive"))
-            rows.append([str(i), [Link(g.label, f"methods/{g.entry.id}.html")], g.entry.family, reg, measured,
-                         f"{g.measured_dims}/5", f"{g.literature_points:g}",
-                         *[_badge(g.verdicts[d].status, short=True) for d in DIMS], geo, flags or "—"])
-        return Table(["#", "method", "family", "registered", "measured", "dims", "literature", *DIMS, "geometry",
-                      "flags"], rows, "scorecard")
+            where = g.measured_in
+            rows.append([str(i), [Link(g.label, f"methods/{g.entry.id}.html")], g.entry.family, reg,
+                         grade_cell(g), OUTCOME_LABEL[g.outcome] if g.entry.graded else "reference",
+                         f"{g.measured_dims} of 5" + (f" ({g.failed_dims} failed)" if g.failed_dims else ""),
+                         where.label if where and g.outcome == "graded" else "—",
+                         f"{g.literature_points:g}", wa_cell(g),
+                         *[_badge(g.verdicts[d].status, short=True) for d in DIMS], geo_cell(g), flags_cell(g)])
+        return Table(["#", "method", "family", "registered", "measured", "outcome", "dimensions measured",
+                      "setting (model · task · budget · steps)", "literature", "WA (literature, beside)", *DIMS,
+                      "geometry", "flags"], rows, "scorecard")
 
     def _probe_summary(self, single: list, pair: list) -> list[Block]:
         if not single and not pair:
@@ -248,7 +281,7 @@ class Site:
                 best = max(measured, key=lambda g: g.measured_points or 0)
                 parts += [f"Measured: {len(measured)} of {len(entries)} entries graded from runs; best ",
                           Link(best.label, f"methods/{best.entry.id}.html"),
-                          f" ({best.measured_points:g}/{MAX_POINTS:g}). "]
+                          f" ({best.measured_points:g}/{MEASURED_MAX:g}). "]
                 mean_lit = np.mean([g.literature_points for g in measured])
                 mean_meas = np.mean([g.measured_points for g in measured])
                 parts.append(f"Mean measured {mean_meas:.1f} vs literature {mean_lit:.1f} for the same entries. ")
@@ -283,8 +316,11 @@ class Site:
         return [Table(["dim", "meaning", "points", "test on stored results"], rows),
                 UL(["Primary setting: the (model, task) with the most full fine-tuning seeds; a method's primary "
                     "budget is its budget label with the most seeds (ties: the smallest).",
-                    "Intervals: 95% percentile bootstrap over seeds (each arm resampled independently, 2000 draws, "
-                    "fixed generator); CI-based decisions need ≥ 2 seeds per arm.",
+                    "Statistics: each dimension is a one-sided test (α = 0.025) of a contrast of accuracies in a "
+                    "crossed seeds × test-items model (items shared by the arms are paired; Student t with "
+                    "Satterthwaite df), then Holm's correction over a grade's measured dimensions. Every arm needs "
+                    "≥ 5 seeds and per-item results, else the dimension is 'not measured'. The calibration test "
+                    "checks the false-pass rates on simulated arms with no true difference.",
                     "Geometry: each prediction of the entry is judged on full fine-tuning's update: supported when "
                     f"the median z over matrices is ≥ {Z_SIGNIFICANT:g} in the predicted direction (|z| < "
                     f"{Z_SIGNIFICANT:g} for a 'no structure' prediction), when a threshold is met, or when a "
@@ -308,12 +344,12 @@ class Site:
                 gap = np.mean(full.metric("test_acc")) - np.mean(head.metric("test_acc"))
                 if gap > 0:
                     r = f"{(np.mean(acc) - np.mean(head.metric('test_acc'))) / gap:.2f}"
-            ret = a.retention()
+            ood, er = a.ood_accuracy(), effective_robustness(self.arms, a)
             rows.append([_arm_label(a), f"{a.adapter_params:,.0f}", ", ".join(map(str, a.seeds)),
                          f"{np.median([x.lr for x in a.records]):.3g}", _mean_sd(a.metric("val_acc")), _mean_sd(acc),
-                         r, _mean_sd(ret) if ret else "—"])
+                         r, _mean_sd(ood) if ood else "—", f"{100 * er:+.1f} pt" if er is not None else "—"])
         return Table(["method @budget", "adapter params", "seeds", "lr", "val acc", "test acc (mean ± sd)",
-                      "FT gain recovered", "OOD retention"], rows)
+                      "FT gain recovered", "OOD acc (mean ± sd)", "effective robustness"], rows)
 
     # --- method pages ---------------------------------------------------------------------------------
     def method_page(self, entry: Entry) -> Path:
@@ -345,24 +381,35 @@ class Site:
         return self._write(f"methods/{entry.id}", entry.name, blocks, 1)
 
     def _grade_blocks(self, g: Grade) -> list[Block]:
-        title = f"Measured grade: {_fmt(g.measured_points)} / {MAX_POINTS:g}" if g.measured_points is not None else (
-            "Measured grade: reference (not graded)" if not g.entry.graded else "Measured grade: not measured yet")
-        blocks: list[Block] = [H(3, f"{title} · literature grade: {g.literature_points:g} / {MAX_POINTS:g}"
+        if g.measured_points is not None:
+            cap = f" (uncapped sum {g.uncapped_points:g})" if g.uncapped_points is not None else ""
+            title = (f"Measured grade: {_fmt(g.measured_points)} / {MEASURED_MAX:g}{cap}, "
+                     f"{g.measured_dims} of 5 measured")
+        elif not g.entry.graded:
+            title = "Measured grade: reference (not graded)"
+        else:
+            title = "Measured grade: not measured yet"
+        wa = "earned" if g.wa_literature else "not earned"
+        blocks: list[Block] = [H(3, f"{title} · WA (literature, beside): {wa} · literature grade: "
+                                 f"{g.literature_points:g} / {MAX_POINTS:g}"
                                  + (f" · method {g.method}" if g.method and len(g.entry.methods) > 1 else ""))]
+        if g.measured_in is not None and g.outcome != "reference":
+            blocks.append(P([Strong("Measured in: "), g.measured_in.label]))
         if g.measured_points is None and g.entry.graded:
-            blocks.append(Note("missing", f"No finished runs of {g.method or 'this entry'} in the store: the measured "
-                                          "dimensions are empty; the literature grade stands alone."))
+            why = ("No finished runs of " + (g.method or "this entry") + " in the store"
+                   if g.budget is None and not any(v.derivation.startswith("needs") for v in g.verdicts.values())
+                   else "No dimension could be measured (see the derivations)")
+            blocks.append(Note("missing", f"{why}: the literature grade stands alone."))
         rows = []
         for d in SCALE:
             v = g.verdicts[d]
             m = g.entry.literature[d]
-            rows.append([d, _badge(v.status), f"{v.points:g}/{SCALE[d]:g}", v.derivation,
+            rows.append([d, _badge(v.status), f"{v.points:g}/{SCALE[d]:g}" if d != "WA" else "beside", v.derivation,
                          Badge("earned" if m.earned else "not earned", "pass" if m.earned else "missing"), m.why])
         blocks.append(Table(["dim", "measured", "points", "derivation (measured)", "literature", "why (literature)"],
                             rows))
         if g.measured_points is not None:
-            blocks.append(P([Strong("Derivation: "), " + ".join(g.derivation[:-1]) + " " + g.derivation[-1],
-                             f" Setting {g.setting[0]}/{g.setting[1]}, budget {g.budget}." if g.setting else ""]))
+            blocks.append(P([Strong("Derivation: "), " + ".join(g.derivation[:-1]) + " " + g.derivation[-1]]))
         return blocks
 
     def _geometry_blocks(self, entry: Entry, grades: list[Grade]) -> list[Block]:
@@ -426,10 +473,10 @@ class Site:
                                  if any(a.ood_sets() for a in mine) else None,
                                  "OOD accuracy", "In-distribution and shifted-set accuracy beside LoRA and full FT.",
                                  "../"))
-        blocks.append(self._plot(plots.retention_bars(mine + refs, self.out / "plots" / f"retention_{entry.id}.png",
-                                                      hl) if any(a.retention() for a in mine) else None,
-                                 "OOD retention", "Shifted-set accuracy / in-distribution accuracy, mean ± sd over "
-                                 "seeds.", "../"))
+        blocks.append(self._plot(plots.ood_vs_id(self.arms, self.out / "plots" / f"ood_vs_id_{entry.id}.png",
+                                                 hl) if any(a.ood_accuracy() for a in mine) else None,
+                                 "OOD vs ID accuracy", "Mean shifted-set accuracy against test accuracy (± sd over "
+                                 "seeds); dashed: the ID→OOD line over all arms.", "../"))
         return blocks
 
     def _literature_blocks(self, entry: Entry) -> list[Block]:

@@ -1,0 +1,404 @@
+"""The run plan: every run of a profile as a pure, serialisable spec, with its store key and dependencies.
+
+The schedule lives here and only here; executors (:mod:`.executors`) run what :meth:`Plan.ready`
+hands them and never derive a run themselves. Pseudocode, per arm (one method at one budget on one
+task)::
+
+    grid    = lr_grid(method)                                          # the profile's factors × the method's centre
+    repeat:
+        sweep  = [run(lr, s) for lr in grid for s in sweep_seeds]      # experiment "lr_sweep", validation only
+        mean(lr) = mean over sweep_seeds of val_acc(lr, s)             # failed runs left out
+        lr*    = argmax mean; ties → the smaller LR
+        if lr* is the lowest rate and < lr_extend points were added below: grid += [lr* / step]; continue
+        if lr* is the highest rate and < lr_extend points were added above: grid += [lr* · step]; continue
+        break                                                          # lr* interior, or the bound reached
+    main   = [run(lr*, s) for s in seeds]        # a seed of the sweep is *completed* (test/OOD from its saved
+                                                  # adapter), not retrained
+    curve  = [run(lr*, s, n) for n in curve sizes for s in the first curve seeds]
+
+``step`` is the ratio of neighbouring rates of the initial grid (3 for a one-point grid). The sweep
+is a *dynamic* dependency: :meth:`Plan.ready` is a pure function of the finished records, so the
+same records always give the same next runs, whichever executor ran them and in whichever order.
+
+Arms: every method at each of the profile's budgets (solved size knob), fixed-size methods at their
+size (budget ``"fixed"``), references (full fine-tuning, head-only; budget None), and — for each
+fixed-size method — **matched LoRA arms** on the same target modules: every LoRA rank whose count is
+within ±10 % of the method's, or, when no rank lands there, the nearest rank below and above it
+(``budget_met`` false). Identical matched arms are shared: ``arm["matches"]`` lists every method an
+arm matches. What a record says about its arm is documented on :class:`~.store.RunRecord`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..core.method import get_method
+from .budget import BudgetError, count_params, solve_budget, target_modules
+from .data import TaskData, load_task
+from .models import encoder_param_count, load_classifier, model_info
+from .profiles import Profile, method_plan, profile_methods
+from .runspec import RunSpec
+from .store import RunRecord, config_key
+
+SWEEP, MAIN, CURVE = "lr_sweep", "main", "learning_curve"
+MATCH_TOLERANCE = 0.10  # matched-LoRA arms: within ±10 % of the matched method's adapter parameters
+MAX_LORA_RANK = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """One configuration: a method at one budget on one task; what its sweep and seeds share."""
+
+    task: str
+    method: str
+    budget: str | None  # "0.1%", "fixed", "matched", None (reference)
+    hyperparameters: dict[str, Any]  # the method's hyperparameters, "targets" included when set
+    role: str  # "method" | "reference" | "matched_lora"
+    adapter_params: int
+    budget_target: int | None = None
+    budget_met: bool | None = None
+    matches: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # method → params, budget_met
+    note: str = ""
+
+    def label(self) -> str:
+        size = ", ".join(f"{k}={v}" for k, v in self.hyperparameters.items() if k != "targets")
+        return " ".join(x for x in (self.method, size, f"@{self.budget}" if self.budget else "") if x)
+
+    def record_info(self) -> dict[str, Any]:
+        """The arm part of a record (see :class:`~.store.RunRecord`)."""
+        return {"role": self.role, "targets": self.hyperparameters.get("targets"), "budget": self.budget,
+                "adapter_params": self.adapter_params, "budget_target": self.budget_target,
+                "budget_met": self.budget_met, "matches": dict(self.matches)}
+
+
+# --- building the arms ---------------------------------------------------------------------------------
+def solve_arms(profile: Profile, task: str, method: str, num_labels: int) -> list[Arm]:
+    """The method's arms on ``task``: each budget (or its fixed size, or the reference run)."""
+    cls = get_method(method)
+    plan = method_plan(method)
+    model, _ = load_classifier(profile.model, num_labels)
+    reference = encoder_param_count(profile.model)
+    if cls.family == "reference" and cls.size_knob is None and method in ("full", "head_only"):
+        budgets: list[str | None] = [None]
+    elif cls.size_knob is None:
+        budgets = ["fixed"]
+    else:
+        budgets = list(profile.budgets)
+    arms = []
+    for b in budgets:
+        sol = solve_budget(model, method, None if b in (None, "fixed") else b, reference, plan.targets,
+                           plan.hyperparameters, tol=profile.budget_tolerance, max_value=plan.max_knob)
+        hp = dict(sol.hyperparameters)
+        if sol.targets is not None:
+            hp["targets"] = sol.targets if isinstance(sol.targets, str) else list(sol.targets)
+        note = sol.note if b != "fixed" else f"fixed size: {cls.name} has no size knob ({sol.achieved:,} parameters)"
+        role = "reference" if b is None else "method"
+        arms.append(Arm(task, cls.name, b, hp, role, sol.achieved, sol.target, sol.met, note=note))
+    return arms
+
+
+def matched_lora_arms(profile: Profile, fixed: list[Arm], num_labels: int) -> list[Arm]:
+    """LoRA arms with the parameter count of each fixed-size arm on its targets (module docstring)."""
+    lora = get_method("lora")
+    model, _ = load_classifier(profile.model, num_labels)
+    found: dict[tuple, Arm] = {}
+    for arm in fixed:
+        targets = arm.hyperparameters.get("targets")
+        try:
+            modules = target_modules(model, lora, targets)
+        except (ValueError, BudgetError):
+            continue
+        if not modules:
+            continue
+        counts = {r: count_params(lora, modules, {"r": r}) for r in range(1, MAX_LORA_RANK + 1)}
+        n = arm.adapter_params
+        ranks = [r for r, c in counts.items() if abs(c - n) <= MATCH_TOLERANCE * n]
+        if not ranks:
+            below = [r for r, c in counts.items() if c < n]
+            above = [r for r, c in counts.items() if c > n]
+            ranks = ([max(below)] if below else []) + ([min(above)] if above else [])
+        for r in ranks:
+            hp = {"r": r, **({"targets": targets} if targets is not None else {})}
+            ident = (arm.task, repr(hp))
+            prev = found.get(ident)
+            within = abs(counts[r] - n) <= MATCH_TOLERANCE * n
+            matches = {**(prev.matches if prev else {}), arm.method: {"params": n, "budget_met": within}}
+            met = all(m["budget_met"] for m in matches.values())
+            note = "matched LoRA for " + ", ".join(f"{k} ({v['params']:,}{'' if v['budget_met'] else ', outside ±10%'})"
+                                                  for k, v in sorted(matches.items()))
+            found[ident] = Arm(arm.task, "lora", "matched", hp, "matched_lora", counts[r], n, met,
+                               dict(sorted(matches.items())), note)
+    return list(found.values())
+
+
+# --- the plan ------------------------------------------------------------------------------------------
+class Plan:
+    """The runs of a profile (see the module docstring). Build with :func:`build_plan`."""
+
+    def __init__(self, profile: Profile, arms: list[Arm], tasks: dict[str, TaskData],
+                 code_versions: dict[str, str], artifacts: str = "artifacts", skipped: list[str] | None = None) -> None:
+        self.profile = profile
+        self.arms = arms
+        self.tasks = tasks
+        self.code_versions = code_versions
+        self.artifacts = artifacts.rstrip("/")
+        self.skipped = skipped or []
+        self._model_source = model_info(profile.model)["source"]
+        self._specs: dict[tuple, RunSpec] = {}
+        self.last_grid: list[float] = []
+
+    # --- specs -------------------------------------------------------------------------------------
+    def spec(self, arm: Arm, experiment: str, lr: float, seed: int, train_size: int | None = None,
+             lr_info: dict[str, Any] | None = None) -> RunSpec:
+        """The run of ``arm`` at (lr, seed, training-set size) in ``experiment``, with its keys."""
+        memo = (id(arm), experiment, lr, seed, train_size, repr(lr_info))
+        if memo not in self._specs:
+            self._specs[memo] = self._spec(arm, experiment, lr, seed, train_size, lr_info)
+        return self._specs[memo]
+
+    def _spec(self, arm: Arm, experiment: str, lr: float, seed: int, train_size: int | None,
+              lr_info: dict[str, Any] | None) -> RunSpec:
+        p = self.profile
+        task = self.tasks[arm.task]
+        if train_size is not None and train_size >= len(task.train):
+            train_size = None
+        data = task if train_size is None else task.subset(train=train_size)
+        head_lr = None if arm.method == "head_only" else p.head_lr
+        train = {"lr": lr, "head_lr": head_lr, "seed": seed, "target_acc": p.target_for(arm.task), **p.train}
+        identity = {
+            "model": self._model_source, "task": task.name, "data": data.fingerprint(),
+            "split_seed": task.split_seed, "method": arm.method, "hyperparameters": arm.hyperparameters,
+            "budget": arm.budget, "train": _train_identity(train), "train_size": train_size, "profile": p.name,
+            "code_version": self.code_versions[arm.method],
+        }
+        train_key = config_key(identity)
+        key = config_key({**identity, "experiment": experiment})
+        sizes = {"task": arm.task, "ood": arm.task == p.task, "train": p.train_size, "val": p.val_size,
+                 "test": p.test_size, "ood_size": p.ood_size, "curve": train_size}
+        return RunSpec(key=key, train_key=train_key, kind="train", experiment=experiment, profile=p.name,
+                       model=p.model, task=task.name, data=sizes, method=arm.method,
+                       hyperparameters=arm.hyperparameters, budget=arm.budget, lr=lr, seed=seed, train_size=train_size,
+                       train=train, code_version=self.code_versions[arm.method], evaluate_test=experiment != SWEEP,
+                       artifact=f"{self.artifacts}/{key[:24]}", arm={**arm.record_info(), **(lr_info or {})})
+
+    # --- the schedule ------------------------------------------------------------------------------
+    def sweep_seeds(self) -> tuple[int, ...]:
+        return self.profile.seeds[: max(1, self.profile.sweep_seeds)]
+
+    def choose_lr(self, arm: Arm, done: Mapping[str, RunRecord]) -> tuple[list[RunSpec], dict[str, Any] | None]:
+        """(sweep runs still to settle, the LR choice once every needed sweep run has settled).
+
+        The choice is ``{"lr": lr*, "lr_grid": [...], "lr_means": {lr: mean}, "lr_seeds": [...],
+        "lr_at_edge": bool}`` or None while sweep runs are pending or when every sweep run failed
+        (then the list is empty). The grid reached so far is kept in ``self.last_grid``.
+        """
+        grid = self.profile.lr_grid(arm.method)
+        step = grid[1] / grid[0] if len(grid) > 1 else 3.0
+        added = {"below": 0, "above": 0}
+        seeds = self.sweep_seeds()
+        while True:
+            self.last_grid = grid
+            specs = [self.spec(arm, SWEEP, lr, s) for lr in grid for s in seeds]
+            pending = [s for s in specs if s.key not in done]
+            if pending:
+                return pending, None
+            means: dict[float, float] = {}
+            for lr in grid:
+                vals = [done[s.key].metrics["val_acc"] for s in specs if s.lr == lr and done[s.key].status == "done"]
+                if vals:
+                    means[lr] = statistics.fmean(vals)
+            if not means:
+                return [], None
+            best = max(means, key=lambda lr: (means[lr], -lr))
+            if best == grid[0] and added["below"] < self.profile.lr_extend:
+                grid = [_round_lr(grid[0] / step), *grid]
+                added["below"] += 1
+                continue
+            if best == grid[-1] and added["above"] < self.profile.lr_extend:
+                grid = [*grid, _round_lr(grid[-1] * step)]
+                added["above"] += 1
+                continue
+            return [], {"lr": best, "lr_grid": grid, "lr_means": {repr(k): v for k, v in means.items()},
+                        "lr_seeds": list(seeds), "lr_at_edge": best in (grid[0], grid[-1])}
+
+    def arm_runs(self, arm: Arm, done: Mapping[str, RunRecord]) -> tuple[list[RunSpec], bool]:
+        """(runs of ``arm`` whose dependencies have settled and that have not, whether the arm is complete)."""
+        pending, choice = self.choose_lr(arm, done)
+        if choice is None:
+            return pending, not pending
+        lr = choice.pop("lr")
+        # runs that share a training computation: a sweep seed and the main seed; a main seed and a learning-curve
+        # point on the whole training set. The later one completes (or copies) the earlier, never retrains it.
+        twins = {self.spec(arm, SWEEP, lr, s).train_key: self.spec(arm, SWEEP, lr, s).key for s in self.sweep_seeds()}
+        follow = [self.spec(arm, MAIN, lr, s, lr_info=choice) for s in self.profile.seeds]
+        p = self.profile
+        if arm.task == p.task and (not p.learning_curve_methods or arm.method in p.learning_curve_methods):
+            for spec in follow:
+                twins.setdefault(spec.train_key, spec.key)
+            follow += [self.spec(arm, CURVE, lr, s, n, lr_info=choice) for n in p.learning_curve_sizes
+                       for s in p.seeds[: p.learning_curve_seeds]]
+        out = []
+        for spec in follow:
+            if spec.key in done:
+                continue
+            twin_key = twins.get(spec.train_key)
+            if twin_key == spec.key:
+                twin_key = None
+            if twin_key is not None:
+                twin = done.get(twin_key)
+                if twin is None or twin.status != "done" or (spec.experiment == CURVE and "test_acc" not in
+                                                             twin.metrics):
+                    continue  # waits for its twin (or the twin failed: nothing to complete)
+                spec = dataclasses.replace(spec, kind="complete", depends_on=(twin_key,),
+                                           twin=dataclasses.asdict(twin), artifact=twin.artifact or spec.artifact)
+            out.append(spec)
+        return out, not out
+
+    def ready(self, done: Mapping[str, RunRecord]) -> list[RunSpec]:
+        """Every run whose dependencies have settled in ``done`` (key → record, failed ones included) and that
+        is not in ``done`` itself, in a fixed order (reference arms' long runs first, head-only last)."""
+        out: list[RunSpec] = []
+        for arm in sorted(self.arms, key=_cost_order):
+            out += self.arm_runs(arm, done)[0]
+        return out
+
+    def covered(self, done: Mapping[str, RunRecord]) -> list[RunRecord]:
+        """The records of ``done`` that belong to this plan, in plan order (arm by arm: sweep, main, curve)."""
+        keys: list[str] = []
+        for arm in self.arms:
+            _, choice = self.choose_lr(arm, done)
+            grid = self.last_grid
+            keys += [self.spec(arm, SWEEP, lr, s).key for lr in grid for s in self.sweep_seeds()]
+            if choice:
+                lr = choice["lr"]
+                keys += [self.spec(arm, MAIN, lr, s).key for s in self.profile.seeds]
+                p = self.profile
+                if arm.task == p.task and (not p.learning_curve_methods or arm.method in p.learning_curve_methods):
+                    keys += [self.spec(arm, CURVE, lr, s, n).key for n in p.learning_curve_sizes
+                             for s in p.seeds[: p.learning_curve_seeds]]
+        seen: set[str] = set()
+        return [done[k] for k in keys if k in done and not (k in seen or seen.add(k))]
+
+
+def _train_identity(train: dict[str, Any]) -> dict[str, Any]:
+    """The TrainConfig fields as they enter a key: every field, defaults included (as ``dataclasses.asdict``)."""
+    from .train import TrainConfig
+
+    return dataclasses.asdict(TrainConfig(**train))
+
+
+def _round_lr(lr: float) -> float:
+    return float(f"{lr:.3g}")
+
+
+def _cost_order(arm: Arm) -> tuple[bool, bool]:
+    """Full fine-tuning first (the longest runs), head-only last (seconds once its features are cached)."""
+    return (arm.method == "head_only", arm.method != "full")
+
+
+def profile_tasks(profile: Profile) -> dict[str, TaskData]:
+    """The profile's tasks, subset to its sizes (OOD sets on the main task only)."""
+    out = {}
+    for name in (profile.task, *profile.extra_tasks):
+        data = load_task(name, ood=(name == profile.task))
+        out[name] = data.subset(profile.train_size, profile.val_size, profile.test_size, profile.ood_size)
+    return out
+
+
+def build_plan(profile: Profile, methods: list[str] | None = None, artifacts: str = "artifacts",
+               code_versions: dict[str, str] | None = None, log: Any = None, cache: Path | None = None) -> Plan:
+    """Solve every arm of ``profile`` (restricted to ``methods``) and return its :class:`Plan`.
+
+    ``code_versions`` (method → version) default to :func:`~.codeversion.method_code_versions`.
+    With a ``cache`` folder, the solved arms are kept there in a JSON file named by the hash of
+    everything they depend on (profile, methods, code versions, this module and the budget solver), so
+    a resumed profile does not solve its budgets again (the catalog's 55 take minutes on a CPU).
+    """
+    from .codeversion import ImportGraph, method_code_versions, package_root
+
+    say = log or (lambda s: None)
+    names, missing = profile_methods(profile, methods)
+    versions = dict(code_versions) if code_versions is not None else method_code_versions()
+    tasks = profile_tasks(profile)
+    graph = ImportGraph(package_root())
+    ident = config_key({"profile": dataclasses.asdict(profile), "methods": names,
+                        "versions": {m: versions.get(get_method(m).name) for m in names},
+                        "planner": graph.digest(graph.closure(["peftatlas.evidence.plan"]))})
+    cached = _read_arms(cache / f"arms-{ident[:24]}.json") if cache is not None else None
+    if cached is not None:
+        arms, skipped = cached
+    else:
+        arms, skipped = _solve_all(profile, names, tasks)
+        skipped = [f"{m}: not a registered method; skipped (see `peftatlas methods`)" for m in missing] + skipped
+        if cache is not None:
+            _write_arms(cache / f"arms-{ident[:24]}.json", arms, skipped)
+    for line in skipped:
+        say(line)
+    return Plan(profile, arms, tasks, versions, artifacts, skipped)
+
+
+def _solve_all(profile: Profile, names: list[str], tasks: dict[str, TaskData]) -> tuple[list[Arm], list[str]]:
+    arms: list[Arm] = []
+    skipped: list[str] = []
+    for task, data in tasks.items():
+        task_arms: list[Arm] = []
+        for method in names:
+            try:
+                task_arms += solve_arms(profile, task, method, data.num_labels)
+            except (ValueError, NotImplementedError) as e:
+                skipped.append(f"{method}: skipped, cannot configure it for {profile.model}: {e}")
+        if profile.matched_lora and "lora" in {get_method(m).name for m in _registered_safe()}:
+            fixed = [a for a in task_arms if a.budget == "fixed"]
+            task_arms += matched_lora_arms(profile, fixed, data.num_labels)
+        arms += task_arms
+    return arms, skipped
+
+
+def _read_arms(path: Path) -> tuple[list[Arm], list[str]] | None:
+    try:
+        data = json.loads(path.read_text())
+        return [Arm(**a) for a in data["arms"]], list(data["skipped"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # absent or unreadable: solve again
+
+
+def _write_arms(path: Path, arms: list[Arm], skipped: list[str]) -> None:
+    """Atomically (a temporary file renamed into place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps({"arms": [dataclasses.asdict(a) for a in arms], "skipped": skipped}, indent=1))
+    os.replace(tmp, path)
+
+
+def _registered_safe() -> list[str]:
+    from ..core.method import registered_methods
+
+    return list(registered_methods())
+
+
+def run_counts(plan: Plan) -> dict[str, int]:
+    """What the plan will execute, before any result is known (for cost tables).
+
+    ``sweep`` trainings of the initial grids; ``extension_max``: at most this many more sweep trainings
+    when grids are extended (one side per arm can extend: ``lr_extend × sweep seeds``); ``main``: seed
+    runs trained anew; ``completions``: sweep seeds evaluated on test/OOD from their adapters; ``curve``:
+    learning-curve trainings (a curve point on the whole training set at a main seed is a copy, not counted).
+    """
+    p = plan.profile
+    seeds = plan.sweep_seeds()
+    out = {"arms": len(plan.arms), "sweep": 0, "extension_max": 0, "main": 0, "completions": 0, "curve": 0}
+    for arm in plan.arms:
+        out["sweep"] += len(p.lr_grid(arm.method)) * len(seeds)
+        out["extension_max"] += p.lr_extend * len(seeds)
+        out["main"] += len([s for s in p.seeds if s not in seeds])
+        out["completions"] += len([s for s in p.seeds if s in seeds])
+        if arm.task == p.task and (not p.learning_curve_methods or arm.method in p.learning_curve_methods):
+            out["curve"] += sum(1 for n in p.learning_curve_sizes for s in p.seeds[: p.learning_curve_seeds]
+                                if not (n is None or (p.train_size is not None and n >= p.train_size)))
+    return out

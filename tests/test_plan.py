@@ -1,0 +1,236 @@
+"""The run plan: LR choice on several seeds with a bounded grid extension, matched-LoRA arms, and code
+versions that cover every module a run imports. Plans are pure functions of finished records, so most
+of this is tested with hand-made records and no training."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from peftatlas.evidence.codeversion import ImportGraph, compute_code_versions, method_module, package_root
+from peftatlas.evidence.plan import MAIN, SWEEP, build_plan
+from peftatlas.evidence.profiles import PROFILES
+from peftatlas.evidence.runspec import RunSpec
+from peftatlas.evidence.store import RunRecord
+
+SMOKE = PROFILES["smoke"]
+
+
+def fake(spec: RunSpec, val_acc: float, status: str = "done") -> RunRecord:
+    return RunRecord(key=spec.key, experiment=spec.experiment, model=spec.model, task=spec.task, method=spec.method,
+                     hyperparameters=spec.hyperparameters, budget=spec.budget, trainable_params=1, lr=spec.lr,
+                     seed=spec.seed, train_size=spec.train_size, metrics={"val_acc": val_acc}, curve=[],
+                     status=status, error=None, artifact=spec.artifact, code_version=spec.code_version,
+                     created=time.time(), wall_seconds=1.0, profile=spec.profile, train_key=spec.train_key)
+
+
+@pytest.fixture(scope="module")
+def head_plan():
+    profile = dataclasses.replace(SMOKE, name="plan-lr", methods=("head_only",), lr_factors=(1.0, 3.0, 9.0),
+                                  seeds=(0, 1, 2, 3, 4), sweep_seeds=2, lr_extend=2, learning_curve_sizes=())
+    return build_plan(profile)
+
+
+def settle(plan, done, score):
+    """Finish every ready sweep run with ``score(lr, seed)``; return the other ready runs."""
+    while True:
+        ready = plan.ready(done)
+        sweep = [s for s in ready if s.experiment == SWEEP]
+        if not sweep:
+            return ready
+        for s in sweep:
+            done[s.key] = fake(s, score(s.lr, s.seed))
+
+
+def test_lr_is_chosen_on_the_mean_of_two_seeds(head_plan):
+    grid = head_plan.profile.lr_grid("head_only")
+    # seed 0 alone prefers the top rate; the mean over seeds 0 and 1 prefers the middle one (interior)
+    table = {(grid[0], 0): 0.60, (grid[1], 0): 0.70, (grid[2], 0): 0.72,
+             (grid[0], 1): 0.60, (grid[1], 1): 0.70, (grid[2], 1): 0.60}
+    done: dict = {}
+    first = head_plan.ready(done)
+    assert sorted((s.lr, s.seed) for s in first) == sorted(table)  # 3 rates × 2 seeds, nothing else yet
+    follow = settle(head_plan, done, lambda lr, seed: table[lr, seed])
+    assert {s.lr for s in follow} == {grid[1]} and sorted(s.seed for s in follow) == [0, 1, 2, 3, 4]
+    kinds = {s.seed: s.kind for s in follow}
+    assert kinds == {0: "complete", 1: "complete", 2: "train", 3: "train", 4: "train"}  # sweep seeds are reused
+    info = follow[0].arm
+    assert info["lr_grid"] == grid and info["lr_seeds"] == [0, 1] and not info["lr_at_edge"]
+    assert info["lr_means"][repr(grid[1])] == pytest.approx(0.70)
+
+
+def test_grid_is_extended_past_an_edge_until_the_best_is_interior(head_plan):
+    grid = head_plan.profile.lr_grid("head_only")
+    peak = grid[0] / 3  # the best rate lies one step below the grid
+    done: dict = {}
+    follow = settle(head_plan, done, lambda lr, seed: 0.9 - abs(lr - peak))
+    assert len({s.lr for s in follow}) == 1 and follow[0].lr == pytest.approx(peak, rel=1e-2)
+    info = follow[0].arm
+    assert len(info["lr_grid"]) == len(grid) + 2 and info["lr_grid"][2:] == grid  # two points added below
+    assert info["lr_grid"][1] == follow[0].lr and not info["lr_at_edge"]
+    assert len([r for r in done.values() if r.experiment == SWEEP]) == 2 * (len(grid) + 2)
+
+
+def test_grid_extension_is_bounded(head_plan):
+    grid = head_plan.profile.lr_grid("head_only")
+    done: dict = {}
+    follow = settle(head_plan, done, lambda lr, seed: lr)  # larger is always better
+    info = follow[0].arm
+    assert len(info["lr_grid"]) == len(grid) + 2 and info["lr_grid"][:3] == grid  # at most 2 points above
+    assert follow[0].lr == info["lr_grid"][-1] and info["lr_at_edge"]  # recorded as still at the edge
+
+
+def test_failed_sweep_runs_leave_the_mean_and_an_arm_without_any_ends(head_plan):
+    done: dict = {}
+    for s in head_plan.ready(done):
+        done[s.key] = fake(s, 0.5, status="failed")
+    assert head_plan.ready(done) == []  # nothing to choose from: no main runs
+    assert {r.key for r in head_plan.covered(done)} == set(done)
+
+
+def test_run_specs_are_pure_and_serialisable(head_plan):
+    spec = head_plan.ready({})[0]
+    again = RunSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
+    assert again == spec
+    other = build_plan(head_plan.profile).ready({})[0]
+    assert other.key == spec.key and other.train_key == spec.train_key  # same profile → same keys
+    main = head_plan.spec(head_plan.arms[0], MAIN, spec.lr, spec.seed)
+    assert main.train_key == spec.train_key and main.key != spec.key
+
+
+def test_matched_lora_arms_for_fixed_size_methods():
+    """GOFT and SURM-circulant have no size knob: the plan adds LoRA on the same targets with every rank
+    within ±10 % of their count, or the nearest ranks around it (marked as missing the budget)."""
+    from peftatlas.evidence.budget import count_params, target_modules
+    from peftatlas.evidence.models import load_classifier
+
+    profile = dataclasses.replace(SMOKE, name="plan-match", methods=("goft", "surm_circulant", "lora"))
+    plan = build_plan(profile)
+    fixed = {a.method: a for a in plan.arms if a.budget == "fixed"}
+    matched = [a for a in plan.arms if a.role == "matched_lora"]
+    assert set(fixed) == {"goft", "surm_circulant"} and matched
+    model, _ = load_classifier(profile.model, 2)
+    lora = __import__("peftatlas").get_method("lora")
+    for method, arm in fixed.items():
+        mine = [a for a in matched if method in a.matches]
+        assert mine, method
+        for m in mine:
+            assert m.method == "lora" and m.budget == "matched"
+            assert m.hyperparameters["targets"] == arm.hyperparameters["targets"]  # the same target modules
+            built = count_params(lora, target_modules(model, lora, m.hyperparameters["targets"]),
+                                 {"r": m.hyperparameters["r"]})
+            assert m.adapter_params == built
+            within = abs(built - arm.adapter_params) <= 0.10 * arm.adapter_params
+            assert m.matches[method] == {"params": arm.adapter_params, "budget_met": within}
+    surm = [a for a in matched if "surm_circulant" in a.matches]
+    assert any(a.matches["surm_circulant"]["budget_met"] for a in surm)  # r=1 on q,v has exactly SURM's count
+    spec = plan.spec(surm[0], SWEEP, 1e-3, 0)
+    assert spec.arm["role"] == "matched_lora" and spec.arm["matches"] == surm[0].matches
+    assert spec.key != plan.spec(next(a for a in plan.arms if a.budget == "0.2%"), SWEEP, 1e-3, 0).key
+
+
+# --- code versions ------------------------------------------------------------------------------------------
+def make_package(root: Path) -> Path:
+    pkg = root / "fakepkg"
+    (pkg / "methods").mkdir(parents=True)
+    files = {
+        "__init__.py": "from .methods import a, b\n__version__ = '1'\n",
+        "kernel.py": "def add(x, y):\n    return x + y\n",
+        "methods/__init__.py": "",
+        "methods/a.py": "from ..kernel import add\n",
+        "methods/b.py": "from .. import __version__\n\ndef f():\n    import math\n    return math.pi\n",
+        "methods/c.py": "def g():\n    from fakepkg.methods import a\n    return a\n",
+    }
+    for name, text in files.items():
+        (pkg / name).write_text(textwrap.dedent(text))
+    return pkg
+
+
+def test_closure_follows_imports_through_the_package(tmp_path):
+    pkg = make_package(tmp_path)
+    graph = ImportGraph(pkg, package="fakepkg")
+    assert graph.closure(["fakepkg.methods.a"]) == {"fakepkg.methods.a", "fakepkg.kernel"}
+    # `from .. import __version__` reads the package initialiser's text but not what it imports
+    assert graph.closure(["fakepkg.methods.b"]) == {"fakepkg.methods.b", "fakepkg"}
+    # a lazy import inside a function counts, transitively
+    assert graph.closure(["fakepkg.methods.c"]) == {"fakepkg.methods.c", "fakepkg.methods.a", "fakepkg.kernel"}
+    before = {m: graph.digest(graph.closure([m])) for m in ("fakepkg.methods.a", "fakepkg.methods.b",
+                                                            "fakepkg.methods.c")}
+    (pkg / "kernel.py").write_text("def add(x, y):\n    return y + x\n")
+    graph = ImportGraph(pkg, package="fakepkg")
+    after = {m: graph.digest(graph.closure([m])) for m in before}
+    assert after["fakepkg.methods.a"] != before["fakepkg.methods.a"]
+    assert after["fakepkg.methods.c"] != before["fakepkg.methods.c"]
+    assert after["fakepkg.methods.b"] == before["fakepkg.methods.b"]
+
+
+def test_real_closures_cover_shared_kernels_and_the_training_loop():
+    graph = ImportGraph(package_root())
+    vera = graph.closure([method_module("vera")])
+    assert "peftatlas.methods.lora" in vera and "peftatlas.serving" in vera  # add_lowrank, the row kernels
+    assert "peftatlas.methods.lora" in graph.closure([method_module("lora_fa")])  # LoRA-FA subclasses LoRA
+    assert "peftatlas.methods.lora" not in graph.closure([method_module("goft")])
+    loop = graph.closure(["peftatlas.evidence.execute"])
+    assert {"peftatlas.evidence.train", "peftatlas.core.model", "peftatlas.core.io"} <= loop
+    assert "peftatlas.evidence.plan" not in loop and "peftatlas.evidence.profiles" not in loop
+
+
+def test_editing_a_shared_kernel_changes_dependent_keys_only():
+    """A changed methods/lora.py (e.g. add_lowrank) gives LoRA and VeRA runs new keys, so stored results are
+    not reused; GOFT and full fine-tuning keep theirs."""
+    methods = ("full", "lora", "vera", "goft")
+    lora_file = package_root() / "methods" / "lora.py"
+
+    def edited(path: Path) -> bytes:
+        data = path.read_bytes()
+        return data + b"\n# add_lowrank changed\n" if path == lora_file else data
+
+    profile = dataclasses.replace(SMOKE, name="plan-version", methods=methods, matched_lora=False)
+    plain = build_plan(profile, code_versions=compute_code_versions(methods))
+    changed = build_plan(profile, code_versions=compute_code_versions(methods, read=edited))
+    for a, b in zip(plain.arms, changed.arms):
+        same = plain.spec(a, SWEEP, 1e-3, 0).key == changed.spec(b, SWEEP, 1e-3, 0).key
+        assert same == (a.method in ("full", "goft")), a.method
+
+
+def test_catalog_and_quick_profiles_follow_the_rubric_needs():
+    """catalog: every registered method, matched LoRA, 5 seeds, LR on ≥ 2 seeds with extension, OOD, learning
+    curves over several sizes; quick: 5 seeds for its graded arms; both keep a light full-FT footprint."""
+    from peftatlas.evidence.profiles import get_profile, profile_methods, register_profile
+
+    catalog = get_profile("catalog")
+    assert profile_methods(catalog)[0] == profile_methods(get_profile("full"))[0]  # every registered method
+    for p in (catalog, get_profile("quick")):
+        assert len(p.seeds) >= 5 and p.sweep_seeds >= 2 and p.lr_extend >= 1 and p.matched_lora
+        assert p.task == "mr" and p.ood_size and p.full_ft_artifacts == "probed" and p.probe_matrices
+    assert len([n for n in catalog.learning_curve_sizes if n is not None]) >= 3 and catalog.learning_curve_seeds >= 2
+    with pytest.raises(ValueError, match="already registered"):
+        register_profile(catalog)
+    mine = register_profile(dataclasses.replace(catalog, name="test-registered"))
+    assert get_profile("test-registered") is mine
+    PROFILES.pop("test-registered")
+
+
+def test_solved_arms_are_cached_beside_the_store(tmp_path, monkeypatch):
+    """A resumed profile reads its solved arms from the cache instead of solving the budgets again; a changed
+    profile or code version gets its own entry."""
+    import peftatlas.evidence.plan as plan_mod
+
+    profile = dataclasses.replace(SMOKE, name="plan-cache", methods=("goft", "lora"))
+    first = build_plan(profile, cache=tmp_path)
+    assert len(list(tmp_path.glob("arms-*.json"))) == 1
+
+    def no_solving(*args, **kwargs):
+        raise AssertionError("budgets solved again")
+
+    monkeypatch.setattr(plan_mod, "_solve_all", no_solving)
+    again = build_plan(profile, cache=tmp_path)
+    assert again.arms == first.arms
+    assert again.ready({})[0].key == first.ready({})[0].key
+    with pytest.raises(AssertionError, match="solved again"):
+        build_plan(dataclasses.replace(profile, budgets=("0.5%",)), cache=tmp_path)

@@ -1,0 +1,47 @@
+"""A light footprint: under ``full_ft_artifacts="probed"`` full fine-tuning keeps only the updates the geometry
+probes read (two lowest main seeds, the profile's ``probe_matrices``), everything else of full FT is deleted,
+PEFT adapters stay whole, and the probes still run on what is left."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from safetensors.torch import load_file
+
+from peftatlas.evidence.arena import run_profile
+from peftatlas.evidence.models import load_classifier
+from peftatlas.evidence.profiles import PROFILES
+from peftatlas.evidence.store import ResultsStore
+from peftatlas.geometry.runner import ProbeConfig, linear_weights, probe_store, select_matrices
+
+LIGHT = dataclasses.replace(PROFILES["smoke"], name="smoke-light", methods=("full", "lora"), seeds=(0, 1, 2),
+                            learning_curve_sizes=(), full_ft_artifacts="probed", probe_matrices=4)
+
+
+def test_full_ft_artifacts_hold_only_the_probed_updates(tmp_path):
+    path = tmp_path / "light.sqlite"
+    records = run_profile(LIGHT, path, progress=False)
+    assert records and all(r.status == "done" for r in records)
+    full_main = sorted((r for r in records if r.method == "full" and r.experiment == "main"), key=lambda r: r.seed)
+    assert [r.seed for r in full_main] == [0, 1, 2] and all("test_acc" in r.metrics for r in full_main)
+    linear = set(linear_weights(load_classifier(LIGHT.model, 2)[0]))
+    kept_folders = set()
+    for rec in full_main[:2]:
+        folder = path.parent / rec.artifact
+        tensors = load_file(str(folder / "adapter.safetensors"))
+        deltas = sorted(k[: -len(".deltas.weight")] for k in tensors if k.endswith(".deltas.weight"))
+        body = sorted(n for n in linear if not n.startswith("classifier"))
+        assert deltas == sorted(select_matrices(body, LIGHT.probe_matrices)), "only the probed matrices' ΔW"
+        assert set(tensors) - {f"{d}.deltas.weight" for d in deltas} == {k for k in tensors if k.startswith("head.")}
+        assert json.loads((folder / "adapter.json").read_text())["pruned"]["kept"] == sorted(tensors)
+        kept_folders.add(rec.artifact)
+    assert full_main[2].artifact is None  # a seed the probes never read: deleted
+    assert all(r.artifact is None or r.artifact in kept_folders for r in records if r.method == "full")
+    on_disk = {p.name for p in (path.parent / "artifacts").iterdir() if not p.name.startswith(".")}
+    lora_folders = {r.artifact.split("/")[-1] for r in records if r.method == "lora"}
+    assert on_disk == {f.split("/")[-1] for f in kept_folders} | lora_folders  # PEFT adapters whole, nothing else
+    with ResultsStore(path) as store:
+        assert {r.key: r for r in store.records()} == {r.key: r for r in records}
+    jobs = probe_store(path, ProbeConfig(draws=2, max_matrices=LIGHT.probe_matrices, methods=False), log=None)
+    assert sorted((j.kind, j.status, j.n_matrices) for j in jobs) == [("pair", "done", 4), ("single", "done", 4)]

@@ -316,7 +316,8 @@ def select_targets(cls: Any, model: nn.Module, targets: str | Sequence[str], hea
         present = tuple({type(m) for _, m in model.named_modules() if layer_type(m) in broad}) or (nn.Linear,)
         return match_targets(model, targets, present, heads, exclude,
                              lambda m: unsupported_reason(m) is None and cls.can_adapt(as_matrix(m)))
-    chosen = match_targets(model, targets, (nn.Module,), heads, exclude)
+    known = tuple({type(m) for _, m in model.named_modules() if layer_type(m) is not None}) or (nn.Linear,)
+    chosen = match_targets(model, targets, known, heads, exclude)  # a type outside LAYER_TYPES fails here
     modules = dict(model.named_modules())
     for n in chosen:
         check_layer(cls.name, allowed, n, modules[n])

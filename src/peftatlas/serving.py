@@ -131,6 +131,10 @@ def bank(tensors: Sequence[Tensor], dtype: torch.dtype | None = None) -> Tensor:
     return out
 
 
+BANK_CACHE_SIZE = 8  # stacked banks kept per layer (least recently used dropped first)
+_BANKS = "_serving_banks"
+
+
 def cached_bank(owner: nn.Module, tag: Hashable, sources: Sequence[Tensor], build: Callable[[], Tensor]) -> Tensor:
     """``build()`` (a :func:`bank` of ``sources``), reused while no source has changed.
 
@@ -138,20 +142,49 @@ def cached_bank(owner: nn.Module, tag: Hashable, sources: Sequence[Tensor], buil
     hundreds are resident, so in inference the bank is kept on ``owner`` and rebuilt only when a
     source tensor is replaced or modified in place (its storage pointer or version counter moves)
     or ``tag`` changes (put everything else ``build`` depends on in it: names, scales, dtype).
-    With gradients flowing to a source, it is built fresh so autograd sees it. The cache holds one
-    copy of the stacked adapters per tag; ``owner.__dict__`` keeps it out of ``state_dict``.
+    With gradients flowing to a source, it is built fresh so autograd sees it.
+
+    The cache is bounded: at most :data:`BANK_CACHE_SIZE` banks per owner, least recently used
+    evicted first. The engine lists a batch's adapters in sorted order, so a tag holding those
+    names does not depend on the order rows arrive in; :func:`forget` drops every bank naming an
+    adapter (the engine calls it when an adapter is deleted or replaced). ``owner.__dict__`` keeps
+    the cache out of ``state_dict``.
     """
     if torch.is_grad_enabled() and any(t.requires_grad for t in sources):
         return build()
     stamp = tuple((t.data_ptr(), t._version) for t in sources)
-    cache: dict[Hashable, tuple[tuple, Tensor]] = owner.__dict__.setdefault("_serving_banks", {})
+    cache: collections.OrderedDict[Hashable, tuple[tuple, Tensor]] = owner.__dict__.setdefault(
+        _BANKS, collections.OrderedDict())
     hit = cache.get(tag)
     if hit is not None and hit[0] == stamp:
+        cache.move_to_end(tag)
         return hit[1]
     with torch.no_grad():
         value = build()
     cache[tag] = (stamp, value)
+    cache.move_to_end(tag)
+    while len(cache) > BANK_CACHE_SIZE:
+        cache.popitem(last=False)
     return value
+
+
+def cached_tags(owner: nn.Module) -> list[Hashable]:
+    """The tags of the banks cached on ``owner``, least recently used first."""
+    return list(owner.__dict__.get(_BANKS, {}))
+
+
+def forget(owner: nn.Module, name: str) -> None:
+    """Drop every bank cached on ``owner`` whose tag mentions adapter ``name`` (at any depth)."""
+    cache = owner.__dict__.get(_BANKS)
+    if cache:
+        for tag in [t for t in cache if _mentions(t, name)]:
+            del cache[tag]
+
+
+def _mentions(tag: Hashable, name: str) -> bool:
+    if isinstance(tag, tuple):
+        return any(_mentions(t, name) for t in tag)
+    return tag == name
 
 
 def take_rows(t: Tensor, index: Sequence[int]) -> Tensor:

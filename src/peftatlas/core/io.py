@@ -2,8 +2,9 @@
 
 The JSON holds the method, its hyperparameters, the exact target list, a fingerprint of the base
 model (parameter shapes of every target and of the head) and the SHA-256 of the tensor file, so a
-mismatched pair of files is detected. Writes go to a temporary folder that replaces the
-destination in one rename, so an interrupted save never leaves a half-written adapter.
+mismatched pair of files is detected. Saving writes only its own two files, each atomically
+(:mod:`peftatlas.core.atomic`): everything else in the folder is left as it was, and an
+interrupted save leaves the previous adapter files intact.
 """
 
 from __future__ import annotations
@@ -11,17 +12,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from .. import __version__
+from .atomic import write_files
 from .method import config_to_dict, get_method, make_config
 from .model import AdaptedModel, AdapterSpec
 from .tree import get_user_submodule
@@ -31,6 +31,7 @@ META = "adapter.json"
 FORMAT = "peftatlas-adapter"
 FORMAT_VERSION = 1
 SHARED_PREFIX = "__shared__."
+PEFT_CONFIG = "adapter_config.json"  # HF PEFT's folder (read by peftatlas.interop.peft_format)
 
 
 class AdapterFileError(ValueError):
@@ -54,33 +55,16 @@ def _fingerprint(model: AdaptedModel, targets: list[str]) -> dict[str, dict[str,
 
 
 def _head_fingerprint(model: AdaptedModel) -> dict[str, list[int]]:
-    return {k: list(v.shape) for k, v in model.head_parameters().items()}
+    """Shapes of the pretrained head's parameters (every adapter's head copy has the same)."""
+    return {f"{h}.{k}": list(v.shape) for h, w in model.heads().items() for k, v in w.base.named_parameters()}
 
 
-def atomic_write_dir(path: str | os.PathLike, files: dict[str, bytes | dict[str, torch.Tensor]]) -> None:
-    """Write ``files`` into folder ``path`` atomically (a sibling temp folder, then one rename)."""
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    try:
-        for fname, content in files.items():
-            target = tmp / fname
-            if isinstance(content, bytes):
-                target.write_bytes(content)
-            else:
-                save_file(content, str(target))
-            with open(target, "rb") as f:
-                os.fsync(f.fileno())
-        old = None
-        if dest.exists():
-            old = dest.parent / f".{dest.name}.old-{os.getpid()}"
-            os.replace(dest, old)
-        os.replace(tmp, dest)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def atomic_write_dir(path: str | os.PathLike, files: dict[str, bytes | dict[str, torch.Tensor]]) -> Path:
+    """Write ``files`` into folder ``path``, each atomically, leaving every other file there alone.
+
+    Tensor dicts are serialised to safetensors first; see :func:`peftatlas.core.atomic.write_files`.
+    """
+    return write_files(path, {name: c if isinstance(c, bytes) else _tensors_to_bytes(c) for name, c in files.items()})
 
 
 def save_adapter(model: AdaptedModel, path: str | os.PathLike, name: str | None = None,
@@ -98,7 +82,7 @@ def save_adapter(model: AdaptedModel, path: str | os.PathLike, name: str | None 
     for k, v in _shared_tensors(model, name).items():
         tensors[k] = v.detach().cpu().contiguous()
     if include_head:
-        for k, v in model.head_parameters().items():
+        for k, v in model.head_parameters(name).items():
             tensors[f"head.{k}"] = v.detach().cpu().contiguous()
     tmp_tensor_blob = _tensors_to_bytes(tensors)
     meta = {
@@ -106,12 +90,14 @@ def save_adapter(model: AdaptedModel, path: str | os.PathLike, name: str | None 
         "format_version": FORMAT_VERSION,
         "peftatlas_version": __version__,
         "method": spec.method,
+        "adapter_name": name,
         "hyperparameters": config_to_dict(spec.config),
         "init_seed": spec.init_seed,
         "targets": spec.targets,
         "head": model.head_names if include_head else [],
         "fingerprint": {"targets": _fingerprint(model, spec.targets), "head": _head_fingerprint(model)},
         "base_model": getattr(getattr(model.model, "config", None), "_name_or_path", None),
+        "base_model_class": type(model.model).__name__,
         "tensors_sha256": hashlib.sha256(tmp_tensor_blob).hexdigest(),
     }
     atomic_write_dir(path, {TENSORS: tmp_tensor_blob, META: json.dumps(meta, indent=2).encode()})
@@ -189,32 +175,121 @@ def load_adapter(
 ) -> AdaptedModel:
     """Load an adapter folder into ``model`` (a plain model is wrapped first).
 
-    Nothing is changed if the files are corrupt or do not fit: the error names every problem.
+    A HF PEFT folder (``adapter_config.json`` + ``adapter_model.safetensors``) is imported through
+    :func:`peftatlas.interop.peft_format.import_peft`. Nothing is changed if the files are corrupt
+    or do not fit: the error names every problem.
     """
+    if is_peft_folder(path):
+        return _import_peft_folder(model, path, name, trainable)
     meta, tensors = read_adapter_files(path)
     try:
         cls = get_method(meta["method"])
     except ValueError as e:
         raise AdapterFileError(f"{path}: {e}") from None
+    if isinstance(model, AdaptedModel):
+        _check_free_name(model, name, path)
     wrapped = model if isinstance(model, AdaptedModel) else AdaptedModel(model, head=meta.get("head") or head)
-    check_fingerprint(wrapped, meta)
-    try:
-        cfg = make_config(cls, meta["hyperparameters"])
-    except (TypeError, ValueError) as e:
-        raise AdapterFileError(f"{path}: hyperparameters do not fit method {cls.name}: {e}") from None
     fresh = wrapped is not model
-    if name in wrapped.specs:
-        raise AdapterFileError(f"adapter name {name!r} is already in use on this model; pick another name")
-    wrapped._inject(name, cls, cfg, list(meta["targets"]), int(meta.get("init_seed", 0)))
+    injected = False
     try:
+        check_fingerprint(wrapped, meta)
+        try:
+            cfg = make_config(cls, meta["hyperparameters"])
+        except (TypeError, ValueError) as e:
+            raise AdapterFileError(f"{path}: hyperparameters do not fit method {cls.name}: {e}") from None
+        wrapped._inject(name, cls, cfg, list(meta["targets"]), int(meta.get("init_seed", 0)))
+        injected = True
         _fill_from_tensors(wrapped, name, meta, tensors, path)
-    except AdapterFileError:
-        wrapped.delete_adapter(name)
+    except BaseException:
+        if injected:
+            wrapped.delete_adapter(name)
         if fresh:
-            wrapped.unload()
+            wrapped.unload()  # the plain model as it was (head unwrapped)
         raise
     wrapped.set_trainable(trainable, name)
     return wrapped
+
+
+def restore_adapter(model: AdaptedModel, path: str | os.PathLike, name: str | None = None) -> str:
+    """Copy a saved adapter's tensors (and head) back into the *existing* adapter of the same name.
+
+    For resuming training (a Trainer checkpoint): the adapter must have the same method, targets
+    and hyperparameters as when it was saved. ``name`` defaults to the name stored in the folder,
+    then to the first active adapter. Returns the name restored; nothing changes on a mismatch.
+    """
+    meta, tensors = read_adapter_files(path)
+    name = name or meta.get("adapter_name") or (model.active_adapters[0] if model.active_adapters else None)
+    if name not in model.specs:
+        raise AdapterFileError(f"{path}: adapter {name!r} is not on this model (adapters: {', '.join(model.specs)}); "
+                               "use load_adapter() to add it")
+    spec = model.specs[name]
+    saved = (meta["method"], list(meta["targets"]), meta["hyperparameters"])
+    ours = json.loads(json.dumps(config_to_dict(spec.config)))  # as the file holds it (tuples → lists)
+    if saved != (spec.method, list(spec.targets), ours):
+        raise AdapterFileError(f"{path}: the saved adapter {name!r} ({meta['method']}, {len(meta['targets'])} "
+                               f"targets) differs from the one on this model ({spec.method}, {len(spec.targets)} "
+                               "targets) in method, targets or hyperparameters")
+    check_fingerprint(model, meta)
+    _fill_from_tensors(model, name, meta, tensors, path)
+    return name
+
+
+def _check_free_name(model: AdaptedModel, name: str, path: Any) -> None:
+    if name in model.specs:
+        raise AdapterFileError(
+            f"adapter {name!r} is already loaded (adapters on this model: {', '.join(model.specs)}); "
+            f"load {path} under another name, e.g. load_adapter(model, {str(path)!r}, name=\"{name}_2\")")
+
+
+def is_peft_folder(path: str | os.PathLike) -> bool:
+    """A HF PEFT adapter folder (its config file) that holds no peftatlas adapter description."""
+    folder = Path(path)
+    return (folder / PEFT_CONFIG).is_file() and not (folder / META).is_file()
+
+
+def _import_peft_folder(model: nn.Module | AdaptedModel, path: Any, name: str, trainable: bool) -> AdaptedModel:
+    from ..interop.peft_format import import_peft
+    from ..interop.registry import InteropError
+
+    if isinstance(model, AdaptedModel):
+        _check_free_name(model, name, path)
+    try:
+        return import_peft(model, path, name=name, trainable=trainable)
+    except InteropError as e:
+        raise AdapterFileError(f"{path} is a HF PEFT folder that cannot be imported: {e}") from None
+
+
+def from_pretrained(
+    base: nn.Module | str | os.PathLike,
+    adapter_dir: str | os.PathLike,
+    name: str = "default",
+    trainable: bool = False,
+    **base_kwargs: Any,
+) -> AdaptedModel:
+    """Base model + adapter in one call: ``base`` is a model or a transformers folder / hub id.
+
+    For a path, the base is built with the transformers class recorded in the adapter
+    (``base_model_class``; ``AutoModel`` for a PEFT folder or an older file), passing
+    ``base_kwargs`` on to its ``from_pretrained``. ``adapter_dir`` may be a peftatlas adapter, a
+    folder written by ``save_pretrained`` or a HF PEFT adapter folder.
+    """
+    if not isinstance(base, nn.Module):
+        base = _load_base(base, adapter_dir, base_kwargs)
+    elif base_kwargs:
+        raise TypeError(f"base-model options {sorted(base_kwargs)} need a path, not a model instance")
+    return load_adapter(base, adapter_dir, name=name, trainable=trainable)
+
+
+def _load_base(path: str | os.PathLike, adapter_dir: str | os.PathLike, kwargs: dict[str, Any]) -> nn.Module:
+    import transformers
+
+    class_name = None
+    if (Path(adapter_dir) / META).is_file():
+        class_name = read_adapter_files(adapter_dir)[0].get("base_model_class")
+    model_class = getattr(transformers, class_name, None) if class_name else None
+    if not (isinstance(model_class, type) and issubclass(model_class, transformers.PreTrainedModel)):
+        model_class = transformers.AutoModel
+    return model_class.from_pretrained(str(path), **kwargs)
 
 
 def _fill_from_tensors(model: AdaptedModel, name: str, meta: dict[str, Any],
@@ -227,7 +302,7 @@ def _fill_from_tensors(model: AdaptedModel, name: str, meta: dict[str, Any],
             wanted[f"{layer_name}.{k}"] = v
     wanted.update(_shared_tensors(model, name))
     if meta.get("head"):
-        wanted.update({f"head.{k}": p for k, p in model.head_parameters().items()})
+        wanted.update({f"head.{k}": p for k, p in model.head_parameters(name).items()})
     missing = sorted(set(wanted) - set(tensors))
     unexpected = sorted(set(tensors) - set(wanted))
     parts = []

@@ -126,9 +126,11 @@ class AdaptedModule(nn.Module):
             got = first.shape[0] if isinstance(first, Tensor) else "?"
             raise ValueError(f"adapter_names has {batch} entries but the batch has {got} rows")
         here = self.adapters.keys()
-        present = [n for n in dict.fromkeys(rows) if n in here]  # in order of first appearance
-        if len(args) == 1 and not kwargs and self.matrix is self.base:
-            fast = _batched_mixed_forward(self, args[0], rows, present)
+        present = [n for n in dict.fromkeys(rows) if n in here]
+        present.sort()  # one order whatever the rows' order: serving caches are keyed by it
+        if len(args) == 1 and not kwargs:
+            # batched method paths are written for nn.Linear; other layer types group rows below
+            fast = _batched_mixed_forward(self, args[0], rows, present) if self.matrix is self.base else None
             if fast is not None:
                 return fast
         elif present and all(type(self.adapters[n]) is type(self.adapters[present[0]]) for n in present):

@@ -5,12 +5,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import os
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from .. import serving
+from .heads import HeadCopies
 from .layer import BASE_NAME, AdaptedModule, MergeError, store_row_major_
 from .layer_types import adapts_as_matrix, as_matrix, select_targets, tied_partners
 from .method import LayerAdapter, MethodError, get_method, make_config
@@ -53,7 +57,17 @@ class AdaptedModel(nn.Module):
 
     The wrapped model is ``self.model``; attribute access falls through to it, so ``generate``,
     ``config`` and friends work. ``forward(..., adapter_names=[...])`` runs a mixed batch.
+
+    ``AdaptedModel(model)`` returns an instance of a subclass made once per wrapped class, whose
+    ``forward`` carries the wrapped model's signature (plus ``adapter_names``): code that reads the
+    signature, such as transformers' ``Trainer`` (which keeps only the dataset columns ``forward``
+    accepts, and finds the label names there), sees the real arguments.
     """
+
+    def __new__(cls, model: nn.Module | None = None, *args: Any, **kwargs: Any) -> AdaptedModel:
+        if cls is AdaptedModel and isinstance(model, nn.Module):
+            cls = _signed_class(type(model))
+        return super().__new__(cls)
 
     def __init__(self, model: nn.Module, head: str | Sequence[str] | None = "auto") -> None:
         super().__init__()
@@ -62,11 +76,12 @@ class AdaptedModel(nn.Module):
         self.shared = nn.ModuleDict()
         self.active_adapters: list[str] = []
         self.head_names = head_module_names(model, head)
-        self._head_backup = {k: v.detach().clone() for k, v in self._head_params().items()}
         for p in model.parameters():
             p.requires_grad_(False)
-        for p in self._head_params().values():
-            p.requires_grad_(True)
+        for h in self.head_names:  # the pretrained head stays; each adapter trains its own copy
+            set_user_submodule(model, h, HeadCopies(get_user_submodule(model, h)))
+        if callable(getattr(model, "save_pretrained", None)):  # its checkpoint would hold wrapped names
+            model.save_pretrained = _refuse_wrapped_save
         self.train(model.training)
 
     def __getattr__(self, name: str):
@@ -79,11 +94,18 @@ class AdaptedModel(nn.Module):
     def adapted_layers(self) -> dict[str, AdaptedModule]:
         return {n: m for n, m in user_named_modules(self.model, unwrap=False) if isinstance(m, AdaptedModule)}
 
-    def _head_params(self) -> dict[str, nn.Parameter]:
+    def heads(self) -> dict[str, HeadCopies]:
+        """The task-head wrappers by module name (see :mod:`peftatlas.core.heads`)."""
+        return {h: get_user_submodule(self.model, h) for h in self.head_names}
+
+    def _head_params(self, name: str | None = None) -> dict[str, nn.Parameter]:
+        """Adapter ``name``'s copy of the head parameters (default: the first active adapter)."""
+        name = name or (self.active_adapters[0] if self.active_adapters else None)
         out: dict[str, nn.Parameter] = {}
-        for h in self.head_names:
-            for pn, p in get_user_submodule(self.model, h, unwrap=True).named_parameters():
-                out[f"{h}.{pn}"] = p
+        for h, wrapper in self.heads().items():
+            if name in wrapper.adapters:
+                for pn, p in wrapper.adapters[name].named_parameters():
+                    out[f"{h}.{pn}"] = p
         return out
 
     # --- adding adapters --------------------------------------------------------------------------
@@ -104,8 +126,14 @@ class AdaptedModel(nn.Module):
         if not name or name == BASE_NAME or "." in name:
             raise ValueError(f"invalid adapter name {name!r}")
         if name in self.specs:
-            raise ValueError(f"adapter {name!r} already exists; delete it first or pick another name")
+            raise ValueError(f"adapter {name!r} already exists (adapters: {', '.join(self.specs)}); "
+                             f"delete it first or pick another name, e.g. {name}_2")
         cls = get_method(method)
+        head = hyperparameters.pop("modules_to_save", None)
+        if head is not None and sorted([head] if isinstance(head, str) else head) != sorted(self.head_names):
+            raise ValueError(f"modules_to_save={head!r}: the trained head is chosen when the model is first "
+                             f"wrapped (attach(..., head=...)); this model's head is {self.head_names}")
+        targets = peft_keywords(cls, targets, hyperparameters)
         cfg = make_config(cls, hyperparameters)
         cls.check_model(self.model, cfg)
         if targets is None:
@@ -144,6 +172,8 @@ class AdaptedModel(nn.Module):
                     adapter.to(device=ref.device)
                 created[n] = adapter
         # commit (nothing above touched the model)
+        for wrapper in self.heads().values():
+            wrapper.add(name)
         if shared is not None:
             store_row_major_(shared)
             self.shared[name] = shared.train(self.model.training)
@@ -191,17 +221,26 @@ class AdaptedModel(nn.Module):
     def _sync_active(self) -> None:
         for layer in self.adapted_layers().values():
             layer.active = [n for n in self.active_adapters if n in layer.adapters]
+        for wrapper in self.heads().values():
+            wrapper.active = next((n for n in self.active_adapters if n in wrapper.adapters), None)
 
     @contextlib.contextmanager
     def disable(self) -> Iterator[None]:
-        """Run the exact base model inside the block; the previous state returns afterwards."""
+        """Run the exact pretrained model (its original head included) inside the block.
+
+        The previous state (active adapters, merges) returns afterwards.
+        """
         layers = self.adapted_layers()
+        heads = self.heads()
         merged = {n: list(layer.merged) for n, layer in layers.items()}
         previous = {n: layer.disabled for n, layer in layers.items()}
+        previous_heads = {h: w.disabled for h, w in heads.items()}
         for layer in layers.values():
             if layer.merged:
                 layer.unmerge()
             layer.disabled = True
+        for w in heads.values():
+            w.disabled = True
         try:
             yield
         finally:
@@ -209,6 +248,8 @@ class AdaptedModel(nn.Module):
                 layer.disabled = previous[n]
                 if merged[n]:
                     layer.merge(merged[n])
+            for h, w in heads.items():
+                w.disabled = previous_heads[h]
 
     def delete_adapter(self, name: str) -> None:
         if name not in self.specs:
@@ -217,10 +258,14 @@ class AdaptedModel(nn.Module):
         if any(name in layer.merged for layer in layers.values()):
             raise MergeError(f"adapter {name!r} is merged; call unmerge() first")
         for n, layer in layers.items():
+            serving.forget(layer, name)  # stacked banks holding this adapter (a new one may reuse its memory)
             if name in layer.adapters:
                 layer.remove(name)
                 if not layer.adapters:
                     set_user_submodule(self.model, n, layer.base)
+        for wrapper in self.heads().values():
+            if name in wrapper.adapters:
+                wrapper.remove(name)
         self.specs.pop(name)
         if name in self.shared:
             del self.shared[name]
@@ -251,25 +296,28 @@ class AdaptedModel(nn.Module):
             layer.unmerge()
 
     def unload(self) -> nn.Module:
-        """Remove every adapter and return the exact original base model (head restored too)."""
+        """Remove every adapter and return the exact original base model (its original head too)."""
         self.unmerge()
         for n, layer in self.adapted_layers().items():
             set_user_submodule(self.model, n, layer.base)
-        with torch.no_grad():
-            for k, p in self._head_params().items():
-                p.copy_(self._head_backup[k])
+        for h, wrapper in self.heads().items():
+            set_user_submodule(self.model, h, wrapper.base)
         return self._release()
 
     def merge_and_unload(self) -> nn.Module:
-        """Merge the active adapters, remove the wrappers, keep the trained head; return the model."""
+        """Merge the active adapters, remove the wrappers, keep the active adapter's trained head."""
         self.merge()
         for n, layer in self.adapted_layers().items():
             layer.drop_backup()
             set_user_submodule(self.model, n, layer.base)
+        for h, wrapper in self.heads().items():
+            set_user_submodule(self.model, h, wrapper.current())
         return self._release()
 
     def _release(self) -> nn.Module:
         model = self.model
+        if model.__dict__.get("save_pretrained") is _refuse_wrapped_save:
+            del model.__dict__["save_pretrained"]
         for p in model.parameters():
             p.requires_grad_(True)
         self.specs.clear()
@@ -278,6 +326,7 @@ class AdaptedModel(nn.Module):
 
     # --- running -------------------------------------------------------------------------------------
     def forward(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
+        """The wrapped model's forward with the active adapters; ``adapter_names`` routes row *i* to its own."""
         if args and self._has_input_hooks():  # input-space methods read input_ids & co. by name
             kwargs = {**inspect.signature(self.model.forward).bind_partial(*args).arguments, **kwargs}
             args = ()
@@ -293,17 +342,44 @@ class AdaptedModel(nn.Module):
             raise
         return self._model_output_hooks(kwargs, out)
 
-    def generate(self, *args: Any, **kwargs: Any) -> Any:
-        """``model.generate`` with the active adapters' model-level hooks applied (soft prompts, prefixes)."""
+    def generate(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
+        """``model.generate`` with the active adapters' model-level hooks applied (soft prompts, prefixes).
+
+        ``adapter_names=[...]`` (one name per input row, ``"__base__"`` for the base model) generates
+        each row with its own adapter. Generation may run a layer on ``m`` rows per input row
+        (``num_beams``, ``num_return_sequences``, both laid out row by row): each name then covers
+        its ``m`` consecutive rows.
+        """
         if args:
             if "input_ids" in kwargs or len(args) > 1:
                 raise TypeError("generate() takes input_ids as its only positional argument")
             kwargs["input_ids"] = args[0]
         kwargs = self._model_input_hooks(kwargs, generate=True)
         try:
-            return self.model.generate(**kwargs)
+            if adapter_names is None:
+                return self.model.generate(**kwargs)
+            with self.mixed_batch(adapter_names), self._rows_follow_expansion(list(adapter_names)):
+                return self.model.generate(**kwargs)
         finally:
             self._model_output_hooks(kwargs, None)
+
+    @contextlib.contextmanager
+    def _rows_follow_expansion(self, names: list[str]) -> Iterator[None]:
+        """Inside the block, a routed layer that sees ``m·len(names)`` rows repeats each name ``m`` times."""
+
+        def route(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            first = next((v for v in (*args, *kwargs.values()) if isinstance(v, Tensor) and v.dim() > 0), None)
+            rows = first.shape[0] if first is not None else len(names)
+            m = rows // len(names)
+            module.row_adapters = names if m <= 1 or m * len(names) != rows else [n for n in names for _ in range(m)]
+
+        routed = [*self.adapted_layers().values(), *self.heads().values()]
+        handles = [layer.register_forward_pre_hook(route, with_kwargs=True) for layer in routed]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
 
     def _has_input_hooks(self) -> bool:
         base_hook = LayerAdapter.transform_model_inputs.__func__  # type: ignore[attr-defined]
@@ -354,12 +430,13 @@ class AdaptedModel(nn.Module):
             cls = get_method(self.specs[n].method)
             if not cls.supports_mixed_batch:
                 raise ValueError(f"method {cls.name!r} (adapter {n!r}) does not support mixed-adapter batches")
-        for layer in layers.values():
+        routed = [*layers.values(), *self.heads().values()]
+        for layer in routed:
             layer.row_adapters = rows
         try:
             yield
         finally:
-            for layer in layers.values():
+            for layer in routed:
                 layer.row_adapters = None
 
     def extra_loss(self) -> Tensor | None:
@@ -391,8 +468,9 @@ class AdaptedModel(nn.Module):
             return {}
         return {f"shared.{name}.{pn}": p for pn, p in self.shared[name].named_parameters()}
 
-    def head_parameters(self) -> dict[str, nn.Parameter]:
-        return self._head_params()
+    def head_parameters(self, name: str | None = None) -> dict[str, nn.Parameter]:
+        """Adapter ``name``'s trainable head copy (default: the first active), keyed by the head's own paths."""
+        return self._head_params(name)
 
     def count_parameters(self, name: str | None = None) -> ParamCount:
         """Adapter parameters (total and per layer) and head parameters, counted separately."""
@@ -402,15 +480,139 @@ class AdaptedModel(nn.Module):
             if name in layer.adapters:
                 per_layer[ln] = sum(p.numel() for p in layer.adapters[name].parameters())
         shared = sum(p.numel() for p in self.shared_parameters(name).values())
-        head = sum(p.numel() for p in self._head_params().values())
+        head = sum(p.numel() for p in self._head_params(name).values())
         base_total = sum(p.numel() for n, p in self.model.named_parameters() if ".adapters." not in f".{n}")
         return ParamCount(sum(per_layer.values()) + shared, head, per_layer, base_total, shared)
 
     def set_trainable(self, trainable: bool, name: str | None = None) -> None:
         for p in self.adapter_parameters(name).values():
             p.requires_grad_(trainable)
-        for p in self._head_params().values():
+        for p in self._head_params(name).values():
             p.requires_grad_(trainable)
+
+
+    # --- files (PEFT-style entry points; the format lives in peftatlas.core.io) -----------------------
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        selected_adapters: Sequence[str] | None = None,
+        is_main_process: bool = True,
+        **_ignored: Any,
+    ) -> Path:
+        """Save the adapters (never the base model) into ``save_directory``.
+
+        The first of ``selected_adapters`` (default: the active adapters, then the others) goes
+        into ``save_directory`` itself, every other one into ``save_directory/<name>`` (PEFT's
+        layout). Each is ``adapter.safetensors`` + ``adapter.json`` with its head copy; other files
+        in the folder are left alone. Options a caller passes for a full checkpoint (``state_dict``,
+        ``safe_serialization``, ...) are ignored: the base model is never written. A full model comes
+        only from ``merge_and_unload().save_pretrained(...)``.
+        """
+        from .io import save_adapter
+
+        names = list(selected_adapters) if selected_adapters is not None else list(
+            dict.fromkeys([*self.active_adapters, *self.specs]))
+        if not names:
+            raise ValueError("this model has no adapter to save; add one with add_adapter() first")
+        unknown = [n for n in names if n not in self.specs]
+        if unknown:
+            raise ValueError(f"unknown adapter(s) {unknown}; known: {sorted(self.specs)}")
+        folder = Path(save_directory)
+        if is_main_process:
+            for i, n in enumerate(names):
+                save_adapter(self, folder if i == 0 else folder / n, name=n)
+        return folder
+
+    def push_to_hub(self, *args: Any, **kwargs: Any) -> None:
+        raise ValueError("push_to_hub is not supported by peftatlas: save the adapter with save_pretrained(dir) "
+                         "and upload that folder, or merge_and_unload() for a full model")
+
+    @classmethod
+    def from_pretrained(cls, base: nn.Module | str | os.PathLike, adapter_dir: str | os.PathLike,
+                        adapter_name: str = "default", is_trainable: bool = False, **base_kwargs: Any
+                        ) -> AdaptedModel:
+        """Base model (a model or a transformers path) + the adapter in ``adapter_dir``, in one call."""
+        from .io import from_pretrained
+
+        return from_pretrained(base, adapter_dir, name=adapter_name, trainable=is_trainable, **base_kwargs)
+
+    def load_adapter(self, path: str | os.PathLike, adapter_name: str = "default",
+                     is_trainable: bool = False, **_ignored: Any) -> AdaptedModel:
+        """Load another adapter folder (peftatlas or HF PEFT) into this model under ``adapter_name``."""
+        from .io import load_adapter
+
+        return load_adapter(self, path, name=adapter_name, trainable=is_trainable)
+
+    def print_trainable_parameters(self) -> None:
+        """PEFT's one-line summary: trainable parameters (adapter + head copy), all, and their ratio."""
+        count = self.count_parameters()
+        total = count.total_model + count.trainable
+        print(f"trainable params: {count.trainable:,} || all params: {total:,} "
+              f"|| trainable%: {100.0 * count.trainable / max(total, 1):.4f}")
+
+
+_SIGNED_CLASSES: dict[type, type[AdaptedModel]] = {}
+
+
+# HF PEFT keyword → ours, for users coming from PEFT (LoraConfig(r=8, lora_alpha=16, ...)).
+PEFT_KEYWORDS = {"lora_alpha": "alpha", "lora_dropout": "dropout", "use_rslora": "rslora"}
+
+
+def peft_keywords(cls: type[LayerAdapter], targets: Any, hyperparameters: dict[str, Any]) -> Any:
+    """Accept PEFT's names: ``target_modules`` for ``targets``, ``lora_alpha`` for ``alpha``, ...
+
+    Rewrites ``hyperparameters`` in place and returns the targets. A PEFT name whose meaning this
+    method lacks is refused in one line naming the method's own hyperparameters.
+    """
+    if "target_modules" in hyperparameters:
+        if targets is not None:
+            raise ValueError("give the target modules once: targets= (peftatlas) or target_modules= (PEFT), not both")
+        targets = hyperparameters.pop("target_modules")
+    fields = [f.name for f in dataclasses.fields(cls.Config)]
+    for theirs, ours in PEFT_KEYWORDS.items():
+        if theirs not in hyperparameters:
+            continue
+        if ours not in fields:
+            raise ValueError(f"{cls.name} has no {ours!r} (PEFT's {theirs}); its hyperparameters: "
+                             f"{', '.join(fields) or '(none)'}; choose modules with targets=")
+        if ours in hyperparameters:
+            raise ValueError(f"give {ours} once: {ours}= or {theirs}=, not both")
+        hyperparameters[ours] = hyperparameters.pop(theirs)
+    return targets
+
+
+def _signed_class(model_cls: type) -> type[AdaptedModel]:
+    """``AdaptedModel`` with ``forward.__signature__`` = ``model_cls.forward``'s + ``adapter_names``."""
+    made = _SIGNED_CLASSES.get(model_cls)
+    if made is not None:
+        return made
+    try:
+        sig = inspect.signature(model_cls.forward)
+        params = list(sig.parameters.values())
+        if any(p.name == "adapter_names" for p in params):
+            raise ValueError("the model's forward already takes adapter_names")
+        at = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_KEYWORD), len(params))
+        params.insert(at, inspect.Parameter("adapter_names", inspect.Parameter.KEYWORD_ONLY, default=None))
+        signature = sig.replace(parameters=params)
+    except (TypeError, ValueError):
+        made = AdaptedModel
+    else:
+        def forward(self: AdaptedModel, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
+            return AdaptedModel.forward(self, *args, adapter_names=adapter_names, **kwargs)
+
+        forward.__signature__ = signature  # type: ignore[attr-defined]
+        forward.__doc__ = AdaptedModel.forward.__doc__
+        name = f"Adapted{model_cls.__name__}"
+        forward.__qualname__ = f"{name}.forward"
+        made = type(name, (AdaptedModel,), {"forward": forward, "__module__": __name__, "__qualname__": name})
+    _SIGNED_CLASSES[model_cls] = made
+    return made
+
+
+def _refuse_wrapped_save(*args: Any, **kwargs: Any) -> None:
+    """Stands in for the wrapped model's ``save_pretrained`` while adapters sit in its layers."""
+    raise ValueError("this model is wrapped by peftatlas (its layers hold adapters): save the adapter with "
+                     "the wrapper's save_pretrained(dir), or a full model with merge_and_unload().save_pretrained(dir)")
 
 
 class _UnwrappedView(nn.Module):
@@ -442,7 +644,18 @@ def attach(
     """Wrap ``model`` and inject adapter ``name`` of ``method``; only adapter + head params train.
 
     ``head="auto"`` trains a top-level ``classifier``/``score`` module if present; pass a module
-    name, a list, or ``None`` to choose.
+    name, a list, or ``None`` to choose. PEFT's keywords work too: ``target_modules``,
+    ``modules_to_save``, ``lora_alpha``, ``lora_dropout``, ``use_rslora``.
     """
-    wrapped = model if isinstance(model, AdaptedModel) else AdaptedModel(model, head=head)
-    return wrapped.add_adapter(name, method, targets, exclude=exclude, seed=seed, **hyperparameters)
+    if "modules_to_save" in hyperparameters and not isinstance(model, AdaptedModel):  # PEFT's name for head=
+        if head != "auto":
+            raise ValueError("give the trained head once: head= (peftatlas) or modules_to_save= (PEFT), not both")
+        head = hyperparameters.pop("modules_to_save")
+    if isinstance(model, AdaptedModel):
+        return model.add_adapter(name, method, targets, exclude=exclude, seed=seed, **hyperparameters)
+    wrapped = AdaptedModel(model, head=head)
+    try:
+        return wrapped.add_adapter(name, method, targets, exclude=exclude, seed=seed, **hyperparameters)
+    except Exception:
+        wrapped.unload()  # a refused attach leaves the plain model as it was (head unwrapped)
+        raise

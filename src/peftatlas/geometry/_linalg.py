@@ -69,12 +69,42 @@ def thin_svd(m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return u.numpy(), s.numpy(), vt.numpy()
 
 
+class Factored(np.ndarray):
+    """A matrix that carries its own thin SVD ``svd = (U, σ, Vᵀ)`` (σ descending), exact by construction.
+
+    Null draws are built from known factors (``P U Σ (Q V)ᵀ`` for ``perm``, ``Ũ Σ Ṽᵀ`` for ``spec``), so
+    :func:`svdvals` and :func:`top_svd` read them instead of factoring the draw again. The factors are
+    dropped by every derived array (slices, transposes, products): only the object built by
+    :func:`factored` has them, so a stale factorization cannot leak into another matrix.
+    """
+
+    svd: tuple[np.ndarray, np.ndarray, np.ndarray] | None
+
+    def __array_finalize__(self, obj: Any) -> None:
+        self.svd = None
+
+
+def factored(u: np.ndarray, s: np.ndarray, vt: np.ndarray, matrix: np.ndarray | None = None) -> Factored:
+    """``U diag(σ) Vᵀ`` (or the given ``matrix`` equal to it) as a :class:`Factored` remembering ``(U, σ, Vᵀ)``."""
+    out = np.asarray((u * s[None, :]) @ vt if matrix is None else matrix).view(Factored)
+    out.svd = (u, s, vt)
+    return out
+
+
+def known_svd(m: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The exact thin SVD carried by a :class:`Factored` matrix, else ``None``."""
+    return getattr(m, "svd", None) if isinstance(m, Factored) else None
+
+
 def svdvals(m: np.ndarray) -> np.ndarray:
     """Singular values, descending, from the eigenvalues of the smaller Gram matrix.
 
     σ² comes out with absolute error ~ eps·σ₁², which is what every energy statistic needs, at a
-    fraction of an SVD's cost on rectangular matrices.
+    fraction of an SVD's cost on rectangular matrices. A :class:`Factored` matrix returns its own σ.
     """
+    known = known_svd(m)
+    if known is not None:
+        return known[1].copy()
     with linalg_threads():
         t = to_torch(m)
         g = t @ t.T if t.shape[0] <= t.shape[1] else t.T @ t
@@ -85,8 +115,15 @@ def svdvals(m: np.ndarray) -> np.ndarray:
 def top_svd(m: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The top-``k`` singular triplets ``U_k, σ_k, V_kᵀ`` from an eigendecomposition of the smaller Gram.
 
-    The other side's vectors are recovered as ``mᵀ U_k / σ_k`` (rows with σ = 0 are left zero).
+    The other side's vectors are recovered as ``mᵀ U_k / σ_k`` (rows with σ = 0 are left zero). A
+    :class:`Factored` matrix returns the leading ``k`` of its own factors (equal up to rounding and, for
+    repeated or zero σ, the usual freedom of basis within the eigenspace).
     """
+    known = known_svd(m)
+    if known is not None:
+        u, s, vt = known
+        k = max(1, min(k, s.size))
+        return u[:, :k].copy(), s[:k].copy(), vt[:k].copy()
     with linalg_threads():
         t = to_torch(m)
         k = max(1, min(k, min(t.shape)))

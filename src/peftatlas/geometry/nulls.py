@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ._linalg import GeometryError, haar_orthonormal, svdvals
+from ._linalg import GeometryError, factored, haar_orthonormal, svdvals, thin_svd
 
 NULL_KINDS = ("perm", "spec", "gauss")
 
@@ -32,13 +32,21 @@ def permuted(m: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return m[rng.permutation(m.shape[0])][:, rng.permutation(m.shape[1])]
 
 
+def permuted_factored(m: np.ndarray, svd: tuple[np.ndarray, np.ndarray, np.ndarray],
+                      rng: np.random.Generator) -> np.ndarray:
+    """:func:`permuted` (same draws from ``rng``), carrying its SVD ``(P U) Σ (Qᵀ V)ᵀ`` from ``m``'s."""
+    rows, cols = rng.permutation(m.shape[0]), rng.permutation(m.shape[1])
+    u, s, vt = svd
+    return factored(u[rows], s, vt[:, cols], matrix=m[rows][:, cols])
+
+
 def spectrum_matched(m: np.ndarray, rng: np.random.Generator, s: np.ndarray | None = None) -> np.ndarray:
-    """A matrix with ``m``'s singular values and Haar-random singular vectors."""
+    """A matrix with ``m``'s singular values and Haar-random singular vectors (it carries that SVD)."""
     s = svdvals(m) if s is None else s
     k = s.size
     u = haar_orthonormal(m.shape[0], k, rng)
     v = haar_orthonormal(m.shape[1], k, rng)
-    return (u * s[None, :]) @ v.T
+    return factored(u, s, v.T)
 
 
 def gaussian(m: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -49,19 +57,26 @@ def gaussian(m: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 class NullSampler:
-    """Draws null matrices of one kind for one ``ΔW`` (the SVD is computed once)."""
+    """Draws null matrices of one kind for one ``ΔW`` (the SVD is computed once).
 
-    def __init__(self, m: np.ndarray, kind: str, rng: np.random.Generator) -> None:
+    With ``factors`` (the default) ``perm`` and ``spec`` draws are :class:`~._linalg.Factored`: they carry
+    their exact SVD, so statistics needing singular values/vectors skip the factorization. The draws
+    themselves (and the random stream) are the same either way.
+    """
+
+    def __init__(self, m: np.ndarray, kind: str, rng: np.random.Generator, factors: bool = True) -> None:
         if kind not in NULL_KINDS:
             raise GeometryError(f"unknown null model {kind!r}; choose from {', '.join(NULL_KINDS)}")
-        self.m, self.kind, self.rng = m, kind, rng
+        self.m, self.kind, self.rng, self.factors = m, kind, rng, factors
         self._s = svdvals(m) if kind == "spec" else None
+        self._svd = thin_svd(m) if kind == "perm" and factors else None
 
     def draw(self) -> np.ndarray:
         if self.kind == "perm":
-            return permuted(self.m, self.rng)
+            return permuted_factored(self.m, self._svd, self.rng) if self._svd else permuted(self.m, self.rng)
         if self.kind == "spec":
-            return spectrum_matched(self.m, self.rng, self._s)
+            x = spectrum_matched(self.m, self.rng, self._s)
+            return x if self.factors else np.asarray(x)
         return gaussian(self.m, self.rng)
 
 
@@ -109,17 +124,25 @@ def null_test(stat: Callable[[np.ndarray], float], m: np.ndarray, kind: str, dra
 
 
 def null_tests_many(stats: Callable[[np.ndarray], dict[str, float]], m: np.ndarray, kinds: Sequence[str],
-                    draws: int, rng: np.random.Generator) -> dict[tuple[str, str], NullTest]:
-    """Several statistics, computed together by ``stats(x) -> {name: value}``, on the SAME null draws."""
+                    draws: int, rng: np.random.Generator,
+                    null_stats: Callable[[np.ndarray], dict[str, float]] | None = None,
+                    factors: bool = True) -> dict[tuple[str, str], NullTest]:
+    """Several statistics, computed together by ``stats(x) -> {name: value}``, on the SAME null draws.
+
+    ``null_stats`` (default ``stats``) computes the same statistics on the draws, e.g. a cheaper
+    implementation that skips what only the observed matrix's report needs; ``factors`` as in
+    :class:`NullSampler`.
+    """
+    null_stats = null_stats or stats
     if draws < 2:
         raise GeometryError(f"a null test needs at least 2 draws, got {draws}")
     values = stats(m)
     out: dict[tuple[str, str], NullTest] = {}
     for kind in kinds:
-        sampler = NullSampler(m, kind, rng)
+        sampler = NullSampler(m, kind, rng, factors)
         samples: dict[str, list[float]] = {name: [] for name in values}
         for _ in range(draws):
-            for name, v in stats(sampler.draw()).items():
+            for name, v in null_stats(sampler.draw()).items():
                 samples[name].append(v)
         for name, v in values.items():
             out[(name, kind)] = summarize(v, samples[name], kind)

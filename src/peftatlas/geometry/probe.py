@@ -23,7 +23,7 @@ import numpy as np
 
 from ._linalg import GeometryError, as_matrix, rng_of, same_shape, svdvals
 from .alignment import W0Basis, alignment_stats
-from .fits import budget_fitters
+from .fits import budget_captured, budget_fitters
 from .nulls import NULL_KINDS, null_tests_many
 from .rotation import RotationBasis, magnitude_direction, rotation_stats
 from .spectra import effective_rank, energy_top_k, rank_at_energy, seed_consistent_rank, stable_rank
@@ -54,13 +54,19 @@ class ProbeRow:
 
 def _rows(matrix: str, probe: str, stats: Callable[[np.ndarray], dict[str, float]], d: np.ndarray,
           nulls: Sequence[str], draws: int, rng: np.random.Generator,
-          detail: dict[str, dict] | None = None) -> list[ProbeRow]:
-    """Rows of ``stats(d)`` against each null (``draws == 0``: values only, ``null=None``)."""
+          detail: dict[str, dict] | None = None, null_stats: Callable[[np.ndarray], dict[str, float]] | None = None,
+          fast: bool = True) -> list[ProbeRow]:
+    """Rows of ``stats(d)`` against each null (``draws == 0``: values only, ``null=None``).
+
+    ``fast``: null draws carry their SVD and ``null_stats`` (same statistics, cheaper) runs on them;
+    otherwise every draw is a plain matrix and ``stats`` runs on it (the reference path).
+    """
     if draws == 0:
         return [ProbeRow(matrix, probe, stat, v, detail=dict((detail or {}).get(stat, {})))
                 for stat, v in stats(d).items()]
     out = []
-    for (stat, kind), t in null_tests_many(stats, d, list(nulls), draws, rng).items():
+    tests = null_tests_many(stats, d, list(nulls), draws, rng, null_stats if fast else None, factors=fast)
+    for (stat, kind), t in tests.items():
         out.append(ProbeRow(matrix, probe, stat, t.value, kind, t.null_mean, t.null_sd, t.z, t.n, t.invariant,
                             dict((detail or {}).get(stat, {}))))
     return out
@@ -76,8 +82,17 @@ def spectral_stats(x: np.ndarray) -> dict[str, float]:
 
 def probe_matrix(delta: Any, w0: Any | None = None, *, name: str = "matrix", draws: int = 20,
                  seed: int | np.random.Generator = 0, budget: int | None = None, k: int = 8,
-                 nulls: Sequence[str] = ("perm", "spec"), groups: Sequence[str] | None = None) -> list[ProbeRow]:
-    """Run the probe suite on one update ``delta`` (and its base weight ``w0`` when known)."""
+                 nulls: Sequence[str] = ("perm", "spec"), groups: Sequence[str] | None = None,
+                 fast: bool = True) -> list[ProbeRow]:
+    """Run the probe suite on one update ``delta`` (and its base weight ``w0`` when known).
+
+    ``fast`` (default) makes the null draws cheap without changing what is measured beyond rounding:
+    ``perm``/``spec`` draws carry their exact SVD (no eigendecomposition per draw for low-rank energy
+    or ΔW's top-k directions), Kronecker captures come from singular values only, and VeRA's ALS has
+    its bases prepared once and runs its products in float32 (see :class:`~.fits.VeraCapture`).
+    ``fast=False`` is the straightforward reference: every draw is factored and fitted from scratch.
+    The random stream, hence the draws, is the same either way.
+    """
     d = as_matrix(delta, f"{name} ΔW")
     if w0 is not None:
         w = as_matrix(w0, f"{name} W0")
@@ -99,17 +114,22 @@ def probe_matrix(delta: Any, w0: Any | None = None, *, name: str = "matrix", dra
         fits = {fam: f(d) for fam, f in fitters.items()}
         detail = {fam: {"params": f.params, "residual": f.residual, **f.detail} for fam, f in fits.items()}
 
+        quick = budget_captured(d.shape, budget, w, seed=0)
+
         def captured(x: np.ndarray) -> dict[str, float]:
             return {fam: f(x).captured for fam, f in fitters.items()}
 
-        rows += _rows(name, "fit", captured, d, nulls, draws, rng, detail)
+        def captured_fast(x: np.ndarray) -> dict[str, float]:
+            return {fam: f(x) for fam, f in quick.items()}
+
+        rows += _rows(name, "fit", captured, d, nulls, draws, rng, detail, captured_fast, fast)
     if w is not None and min(d.shape) >= 2 * k and "align" in wanted:
-        align = _rows(name, "align", alignment_stats(W0Basis(w, k)), d, nulls, draws, rng)
+        align = _rows(name, "align", alignment_stats(W0Basis(w, k)), d, nulls, draws, rng, fast=fast)
         for r in align:
             r.detail["k"] = k
         rows += align
     if w is not None and "rotation" in wanted:
-        rows += _rows(name, "rotation", rotation_stats(RotationBasis(w)), d, nulls, draws, rng)
+        rows += _rows(name, "rotation", rotation_stats(RotationBasis(w)), d, nulls, draws, rng, fast=fast)
     if w is not None and "magdir" in wanted:
         dm, dd = magnitude_direction(w, w + d)
         rows += [ProbeRow(name, "magdir", "delta_magnitude", dm), ProbeRow(name, "magdir", "delta_direction", dd)]

@@ -132,9 +132,9 @@ def test_vera_import_refuses_foreign_projections(tmp_path):
 
 
 @pytest.mark.parametrize(("field", "value", "match"), [
-    ("fan_in_fan_out", True, "fan_in_fan_out"),
     ("bias", "all", "bias"),
-    ("rank_pattern", {"q_proj": 2}, "rank_pattern"),
+    ("bias", "lora_only", "bias"),
+    ("layer_replication", [[0, 1]], "layer_replication"),
     ("init_lora_weights", "pissa", "rewrote the base weights"),
 ])
 def test_lora_import_refuses_features_it_lacks(field, value, match, tmp_path):
@@ -189,3 +189,70 @@ def test_head_travels_as_modules_to_save(tmp_path):
     assert back.head_names == ["classifier"]
     head = "classifier.weight"
     torch.testing.assert_close(back.head_parameters()[head], model.head_parameters()[head])
+
+
+# --- layer types (GPT-2 Conv1D, conv, embedding, lm_head) and per-layer patterns ------------------
+
+def _lora_both_ways(kind: str, tmp_path, **lora_kwargs):
+    """PEFT LoRA saved with PEFT's defaults → imported here → exported → loaded in PEFT: one function."""
+    tm = tiny_model(kind)
+    base = copy.deepcopy(tm.model)
+    cfg = peft.LoraConfig(r=3, lora_alpha=5, init_lora_weights=False, **lora_kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pm = peft.get_peft_model(copy.deepcopy(base), cfg)
+        y = _out(tm, pm)
+        pm.save_pretrained(str(tmp_path / "peft"))
+    assert not torch.allclose(y, _out(tm, copy.deepcopy(base)), atol=1e-4), "the PEFT adapter had no effect"
+    ours = import_peft(copy.deepcopy(base), tmp_path / "peft")
+    torch.testing.assert_close(_out(tm, ours), y, atol=1e-5, rtol=1e-4)
+    export_peft(ours, tmp_path / "ours")
+    theirs = _peft_load(base, tmp_path / "ours")
+    torch.testing.assert_close(_out(tm, theirs), y, atol=1e-5, rtol=1e-4)
+    saved = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    written = json.loads((tmp_path / "ours" / "adapter_config.json").read_text())
+    return ours, saved, written
+
+
+def test_gpt2_lora_fan_in_fan_out_both_ways(tmp_path):
+    ours, saved, written = _lora_both_ways("gpt2", tmp_path, target_modules=["c_attn", "c_proj", "c_fc"])
+    assert saved["fan_in_fan_out"] is True and written["fan_in_fan_out"] is True
+    assert {type(layer.base).__name__ for layer in ours.adapted_layers().values()} == {"Conv1D"}
+
+
+def test_embedding_and_lm_head_lora_with_peft_default_save_embedding_layers(tmp_path):
+    _lora_both_ways("embedding", tmp_path, target_modules=["embed_tokens", "lm_head"])
+    keys = load_file(str(tmp_path / "peft" / "adapter_model.safetensors"))
+    assert any(k.endswith("embed_tokens.base_layer.weight") for k in keys), "PEFT default saves the base copy"
+    assert any(k.endswith("embed_tokens.lora_embedding_A") for k in keys)
+
+
+def test_tied_gpt2_lm_head_lora_both_ways_and_merge_refused(tmp_path):
+    ours, _, _ = _lora_both_ways("gpt2", tmp_path, target_modules=["lm_head"])
+    with pytest.raises(pa.MergeError, match="tied to transformer.wte"):
+        ours.merge()
+
+
+def test_conv_lora_both_ways(tmp_path):
+    ours, _, _ = _lora_both_ways("cnn", tmp_path, target_modules=["conv1", "conv2", "conv3"])
+    assert {type(layer.base).__name__ for layer in ours.adapted_layers().values()} == {"Conv1d", "Conv2d"}
+
+
+def test_rank_and_alpha_pattern_both_ways(tmp_path):
+    ours, _, written = _lora_both_ways("llama", tmp_path, target_modules=["q_proj", "v_proj"],
+                                       rank_pattern={"layers.1.self_attn.q_proj": 2}, alpha_pattern={"v_proj": 7})
+    ranks = {n: layer.adapters["default"].lora_A.shape[0] for n, layer in ours.adapted_layers().items()}
+    assert ranks["model.layers.1.self_attn.q_proj"] == 2 and ranks["model.layers.0.self_attn.q_proj"] == 3
+    assert written["rank_pattern"] == {"layers.1.self_attn.q_proj": 2} and written["alpha_pattern"] == {"v_proj": 7}
+
+
+def test_changed_base_copy_from_save_embedding_layers_is_refused(tmp_path):
+    _lora_both_ways("embedding", tmp_path, target_modules=["embed_tokens"])
+    path = tmp_path / "peft" / "adapter_model.safetensors"
+    tensors = load_file(str(path))
+    key = next(k for k in tensors if k.endswith("embed_tokens.base_layer.weight"))
+    tensors[key] = tensors[key] + 1.0
+    save_file(tensors, str(path))
+    with pytest.raises(InteropError, match="differs from this model's") as info:
+        import_peft(tiny_model("embedding").model, tmp_path / "peft")
+    assert "\n" not in str(info.value)

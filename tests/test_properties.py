@@ -3,6 +3,10 @@
 A method joins by registration (``@register`` in ``peftatlas/methods/``); nothing here names a
 method. A method may declare, per model kind, why a property or a model does not apply
 (``test_skip``), and gives small hyperparameters in ``test_config``.
+
+The layer-type kinds (a tiny GPT-2 with ``Conv1D``, a CNN with ``Conv2d``/``Conv1d``, an untied
+embedding + ``lm_head``) run every weight-space method whose ``layer_types`` cover the kind's
+layers on those layers; every other weight-space method must refuse them with a one-line error.
 """
 
 from __future__ import annotations
@@ -14,10 +18,42 @@ import torch
 
 import peftatlas as pa
 from peftatlas.core.layer import AdaptedModule, MergeError
-from peftatlas.testing import TINY_KINDS, tiny_model
+from peftatlas.core.layer_types import LayerTypeError, MatrixView, adapts_as_matrix
+from peftatlas.testing import LAYER_TYPE_KINDS, TINY_KINDS, tiny_model
 
 METHODS = sorted(pa.registered_methods())
-CASES = [(m, k) for m in METHODS for k in TINY_KINDS]
+
+
+def _kind_layer_types(kind: str) -> tuple[str, ...]:
+    return tiny_model(kind).layer_types
+
+
+def _applies(method: str, kind: str) -> bool:
+    """Whether (method, kind) runs the property suite: layer-type kinds need a weight-space method
+    whose ``layer_types`` cover the kind's layers (GPT-2 runs every other method with its defaults)."""
+    cls = pa.get_method(method)
+    if kind not in LAYER_TYPE_KINDS:
+        return True
+    if not _layer_method(method):
+        return kind == "gpt2"
+    return set(_kind_layer_types(kind)) <= set(cls.layer_types)
+
+
+def _layer_method(method: str) -> bool:
+    """A weight-space method that adapts layers (seen as matrices) chosen by targets."""
+    cls = pa.get_method(method)
+    return adapts_as_matrix(cls) and cls.default_targets is not None
+
+
+CASES = [(m, k) for m in METHODS for k in TINY_KINDS if _applies(m, k)]
+REFUSED = [(m, k) for m in METHODS for k in LAYER_TYPE_KINDS if _layer_method(m) and not _applies(m, k)]
+
+
+def targets_of(method: str, tm) -> dict:
+    """``targets=`` for ``method`` on the tiny model: the kind's layers for weight-space methods."""
+    if tm.targets is not None and _layer_method(method):
+        return {"targets": tm.targets}
+    return {}
 
 
 def _skip_reason(method: str, kind: str) -> str | None:
@@ -32,7 +68,7 @@ def build(method: str, kind: str, name: str = "default", seed: int = 0, dtype=to
     tm.model.to(dtype)
     base_state = {k: v.clone() for k, v in tm.model.state_dict().items()}
     cls = pa.get_method(method)
-    model = pa.attach(tm.model, method, name=name, seed=seed, **cls.test_config)
+    model = pa.attach(tm.model, method, name=name, seed=seed, **targets_of(method, tm), **cls.test_config)
     return tm, model, base_state
 
 
@@ -121,21 +157,22 @@ def test_dense_reference_and_param_count(method, kind):
     g = torch.Generator().manual_seed(3)
     for ln, layer in model.adapted_layers().items():
         adapter = layer.adapters["default"]
-        assert sum(p.numel() for p in adapter.parameters()) == cls.param_count(layer.base, adapter.cfg), ln
-        x = _layer_input(layer.base, g)
+        base = layer.matrix if adapts_as_matrix(cls) else layer.base  # what the method was built on
+        assert sum(p.numel() for p in adapter.parameters()) == cls.param_count(base, adapter.cfg), ln
+        x = _layer_input(base, g)
         if x is None:
             continue
         with torch.no_grad():
-            ref = adapter.reference_forward(x, layer.base)
+            ref = adapter.reference_forward(x, base)
         for grad in (False, True):  # inference and training may take different fast paths
             with torch.set_grad_enabled(grad):
-                fast = adapter(x, layer.base)
+                fast = adapter(x, base)
             torch.testing.assert_close(fast.detach().float(), ref.float(), atol=cls.test_atol, rtol=1e-4,
                                        msg=f"{ln} (grad {'on' if grad else 'off'})")
 
 
 def _layer_input(base, g):
-    if isinstance(base, torch.nn.Linear):
+    if isinstance(base, (torch.nn.Linear, MatrixView)):
         return torch.randn(5, base.in_features, generator=g)
     if isinstance(base, torch.nn.LayerNorm):
         return torch.randn(5, *base.normalized_shape, generator=g)
@@ -282,7 +319,7 @@ def test_mixed_batch_rows_equal_single_adapter_runs(method, kind):
     cls = pa.get_method(method)
     if not has_adapters(model):
         pytest.skip(f"{method} adds no layer adapters on {kind}")
-    model.add_adapter("b", method, seed=1, **cls.test_config)
+    model.add_adapter("b", method, seed=1, **targets_of(method, tm), **cls.test_config)
     perturb(model, "a", seed=11)
     perturb(model, "b", seed=12)
     rows = ["a", pa.BASE_NAME, "b", "a"]
@@ -307,7 +344,7 @@ def test_two_active_adapters_merge_in_order(method, kind):
     cls = pa.get_method(method)
     if not has_adapters(model) or not cls.mergeable or not getattr(cls, "stackable", True):
         pytest.skip(f"{method}: stacking two adapters on one layer does not apply")
-    model.add_adapter("b", method, seed=1, **cls.test_config)
+    model.add_adapter("b", method, seed=1, **targets_of(method, tm), **cls.test_config)
     perturb(model, "a", seed=11)
     perturb(model, "b", seed=12)
     model.set_active(["a", "b"])
@@ -317,6 +354,20 @@ def test_two_active_adapters_merge_in_order(method, kind):
     model.set_active(["a", "b"])
     model.merge()
     torch.testing.assert_close(run(tm, model), y, atol=cls.test_atol * 10, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("method", "kind"), REFUSED)
+def test_unsupported_layer_type_is_refused_in_one_line(method, kind):
+    tm = tiny_model(kind)
+    cls = pa.get_method(method)
+    before = {k: v.clone() for k, v in tm.model.state_dict().items()}
+    with pytest.raises(LayerTypeError) as info:
+        pa.attach(tm.model, method, targets=tm.targets, **cls.test_config)
+    msg = str(info.value)
+    assert "\n" not in msg and method in msg, msg
+    assert any(t in msg for t in tm.layer_types), msg
+    assert not any(isinstance(m, AdaptedModule) for m in tm.model.modules()), "a refused attach left a wrapper"
+    assert all(torch.equal(v, before[k]) for k, v in tm.model.state_dict().items())
 
 
 def _first_kind(method: str) -> str:

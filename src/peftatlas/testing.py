@@ -14,7 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-TINY_KINDS = ("mlp", "bert", "llama", "vit")
+TINY_KINDS = ("mlp", "bert", "llama", "vit", "gpt2", "cnn", "embedding")
+# Kinds that exist to exercise one layer type of weight-space methods (they name ``targets``).
+LAYER_TYPE_KINDS = ("gpt2", "cnn", "embedding")
 
 
 @dataclasses.dataclass
@@ -23,6 +25,10 @@ class TinyModel:
     model: nn.Module
     make_inputs: Callable[[int, int], dict[str, Tensor]]  # (batch, seed) -> kwargs
     output: Callable[[Any], Tensor]
+    # Targets for weight-space methods in the property suite (None: the method's default targets)
+    # and the layer types they have.
+    targets: list[str] | None = None
+    layer_types: tuple[str, ...] = ("Linear",)
 
 
 class MLP(nn.Module):
@@ -37,6 +43,23 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(torch.nn.functional.gelu(self.fc2(self.norm(torch.nn.functional.gelu(self.fc1(x))))))
+
+
+class TinyCNN(nn.Module):
+    """Conv2d (3×3, padding 1) → GELU → Conv2d (3×3, stride 2) → GELU → Conv1d over the flattened grid
+    → mean → classifier: every convolution type the engine adapts, on an (N, 4, 8, 8) image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(4, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.conv3 = nn.Conv1d(16, 16, 2)
+        self.classifier = nn.Linear(16, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.nn.functional.gelu(self.conv2(torch.nn.functional.gelu(self.conv1(x))))
+        h = self.conv3(h.flatten(2))  # (N, 16, 16) → (N, 16, 15)
+        return self.classifier(h.mean(-1))
 
 
 def _ids(vocab: int, length: int) -> Callable[[int, int], dict[str, Tensor]]:
@@ -94,4 +117,24 @@ def _build_tiny_model(kind: str, seed: int, hidden: int) -> TinyModel:
         def make_px(batch: int, s: int) -> dict[str, Tensor]:
             return {"pixel_values": torch.randn(batch, 3, 16, 16, generator=torch.Generator().manual_seed(s))}
         return TinyModel(kind, ViTForImageClassification(cfg).eval(), make_px, lambda o: o.logits)
+    if kind == "gpt2":
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        cfg = GPT2Config(vocab_size=100, n_embd=hidden, n_layer=2, n_head=4, n_positions=32,
+                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)  # tied wte / lm_head
+        return TinyModel(kind, GPT2LMHeadModel(cfg).eval(), _ids(100, 8), lambda o: o.logits,
+                         targets=["c_attn", "c_proj", "c_fc"], layer_types=("Conv1D",))
+    if kind == "cnn":
+        def make_img(batch: int, s: int) -> dict[str, Tensor]:
+            return {"x": torch.randn(batch, 4, 8, 8, generator=torch.Generator().manual_seed(s))}
+        return TinyModel(kind, TinyCNN().eval(), make_img, lambda out: out,
+                         targets=["conv1", "conv2", "conv3"], layer_types=("Conv2d", "Conv1d"))
+    if kind == "embedding":  # an untied Llama's input embedding and output head (vocabulary 96)
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        cfg = LlamaConfig(vocab_size=96, hidden_size=hidden, num_hidden_layers=1, num_attention_heads=4,
+                          num_key_value_heads=2, intermediate_size=2 * hidden, max_position_embeddings=64,
+                          tie_word_embeddings=False)
+        return TinyModel(kind, LlamaForCausalLM(cfg).eval(), _ids(96, 8), lambda o: o.logits,
+                         targets=["embed_tokens", "lm_head"], layer_types=("Embedding", "Linear"))
     raise ValueError(f"unknown tiny model kind {kind!r}; choose from {TINY_KINDS}")

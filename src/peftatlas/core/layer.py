@@ -7,6 +7,10 @@ Forward with active adapters ``a1..ak`` (none merged) composes them in order::
 Merging folds adapters into the base parameters in the same order and keeps an exact backup of
 the original parameters, so ``unmerge()`` restores the base bit for bit. Mixed batches route each
 row to its own adapter (or to the base, ``"__base__"``).
+
+Weight-space methods see every base as ``y = W x + b`` on vectors: an ``nn.Linear`` directly, any
+other layer type through its :class:`~peftatlas.core.layer_types.MatrixView` (``self.matrix``),
+which turns the input into vectors (patches, one-hots) and the output back.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from .layer_types import MatrixView, adapts_as_matrix, as_matrix, is_quantized
 from .method import BaseFn, LayerAdapter
 
 BASE_NAME = "__base__"
@@ -31,9 +36,14 @@ class AdaptedModule(nn.Module):
 
     _peftatlas_wrapper = True
 
-    def __init__(self, base: nn.Module) -> None:
+    def __init__(self, base: nn.Module, matrix: nn.Module | None = None) -> None:
         super().__init__()
         self.base = base
+        # The base as a matrix on vectors (the base itself for nn.Linear); a plain attribute, not a
+        # submodule: it owns nothing. Adapters of weight-space methods were built on this object.
+        object.__setattr__(self, "_matrix", matrix)
+        # Other modules sharing this base's weight tensor (tied embeddings): merging is refused.
+        self.tied_with: list[str] = []
         self.adapters = nn.ModuleDict()
         self.active: list[str] = []
         self.merged: list[str] = []
@@ -48,9 +58,26 @@ class AdaptedModule(nn.Module):
         except AttributeError:
             return getattr(self._modules["base"], name)
 
+    @property
+    def matrix(self) -> nn.Module:
+        """The base layer as ``y = W x + b`` on vectors (see :mod:`peftatlas.core.layer_types`)."""
+        if self.__dict__.get("_matrix") is None:
+            object.__setattr__(self, "_matrix", as_matrix(self._modules["base"]))
+        return self.__dict__["_matrix"]
+
+    def _on_matrix(self, names: Sequence[str]) -> bool:
+        """Whether ``names`` run on the matrix view (a non-Linear base under weight-space methods)."""
+        if self.matrix is self.base:
+            return False
+        flags = {adapts_as_matrix(type(self.adapters[n])) for n in names}
+        if len(flags) > 1:
+            raise TypeError(f"adapters {list(names)} on {type(self.base).__name__} mix weight-space methods with "
+                            "methods that wrap the module itself; activate them one at a time")
+        return flags == {True}
+
     # --- forward -----------------------------------------------------------------------------------
-    def _chain(self, names: Sequence[str]) -> BaseFn:
-        fn: BaseFn = self.base
+    def _chain(self, names: Sequence[str], start: nn.Module | None = None) -> BaseFn:
+        fn: BaseFn = self.base if start is None else start
         for n in names:
             adapter = self.adapters[n]
             fn = (lambda a, prev: (lambda x: a(x, prev)))(adapter, fn)
@@ -69,6 +96,12 @@ class AdaptedModule(nn.Module):
     def _run(self, names: Sequence[str], args: tuple, kwargs: dict) -> Tensor:
         if not names:
             return self.base(*args, **kwargs)
+        if self._on_matrix(names):
+            if len(args) != 1 or kwargs:
+                raise TypeError(f"adapter(s) {list(names)} on {type(self.base).__name__} take one input tensor")
+            view = self.matrix
+            assert isinstance(view, MatrixView)
+            return view.run(self._chain(names, view), args[0])
         if len(args) == 1 and not kwargs:
             return self._chain(names)(args[0])
         if len(names) == 1:
@@ -96,7 +129,8 @@ class AdaptedModule(nn.Module):
         present = [n for n in dict.fromkeys(rows) if n in here]
         present.sort()  # one order whatever the rows' order: serving caches are keyed by it
         if len(args) == 1 and not kwargs:
-            fast = _batched_mixed_forward(self, args[0], rows, present)
+            # batched method paths are written for nn.Linear; other layer types group rows below
+            fast = _batched_mixed_forward(self, args[0], rows, present) if self.matrix is self.base else None
             if fast is not None:
                 return fast
         elif present and all(type(self.adapters[n]) is type(self.adapters[present[0]]) for n in present):
@@ -136,14 +170,27 @@ class AdaptedModule(nn.Module):
         todo = [n for n in names if n not in self.merged]
         if not todo:
             return []
+        if self.tied_with:
+            raise MergeError(f"cannot merge adapter(s) {todo}: this layer's weight is tied to "
+                             f"{', '.join(self.tied_with)} (the same tensor), so merging would change both; "
+                             "use the adapter unmerged")
         params = self._params()
+        quantized = [k for k, v in params.items() if is_quantized(v)]
+        if quantized:
+            raise MergeError(f"cannot merge adapter(s) {todo} into the quantized {', '.join(quantized)} "
+                             f"({type(params[quantized[0]]).__name__}); run them unmerged or dequantize the base first")
         current = {k: v.detach() for k, v in params.items()}
         for n in todo:
             adapter = self.adapters[n]
             if not adapter.mergeable:
                 raise MergeError(f"method {adapter.name!r} (adapter {n!r}) cannot be merged into the weights")
             with torch.no_grad():
-                current = adapter.merged_params(current)
+                if self._on_matrix([n]):
+                    view = self.matrix
+                    assert isinstance(view, MatrixView)
+                    current = view.from_matrix(adapter.merged_params(view.to_matrix(current)))
+                else:
+                    current = adapter.merged_params(current)
         bad = [k for k, v in current.items() if not torch.isfinite(v).all()]
         if bad:
             raise MergeError(

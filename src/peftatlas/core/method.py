@@ -30,6 +30,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from .layer_types import LAYER_TYPES
+
 BaseFn = Callable[[Tensor], Tensor]
 
 _REGISTRY: dict[str, type[LayerAdapter]] = {}
@@ -58,6 +60,11 @@ class LayerAdapter(nn.Module):
     noop_at_init: ClassVar[bool] = True
     supports_mixed_batch: ClassVar[bool] = True
     target_types: ClassVar[tuple[type[nn.Module], ...]] = (nn.Linear,)
+    # Layer types adapted (names from core.layer_types.LAYER_TYPES). Methods with the default
+    # target_types see each as "a matrix W on vectors" (so by default every type); a method whose
+    # math needs more (e.g. attention heads) narrows it. Methods with their own target_types wrap
+    # those natively (the default then names those types).
+    layer_types: ClassVar[tuple[str, ...]] = LAYER_TYPES
     default_targets: ClassVar[Any] = "all-linear"
     # Where the method acts: "weight" (a layer's parameters), "activation" (a layer's input/output),
     # "input" (the token embeddings), "attention cache" (per-layer keys/values), "block output".
@@ -98,6 +105,8 @@ class LayerAdapter(nn.Module):
             for field in ("config", "skip", "atol"):
                 if hasattr(own, field):
                     setattr(cls, f"test_{field}", getattr(own, field))
+        if "layer_types" not in cls.__dict__ and tuple(cls.target_types) != (nn.Linear,):
+            cls.layer_types = tuple(t.__name__ for t in cls.target_types)
 
     @dataclasses.dataclass
     class Config:

@@ -16,8 +16,9 @@ from torch import Tensor, nn
 from .. import serving
 from .heads import HeadCopies
 from .layer import BASE_NAME, AdaptedModule, MergeError, store_row_major_
+from .layer_types import adapts_as_matrix, as_matrix, select_targets, tied_partners
 from .method import LayerAdapter, MethodError, get_method, make_config
-from .targeting import TargetError, head_module_names, match_targets
+from .targeting import TargetError, head_module_names
 from .tree import get_user_submodule, set_user_submodule, user_named_modules
 
 
@@ -137,8 +138,8 @@ class AdaptedModel(nn.Module):
         cls.check_model(self.model, cfg)
         if targets is None:
             targets = cls.default_targets
-        names = [] if targets is None else match_targets(
-            self._unwrapped_view(), targets, cls.target_types, self.head_names, exclude, cls.can_adapt)
+        view = self._unwrapped_view()
+        names = [] if targets is None else select_targets(cls, view, targets, self.head_names, exclude)
         self._inject(name, cls, cfg, names, seed)
         return self
 
@@ -152,6 +153,9 @@ class AdaptedModel(nn.Module):
         for n, b in bases.items():
             if isinstance(b, AdaptedModule):
                 raise ValueError(f"module {n} is nested inside another adapted module")
+        raw = bases
+        if adapts_as_matrix(cls):  # weight-space methods see every layer type as a matrix on vectors
+            bases = {n: layers[n].matrix if n in layers else as_matrix(b) for n, b in raw.items()}
         layer_cfgs = cls.layer_configs(bases, cfg)
         bases = {n: b for n, b in bases.items() if n in layer_cfgs}
         names = list(bases)
@@ -163,7 +167,7 @@ class AdaptedModel(nn.Module):
             torch.manual_seed(seed)
             for n, base in bases.items():
                 adapter = cls(base, layer_cfgs[n], shared)
-                ref = next(iter(base.parameters()), None)
+                ref = next(iter(raw[n].parameters()), None)
                 if ref is not None:
                     adapter.to(device=ref.device)
                 created[n] = adapter
@@ -178,7 +182,8 @@ class AdaptedModel(nn.Module):
         for n, adapter in created.items():
             layer = layers.get(n)
             if layer is None:
-                layer = AdaptedModule(bases[n])
+                layer = AdaptedModule(raw[n], matrix=bases[n])
+                layer.tied_with = tied_partners(self.model, n, raw[n])
                 set_user_submodule(self.model, n, layer)
             layer.add(name, adapter)
             layer.train(self.model.training)  # new adapters follow the model's train/eval mode

@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from ..core.layer_types import CONV1D, CONV2D, EMBEDDING, LAYER_TYPES, layer_type
 from .registry import Converter, InteropError, check_shape, register_converter
 
 # LoRA options PEFT has and plain LoRA here does not (they change the forward or the base weights).
@@ -27,14 +28,52 @@ _BASE_REWRITING_INITS = ("pissa", "olora", "corda", "loftq")
 
 @register_converter
 class LoRAConverter(Converter):
-    """LoRA ↔ PEFT ``LORA``: ``lora_A.weight`` = A (r × d_in), ``lora_B.weight`` = B (d_out × r)."""
+    """LoRA ↔ PEFT ``LORA``: ``lora_A.weight`` = A (r × d_in), ``lora_B.weight`` = B (d_out × r).
+
+    Per layer type (``W`` as in :mod:`peftatlas.core.layer_types`): GPT-2 ``Conv1D`` stores the same
+    A, B (PEFT's ``fan_in_fan_out`` only transposes its merge); a conv stores A as a conv kernel
+    ``(r, in, *k)`` and B as a 1×1 conv ``(out, r, 1…)`` — the same numbers reshaped; an embedding
+    stores ``lora_embedding_A`` = A (r × vocab) and ``lora_embedding_B`` = B (dim × r).
+    ``rank_pattern`` / ``alpha_pattern`` map one to one.
+    """
 
     method = "lora"
     peft_type = "LORA"
     layer_keys: ClassVar[dict[str, str]] = {"lora_A.weight": "lora_A", "lora_B.weight": "lora_B"}
     fields: ClassVar[dict[str, str]] = {"r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout",
-                                        "use_rslora": "rslora"}
-    fixed: ClassVar[dict[str, Any]] = {**_LORA_OFF, "init_lora_weights": True}
+                                        "use_rslora": "rslora", "rank_pattern": "rank_pattern",
+                                        "alpha_pattern": "alpha_pattern"}
+    fixed: ClassVar[dict[str, Any]] = {**{k: v for k, v in _LORA_OFF.items() if not k.endswith("_pattern")},
+                                       "init_lora_weights": True}
+    peft_layer_types: ClassVar[tuple[str, ...]] = LAYER_TYPES
+    _EMBEDDING_KEYS: ClassVar[dict[str, str]] = {"lora_A.weight": "lora_embedding_A",
+                                                 "lora_B.weight": "lora_embedding_B"}
+
+    @classmethod
+    def peft_layer_suffixes(cls) -> tuple[str, ...]:
+        return (*cls.layer_keys, *cls._EMBEDDING_KEYS.values())
+
+    @classmethod
+    def to_layer_layout(cls, tensors: dict[str, Tensor], base: nn.Module) -> dict[str, Tensor]:
+        kind = layer_type(base)
+        if kind == EMBEDDING:
+            return {cls._EMBEDDING_KEYS[k]: v for k, v in tensors.items()}
+        if kind in (CONV1D, CONV2D):
+            A, B = tensors["lora_A.weight"], tensors["lora_B.weight"]
+            ones = (1,) * (base.weight.dim() - 2)
+            return {"lora_A.weight": A.reshape(A.shape[0], *base.weight.shape[1:]),
+                    "lora_B.weight": B.reshape(*B.shape, *ones)}
+        return tensors
+
+    @classmethod
+    def from_layer_layout(cls, tensors: dict[str, Tensor], base: nn.Module) -> dict[str, Tensor]:
+        kind = layer_type(base)
+        if kind == EMBEDDING:
+            back = {v: k for k, v in cls._EMBEDDING_KEYS.items()}
+            return {back.get(k, k): v for k, v in tensors.items()}
+        if kind in (CONV1D, CONV2D):
+            return {k: v.reshape(v.shape[0], -1) for k, v in tensors.items()}
+        return tensors
 
     @classmethod
     def accepts(cls, peft_cfg: dict[str, Any]) -> bool:
@@ -124,6 +163,9 @@ class DoRAConverter(Converter):
     @classmethod
     def check_fixed(cls, peft_cfg: dict[str, Any]) -> None:
         LoRAConverter.check_fixed({**peft_cfg, "use_dora": False})
+        patterns = [k for k in ("rank_pattern", "alpha_pattern") if peft_cfg.get(k)]
+        if patterns:
+            raise InteropError(f"PEFT DoRA adapter uses {', '.join(patterns)}; peftatlas dora has one r and alpha")
         if peft_cfg.get("use_rslora"):
             raise InteropError("PEFT DoRA adapter uses use_rslora=True; peftatlas dora scales by alpha / r only")
 

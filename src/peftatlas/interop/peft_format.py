@@ -8,10 +8,14 @@ The format, as PEFT 0.21 writes it::
                                  base_model.model.<head module>.<param>            (modules_to_save)
 
 Export writes the exact module names as ``target_modules`` and the trained head as
-``modules_to_save``; import takes the adapted modules from the tensor keys (so PEFT's
+``modules_to_save`` (and ``fan_in_fan_out=true`` when the targets are GPT-2 ``Conv1D`` layers, as
+PEFT does);  import takes the adapted modules from the tensor keys (so PEFT's
 ``layers_to_transform`` / regex targets need no re-interpretation) and refuses, with a message
 naming the field, any configuration our method cannot reproduce exactly. Only safetensors are
-read; a pickled ``adapter_model.bin`` is refused.
+read; a pickled ``adapter_model.bin`` is refused. PEFT's default ``save_embedding_layers="auto"``
+also writes the *base* weights of targeted ``embed_tokens`` / ``lm_head`` layers
+(``<module>.base_layer.weight``); on import those must equal the model's own weights (then they
+carry no information) or the import is refused.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ..core.io import atomic_write_dir
+from ..core.layer_types import GPT2_CONV1D, layer_type
 from ..core.model import AdaptedModel
 from .registry import Converter, InteropError, check_shape, converter_for_method, converter_for_peft
 
@@ -34,6 +39,7 @@ CONFIG = "adapter_config.json"
 TENSORS = "adapter_model.safetensors"
 LAYER_PREFIX = "base_model.model."
 SHARED_PREFIX = "base_model."
+BASE_COPY_SUFFIXES = ("base_layer.weight", "base_layer.bias")  # PEFT's save_embedding_layers copies
 
 
 def peft_config_dict(model: AdaptedModel, name: str | None = None, include_head: bool = True,
@@ -42,6 +48,11 @@ def peft_config_dict(model: AdaptedModel, name: str | None = None, include_head:
     name, conv = _resolve(model, name)
     spec = model.specs[name]
     heads = model.head_names if include_head and model.head_parameters() else []
+    method_fields = conv.model_config_to_peft(model, name, **options)
+    if "fan_in_fan_out" in method_fields:  # PEFT's own rule: True exactly on GPT-2 Conv1D layers
+        layers = model.adapted_layers()
+        method_fields["fan_in_fan_out"] = any(
+            layer_type(layers[t].base) == GPT2_CONV1D for t in spec.targets if t in layers)
     return {
         "peft_type": conv.peft_type,
         "task_type": None,
@@ -50,7 +61,7 @@ def peft_config_dict(model: AdaptedModel, name: str | None = None, include_head:
         "base_model_name_or_path": getattr(getattr(model.model, "config", None), "_name_or_path", None) or None,
         "inference_mode": True,
         "revision": None,
-        **conv.model_config_to_peft(model, name, **options),
+        **method_fields,
     }
 
 
@@ -66,7 +77,9 @@ def export_peft(model: AdaptedModel, path: str | os.PathLike, name: str | None =
     tensors: dict[str, Tensor] = {}
     for layer_name, layer in model.adapted_layers().items():
         if name in layer.adapters:
-            for k, v in conv.layer_to_peft(layer.adapters[name]).items():
+            conv.check_layer_type(layer_name, layer.base)
+            ours = conv.layer_to_peft(layer.adapters[name])
+            for k, v in conv.to_layer_layout(ours, layer.base).items():
                 tensors[f"{LAYER_PREFIX}{layer_name}.{k}"] = v
     for k, v in conv.shared_to_peft(model, name, **options).items():
         tensors[f"{SHARED_PREFIX}{k}"] = v
@@ -116,6 +129,8 @@ def import_peft(model: nn.Module | AdaptedModel, path: str | os.PathLike, name: 
     """
     cfg, tensors = read_peft_files(path)
     conv = converter_for_peft(cfg)
+    base_copies = {k: tensors.pop(k) for k in list(tensors)
+                   if k.startswith(LAYER_PREFIX) and k.endswith(tuple("." + s for s in BASE_COPY_SUFFIXES))}
     layers, shared, head = _split_keys(conv, tensors, cfg)
     if not layers:
         raise InteropError(f"{path}: no per-layer {conv.peft_type} tensors found "
@@ -130,6 +145,7 @@ def import_peft(model: nn.Module | AdaptedModel, path: str | os.PathLike, name: 
             wrapped.unload()
         raise InteropError(f"{path}: cannot build {conv.method} adapter: {e}") from None
     try:
+        _check_base_copies(wrapped, base_copies, path)
         _fill(wrapped, name, conv, layers, shared, head, cfg, path)
     except InteropError:
         wrapped.delete_adapter(name)
@@ -182,6 +198,24 @@ def _split_keys(conv: type[Converter], tensors: dict[str, Tensor], cfg: dict[str
     return layers, shared, head
 
 
+def _check_base_copies(model: AdaptedModel, copies: dict[str, Tensor], path: Any) -> None:
+    """PEFT's ``save_embedding_layers`` copies of base weights must equal the model's own."""
+    from ..core.tree import get_user_submodule
+
+    for key, value in copies.items():
+        module_path, _, param = key[len(LAYER_PREFIX):].rpartition(".base_layer.")
+        try:
+            module = get_user_submodule(model.model, module_path, unwrap=True)
+        except (AttributeError, KeyError):
+            raise InteropError(f"{path}: base weight {key} names a module this model lacks") from None
+        own = getattr(module, param, None)
+        if not isinstance(own, Tensor) or tuple(own.shape) != tuple(value.shape) or not torch.equal(
+                own.detach().to("cpu", value.dtype), value):
+            raise InteropError(f"{path}: the file's {module_path}.{param} differs from this model's (a resized or "
+                               "retrained base layer, saved by PEFT's save_embedding_layers); peftatlas adapters "
+                               "do not carry base weights")
+
+
 def _under_module(param_key: str, module_suffix: str) -> bool:
     module = param_key.rsplit(".", 1)[0]
     return module == module_suffix or module.endswith("." + module_suffix)
@@ -212,7 +246,9 @@ def _fill(model: AdaptedModel, name: str, conv: type[Converter], layers: dict[st
         pending.append((own_shared[k], v))
     for layer_name, layer_tensors in layers.items():
         adapter = adapted[layer_name].adapters[name]
-        ours = conv.layer_from_peft(layer_tensors, adapter)
+        base = adapted[layer_name].base
+        conv.check_layer_type(layer_name, base)
+        ours = conv.layer_from_peft(conv.from_layer_layout(layer_tensors, base), adapter)
         want = adapter.state_dict(keep_vars=True)
         missing = sorted(set(want) - set(ours))
         if missing:

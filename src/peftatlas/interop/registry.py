@@ -12,6 +12,12 @@ A converter states the correspondence as data wherever it can:
   that sets anything else fails with :class:`InteropError` naming the field;
 * ``export_only`` — fields written on export and ignored on import (initialisation switches).
 
+* ``peft_layer_types`` — the layer types whose PEFT tensors the converter writes and reads
+  (Linear and GPT-2's Conv1D share one layout; PEFT decides ``fan_in_fan_out`` from the layer
+  type itself, so the field is written from the targets and not checked on import); converters
+  that know PEFT's conv / embedding layouts override :meth:`Converter.to_layer_layout` /
+  :meth:`Converter.from_layer_layout`.
+
 A method joins the interop layer by defining a subclass decorated with ``@register_converter``.
 Nothing here imports ``peft``: the format is plain JSON + safetensors.
 """
@@ -21,8 +27,9 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from ..core.layer_types import GPT2_CONV1D, LINEAR, layer_type
 from ..core.method import LayerAdapter, config_to_dict, get_method
 
 
@@ -46,6 +53,8 @@ class Converter:
     # Our hyperparameters under which the conversion is exact, when the method's test_config is not
     # (e.g. an offset PEFT lacks); the interop tests build the adapter with these overrides.
     peft_compatible: ClassVar[dict[str, Any]] = {}
+    # Layer types converted (PEFT stores Linear and GPT-2 Conv1D adapters alike).
+    peft_layer_types: ClassVar[tuple[str, ...]] = (LINEAR, GPT2_CONV1D)
 
     # --- config -----------------------------------------------------------------------------------
     @classmethod
@@ -74,8 +83,10 @@ class Converter:
 
     @classmethod
     def check_fixed(cls, peft_cfg: dict[str, Any]) -> None:
+        # PEFT itself sets fan_in_fan_out from each layer's type (True exactly for GPT-2 Conv1D)
         bad = [f"{k}={peft_cfg[k]!r} (peftatlas {cls.method} supports only {v!r})"
-               for k, v in cls.fixed.items() if k in peft_cfg and not _same(peft_cfg[k], v)]
+               for k, v in cls.fixed.items()
+               if k in peft_cfg and k != "fan_in_fan_out" and not _same(peft_cfg[k], v)]
         if bad:
             raise InteropError(f"PEFT {cls.peft_type} adapter uses feature(s) peftatlas cannot represent: "
                                + "; ".join(bad))
@@ -91,6 +102,25 @@ class Converter:
     def layer_from_peft(cls, tensors: dict[str, Tensor], adapter: LayerAdapter) -> dict[str, Tensor]:
         """Our adapter's state-dict entries from PEFT's per-layer tensors (suffix → tensor)."""
         return {mine: tensors[peft] for peft, mine in cls.layer_keys.items() if peft in tensors}
+
+    @classmethod
+    def check_layer_type(cls, layer_name: str, base: nn.Module) -> str:
+        """The layer type of ``base``; an :class:`InteropError` if this converter does not handle it."""
+        kind = layer_type(base) or type(base).__name__
+        if kind not in cls.peft_layer_types:
+            raise InteropError(f"{cls.method}: {layer_name} is a {kind} layer; converting {cls.peft_type} adapters "
+                               f"is supported on {', '.join(cls.peft_layer_types)} layers only")
+        return kind
+
+    @classmethod
+    def to_layer_layout(cls, tensors: dict[str, Tensor], base: nn.Module) -> dict[str, Tensor]:
+        """Our matrix-layout PEFT tensors of one layer → PEFT's layout for ``base``'s layer type."""
+        return tensors
+
+    @classmethod
+    def from_layer_layout(cls, tensors: dict[str, Tensor], base: nn.Module) -> dict[str, Tensor]:
+        """Inverse of :meth:`to_layer_layout` (PEFT's tensors of a conv / embedding → matrix layout)."""
+        return tensors
 
     @classmethod
     def peft_layer_suffixes(cls) -> tuple[str, ...]:

@@ -119,6 +119,7 @@ class CLOVER(LayerAdapter):
     default_targets: ClassVar[Any] = ATTENTION_PROJECTIONS
     test_config: ClassVar[dict[str, Any]] = {"head_dim": 8}
     test_skip: ClassVar[dict[str, str]] = {"mlp": "CLOVER acts on attention heads; the MLP has none"}
+    layer_types: ClassVar[tuple[str, ...]] = ("Linear",)  # per-head q/k, v/o Linear pairs
 
     @dataclasses.dataclass
     class Config:

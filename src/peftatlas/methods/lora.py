@@ -1,4 +1,4 @@
-"""LoRA (Hu et al., 2022) with the rsLoRA scaling option (Kalajdzievski, 2023).
+r"""LoRA (Hu et al., 2022) with the rsLoRA scaling option (Kalajdzievski, 2023).
 
 Hypothesis: the fine-tuning update of each weight matrix has low intrinsic rank.
 
@@ -7,6 +7,8 @@ Pseudocode::
     A ~ KaimingUniform(r × d_in);  B ← 0 (d_out × r);  s = α / r   (rsLoRA: α / √r)
     y = W0 x + s · B (A dropout(x))
     merge: W ← W0 + s · B A
+    per layer (PEFT's rank_pattern / alpha_pattern): r, α of the first pattern P whose
+    regex matches the layer name as ``(.*\.)?P$``; the adapter-wide r, α otherwise
 
 Fast path: ``h = s·(A x)`` is tiny (r numbers per token), so the scale is applied there and the
 update is added by one fused GEMM, ``y = addmm(W0 x, h, Bᵀ)``, instead of a separate scale and add
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Any, ClassVar
 
 import torch
@@ -29,6 +32,14 @@ from torch import Tensor, nn
 
 from .. import serving
 from ..core.method import BaseFn, LayerAdapter, MethodError, register
+
+
+def pattern_value(patterns: dict[str, Any], layer: str, default: Any) -> Any:
+    r"""The value of the first pattern ``P`` (a regex) with ``re.match(r"(.*\.)?(P)$", layer)``, else ``default``."""
+    for pattern, value in patterns.items():
+        if re.match(rf"(.*\.)?({pattern})$", layer):
+            return value
+    return default
 
 
 def compute_dtype(x: Tensor, param: Tensor) -> torch.dtype:
@@ -71,13 +82,24 @@ class LoRA(LayerAdapter):
         alpha: float = 16.0
         dropout: float = 0.0
         rslora: bool = False
+        rank_pattern: dict[str, int] = dataclasses.field(default_factory=dict)  # layer-name regex → r
+        alpha_pattern: dict[str, float] = dataclasses.field(default_factory=dict)  # layer-name regex → α
 
     @classmethod
     def validate_config(cls, cfg: Config) -> None:
-        if cfg.r < 1:
-            raise MethodError(f"lora: rank r must be ≥ 1, got {cfg.r}")
+        if cfg.r < 1 or any(r < 1 for r in cfg.rank_pattern.values()):
+            raise MethodError(f"lora: rank r must be ≥ 1, got {cfg.r} (rank_pattern {cfg.rank_pattern})")
         if not 0.0 <= cfg.dropout < 1.0:
             raise MethodError(f"lora: dropout must be in [0, 1), got {cfg.dropout}")
+
+    @classmethod
+    def layer_configs(cls, bases: dict[str, nn.Module], cfg: Config) -> dict[str, Any]:
+        """Each layer's r and α after ``rank_pattern`` / ``alpha_pattern`` (PEFT's matching rule)."""
+        if not cfg.rank_pattern and not cfg.alpha_pattern:
+            return {n: cfg for n in bases}
+        return {n: dataclasses.replace(cfg, r=int(pattern_value(cfg.rank_pattern, n, cfg.r)),
+                                       alpha=float(pattern_value(cfg.alpha_pattern, n, cfg.alpha)))
+                for n in bases}
 
     def __init__(self, base: nn.Module, cfg: Config, shared: nn.Module | None = None) -> None:
         super().__init__(base, cfg, shared)

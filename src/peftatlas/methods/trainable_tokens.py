@@ -48,6 +48,7 @@ class TrainableTokens(LayerAdapter):
         skip: ClassVar[dict[str, str]] = {
             "mlp": "the MLP has no token embedding",
             "vit": "ViT embeds pixel patches, not tokens",
+            "gpt2": "GPT-2 ties lm_head to the input embedding; the method refuses tied weights in one line",
         }
 
     @dataclasses.dataclass

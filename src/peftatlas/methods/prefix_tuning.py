@@ -140,7 +140,6 @@ class PrefixTuning(LayerAdapter):
         skip: ClassVar[dict[str, str]] = {
             "mlp": "the MLP has no attention and no key/value cache",
             "vit": "ViT's attention does not read a key/value cache (raises MethodError; tested)",
-            "gpt2": "GPT-2's fused c_attn is not supported yet (issue 17 point 8)",
         }
 
     @dataclasses.dataclass

@@ -1,7 +1,8 @@
 """Small shared helpers: matrix conversion, seeded generators, Haar-random orthogonal matrices.
 
 Every probe works in float64 numpy, whatever the source (torch tensor, fp16/bf16 weights, numpy),
-so a probe's answer does not depend on the dtype the model was trained in.
+so a probe's answer does not depend on the dtype the model was trained in. (One exception, on null
+draws only: VeRA's ALS products run in float32, see :class:`peftatlas.geometry.fits.VeraCapture`.)
 
 Factorizations (SVD, QR, least squares) run through ``torch.linalg`` in float64 with a bounded
 number of threads (``PEFTATLAS_LINALG_THREADS``, default 1): the probes factor many small matrices,

@@ -5,6 +5,7 @@ Every ``Config`` field is checked twice when a config is built (:func:`peftatlas
 1. **type**, from its annotation: ``int`` takes integers only (not ``True``/``False``, not ``4.5``, not
    ``"8"``); ``float`` takes any real number (integers included); ``bool`` only ``True``/``False``;
    ``str`` only strings; ``X | None`` also ``None``; ``list[X]`` a list or tuple of ``X``;
+   ``dict[K, V]`` a dict of ``K`` → ``V``;
 2. **range**, from the field's metadata (``dataclasses.field(..., metadata={"range": at_least(0)})``),
    else from :data:`CONVENTIONAL_RANGES`, which states the usual meaning of the shared names once
    (a rank ``r`` ≥ 1, ``alpha`` > 0, ``dropout`` in [0, 1), ...). A field whose metadata says
@@ -126,6 +127,10 @@ def _is_instance(value: Any, expected: Any) -> bool:
         args = typing.get_args(expected)
         item = args[0] if args else Any
         return isinstance(value, (list, tuple)) and all(_is_instance(v, item) for v in value)
+    if origin is dict:
+        key, item = (typing.get_args(expected) or (Any, Any))[:2]
+        return isinstance(value, dict) and all(_is_instance(k, key) and _is_instance(v, item)
+                                               for k, v in value.items())
     if isinstance(expected, type):
         return isinstance(value, expected)
     return True  # Literal, Callable, ...: not checked here (a method's validate_config may)
@@ -135,6 +140,9 @@ def _type_name(expected: Any) -> str:
     if isinstance(expected, type) and typing.get_origin(expected) is None:
         return {"int": "an integer", "float": "a number", "bool": "True or False", "str": "a string"}.get(
             expected.__name__, expected.__name__)
+    if typing.get_origin(expected) is dict:
+        key, item = (typing.get_args(expected) or (Any, Any))[:2]
+        return f"a dict of {_type_name(key)} → {_type_name(item)}"
     if typing.get_origin(expected) in (typing.Union, types.UnionType):
         return " or ".join("None" if a is type(None) else _type_name(a) for a in typing.get_args(expected))
     return str(expected).replace("typing.", "")

@@ -508,6 +508,22 @@ def forward_path(model: nn.Module, net: nn.Module, tokenizer: Any, task: TaskDat
     return FullForward(model, net, tokenizer, task, cfg, device)
 
 
+
+def optimizer_step(loss: Tensor, reg: Tensor | None, opt: torch.optim.Optimizer, sched: Any,
+                   grad_clip: float | None) -> Tensor:
+    """One update on ``loss + reg`` (``reg`` a method's regulariser or None): clear the gradients,
+    backpropagate, clip the global gradient norm to ``grad_clip`` when set, step the optimizer and the
+    schedule. Returns the loss that was minimised (with its regulariser)."""
+    if reg is not None:
+        loss = loss + reg
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], grad_clip)
+    opt.step()
+    sched.step()
+    return loss
+
 def train_classifier(model: nn.Module, tokenizer: Any, task: TaskData, cfg: TrainConfig, *,
                      evaluate_test: bool = True, progress: bool = False, desc: str = "train",
                      features: FeatureCache | None = None, hooks: StepHooks | None = None) -> TrainResult:
@@ -549,15 +565,7 @@ def train_classifier(model: nn.Module, tokenizer: Any, task: TaskData, cfg: Trai
             # sum over this rank's rows / global rows, × world: DDP's gradient mean is the global-batch mean
             loss = F.cross_entropy(path.logits(mine).float(), labels[mine].to(device), reduction="sum") \
                 * world / len(rows)
-            reg = hooks.loss()
-            if reg is not None:
-                loss = loss + reg
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
-            opt.step()
-            sched.step()
+            loss = optimizer_step(loss, hooks.loss(), opt, sched, cfg.grad_clip)
             step += 1
             hooks.after_step(step, total)
             loss_sum += float(_all_reduce(loss.detach().clone()).item()) / world

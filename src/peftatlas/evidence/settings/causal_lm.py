@@ -57,6 +57,7 @@ from ..train import (
     epoch_batches,
     linear_schedule,
     make_optimizer,
+    optimizer_step,
     plan_steps,
 )
 from .assets import prepared_dir
@@ -347,15 +348,7 @@ def _fit(model: nn.Module, tokenizer: Any, task: TaskData, cfg: TrainConfig, dev
         for rows in epoch_batches(perm, lengths, cfg, 1, order):
             nll, n = answer_nll(model, teacher_forced_batch(enc, rows, tokenizer.pad_token_id, device))
             loss = nll / max(1, n)
-            reg = extra() if extra is not None else None
-            if reg is not None:
-                loss = loss + reg
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
-            opt.step()
-            sched.step()
+            loss = optimizer_step(loss, extra() if extra is not None else None, opt, sched, cfg.grad_clip)
             step += 1
             if hook is not None:
                 hook(step, total)

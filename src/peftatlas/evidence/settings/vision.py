@@ -51,6 +51,7 @@ from ..train import (
     epoch_batches,
     linear_schedule,
     make_optimizer,
+    optimizer_step,
     plan_steps,
 )
 from .assets import prepared_dir
@@ -304,15 +305,7 @@ def train_image_classifier(model: nn.Module, task: ImageTask, cfg: TrainConfig, 
         for rows in epoch_batches(perm, [], flat, 1, order):
             idx = torch.tensor(rows, device=device)
             loss = F.cross_entropy(forward("train", idx).float(), labels["train"][idx.cpu()].to(device))
-            reg = extra() if extra is not None else None
-            if reg is not None:
-                loss = loss + reg
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
-            opt.step()
-            sched.step()
+            loss = optimizer_step(loss, extra() if extra is not None else None, opt, sched, cfg.grad_clip)
             step += 1
             if hook is not None:
                 hook(step, total)

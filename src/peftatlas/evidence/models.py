@@ -33,6 +33,16 @@ PACKAGED = {"minilm": (MINILM_PACKAGE, "model")}
 TINY = "tiny-bert"
 
 
+def seeded_head(hidden: int, num_labels: int, seed: int) -> nn.Linear:
+    """A linear classification head, W ~ N(0, 0.02²) from its own generator seeded with ``seed``, b = 0."""
+    head = nn.Linear(hidden, num_labels)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(num_labels, hidden, generator=g) * 0.02)
+        head.bias.zero_()
+    return head
+
+
 class ModelError(ValueError):
     """A model name cannot be resolved or loaded."""
 
@@ -50,11 +60,7 @@ class SequenceClassifier(nn.Module):
         self.encoder = encoder
         self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(hidden, num_labels)
-        g = torch.Generator().manual_seed(head_seed)
-        with torch.no_grad():
-            self.classifier.weight.copy_(torch.randn(num_labels, hidden, generator=g) * 0.02)
-            self.classifier.bias.zero_()
+        self.classifier = seeded_head(hidden, num_labels, head_seed)
 
     def pool(self, hidden: Tensor, attention_mask: Tensor | None) -> Tensor:
         """Mean over real tokens (or the first token). A mask longer than ``hidden`` (it also covers a

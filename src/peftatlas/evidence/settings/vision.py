@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data import DataError, package_dir
+from ..models import seeded_head
 from ..train import (
     Evaluation,
     TrainConfig,
@@ -189,11 +190,7 @@ class ImageClassifier(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(hidden, num_labels)
-        g = torch.Generator().manual_seed(head_seed)
-        with torch.no_grad():
-            self.classifier.weight.copy_(torch.randn(num_labels, hidden, generator=g) * 0.02)
-            self.classifier.bias.zero_()
+        self.classifier = seeded_head(hidden, num_labels, head_seed)
 
     def features(self, pixel_values: Tensor) -> Tensor:
         return self.backbone(pixel_values=pixel_values).last_hidden_state[:, 0]

@@ -17,6 +17,16 @@ def run(args: argparse.Namespace) -> int:
         profile = dataclasses.replace(profile, **changes)
     store = args.store or f"runs/{profile.name}.sqlite"
     methods = [m for group in args.methods for m in group.split(",") if m] if args.methods else None
+    if args.resume_from:
+        from ..evidence.shipped import ShippedError, load
+        from ..evidence.store import ResultsStore
+
+        try:
+            with ResultsStore(store) as opened:
+                added = load(args.resume_from, opened)
+        except (OSError, ShippedError) as e:
+            raise SystemExit(f"peftatlas run: --resume-from: {e}") from None
+        print(f"resume: {added} record(s) from {args.resume_from} added to {store}")
     t0 = time.time()
     records = run_profile(profile, store, methods=methods, progress=not args.quiet, jobs=args.jobs,
                           executor=args.executor, address=args.address, artifacts=args.artifacts)
@@ -51,6 +61,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                      "start a local one")
     p.add_argument("--artifacts", help="adapter folder (default: 'artifacts' beside the store); with Ray on "
                                        "several nodes, a path on a filesystem every node shares")
+    p.add_argument("--resume-from", metavar="FOLDER",
+                   help="first load a shipped results folder (records.jsonl + plans/, as written by "
+                        "`python -m peftatlas.evidence.shipped export`) into the store; finished runs are skipped")
     p.add_argument("--quiet", action="store_true", help="no per-run log lines or progress bars")
     p.add_argument("--allow-failures", action="store_true", help="exit 0 even if some runs failed")
     p.set_defaults(func=run)

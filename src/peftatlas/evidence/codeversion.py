@@ -5,8 +5,16 @@ the closure of the training loop (:data:`RUN_ROOTS`: the worker that executes a 
 model and data loaders), so editing a shared kernel (e.g. ``methods/lora.py``'s ``add_lowrank``, used
 by VeRA and VB-LoRA) changes the version of every method that imports it and of no other::
 
-    closure(m) = {m} ∪ ⋃ closure(d) for each package module d that m imports (anywhere in its text)
-    version(method) = __version__ + "+" + sha256(sorted (path, bytes) of closure(method) ∪ closure(RUN_ROOTS))[:12]
+    closure(m) = {m} ∪ ⋃ closure(d) for each package module d that m imports (anywhere in its text),
+                 never entering the modules no run imports (:data:`NOT_RUN`)
+    version(method, model) = __version__ + "+" + sha256(sorted (path, bytes) of
+                             closure(method) ∪ closure(RUN_ROOTS) ∪ closure(setting of model))[:12]
+
+A model's setting module (``execute.SETTING_MODULES``: the causal LM's, the vision transformer's) is
+imported by name, so it enters only the versions of that model's runs. :data:`NOT_RUN` are the
+packages that convert other libraries' files (PEFT folders); a run saves and loads its own format
+only and never imports them (``tests/test_codeversion.py`` checks that in a fresh process), so
+editing them cannot change a result and does not change a version.
 
 Imports are read from the source (the AST, so function-level lazy imports count too), not from a
 running interpreter. ``from PKG import name`` where ``PKG`` is a package and ``name`` not one of its
@@ -31,6 +39,8 @@ PACKAGE = "peftatlas"
 # the modules every run executes besides its method (their closures are part of every version)
 RUN_ROOTS = ("peftatlas.evidence.execute", "peftatlas.evidence.train", "peftatlas.evidence.models",
              "peftatlas.evidence.data")
+# packages no run imports (reached from the closure only through PEFT-folder branches of core.io)
+NOT_RUN = ("peftatlas.interop",)
 
 Reader = Callable[[Path], bytes]
 
@@ -55,8 +65,11 @@ class ImportGraph:
 
     # --- names and files ---------------------------------------------------------------------------
     def file_of(self, module: str) -> Path | None:
-        """The source file of a package module (``pkg.a.b`` → ``a/b.py`` or ``a/b/__init__.py``)."""
+        """The source file of a package module (``pkg.a.b`` → ``a/b.py`` or ``a/b/__init__.py``); None
+        outside the package and inside :data:`NOT_RUN`."""
         if module != self.package and not module.startswith(self.package + "."):
+            return None
+        if any(module == n or module.startswith(n + ".") for n in NOT_RUN):
             return None
         rel = module.split(".")[1:]
         base = self.root.joinpath(*rel)
@@ -142,22 +155,30 @@ def method_module(method: str) -> str:
     return module
 
 
-def code_version_of(modules: Iterable[str], graph: ImportGraph) -> str:
-    """``<version>+<hash>`` of the closure of ``modules`` together with the run's own code (:data:`RUN_ROOTS`)."""
-    return f"{__version__}+{graph.digest(graph.closure([*modules, *RUN_ROOTS]))[:12]}"
+def setting_roots(model: str | None) -> tuple[str, ...]:
+    """The setting module that runs ``model`` (empty for the sentence encoders, which :data:`RUN_ROOTS` cover)."""
+    from .execute import SETTING_MODULES
+
+    return (SETTING_MODULES[model],) if model in SETTING_MODULES else ()
 
 
-def compute_code_versions(methods: Iterable[str], read: Reader = _read) -> dict[str, str]:
-    """Code version of each registered method (a fresh read of the sources, through ``read``)."""
+def code_version_of(modules: Iterable[str], graph: ImportGraph, model: str | None = None) -> str:
+    """``<version>+<hash>`` of the closure of ``modules`` together with the run's own code (:data:`RUN_ROOTS`
+    and ``model``'s setting)."""
+    return f"{__version__}+{graph.digest(graph.closure([*modules, *RUN_ROOTS, *setting_roots(model)]))[:12]}"
+
+
+def compute_code_versions(methods: Iterable[str], read: Reader = _read, model: str | None = None) -> dict[str, str]:
+    """Code version of each registered method for runs of ``model`` (a fresh read of the sources, through ``read``)."""
     from ..core.method import get_method
 
     graph = ImportGraph(package_root(), read=read)
-    return {get_method(m).name: code_version_of([method_module(m)], graph) for m in methods}
+    return {get_method(m).name: code_version_of([method_module(m)], graph, model) for m in methods}
 
 
 @functools.cache
-def method_code_versions() -> dict[str, str]:
-    """Every registered method's code version, read once per process (module docstring)."""
+def method_code_versions(model: str | None = None) -> dict[str, str]:
+    """Every registered method's code version for runs of ``model``, read once per process (module docstring)."""
     from ..core.method import registered_methods
 
-    return compute_code_versions(registered_methods())
+    return compute_code_versions(registered_methods(), model=model)

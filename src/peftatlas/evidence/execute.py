@@ -10,21 +10,29 @@
 
 A run that raises is returned as a failed record with its error; the driver stores it and the
 profile goes on. Records carry per-item correctness on every held-out set (``RunRecord.items``).
+
+What differs between kinds of model (data, a fresh model, the training loop, held-out evaluation) is
+a :class:`Setting`, chosen by ``spec.model``: the sentence encoders' is :class:`EncoderSetting`; the
+others live in the modules named by :data:`SETTING_MODULES`, each exposing ``SETTING``. Those modules
+are imported by name when a run needs them, so an encoder run's code version (:mod:`.codeversion`)
+does not include them, while theirs does (``codeversion.setting_roots``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gc
+import importlib
 import json
 import os
 import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
+from torch import nn
 
 from ..core.io import load_adapter, save_adapter
 from ..core.model import AdaptedModel, attach
@@ -32,9 +40,15 @@ from .data import TaskData, load_task
 from .models import load_classifier
 from .runspec import RunSpec
 from .store import ResultsStore, RunRecord, encode_items
-from .train import FeatureCache, TrainConfig, evaluate_heldout, train_classifier
+from .train import FeatureCache, TrainConfig, TrainResult, evaluate_heldout, train_classifier
 
 RUNNING = ".running"  # under the artifact folder: one <key>.pid file per run in progress (which process runs it)
+
+# model name → the module whose ``SETTING`` runs it (models not named here are sentence encoders)
+SETTING_MODULES: dict[str, str] = {
+    "smollm2": "peftatlas.evidence.settings.causal_lm",
+    "dinov2_s14": "peftatlas.evidence.settings.vision",
+}
 
 
 class RunContext:
@@ -50,21 +64,85 @@ class RunContext:
         self.features = FeatureCache(features)
         self.progress = progress
         self.log = log or (lambda s: None)
-        self._tasks: dict[str, TaskData] = {}
+        self._tasks: dict[str, Any] = {}
         if threads:
             torch.set_num_threads(threads)
 
-    def task(self, spec: RunSpec) -> TaskData:
+    def task(self, spec: RunSpec) -> Any:
+        """``spec``'s data from its setting, loaded once per worker (the curve's training subset applied)."""
         d = spec.data
-        ident = json.dumps([d["task"], d["ood"], d["train"], d["val"], d["test"], d["ood_size"]])
+        ident = json.dumps([spec.model, d["task"], d["ood"], d["train"], d["val"], d["test"], d["ood_size"]])
         if ident not in self._tasks:
-            data = load_task(d["task"], ood=d["ood"])
-            self._tasks[ident] = data.subset(d["train"], d["val"], d["test"], d["ood_size"])
+            self._tasks[ident] = setting_for(spec.model).task(spec)
         data = self._tasks[ident]
         return data if d.get("curve") is None else data.subset(train=d["curve"])
 
     def path(self, artifact: str) -> Path:
         return self.root / artifact
+
+
+class Setting(Protocol):
+    """A kind of model in the arena: how a run gets its data, a fresh model, training and evaluation.
+
+    ``task(spec)`` returns the data subset to ``spec.data``'s sizes (an object with ``subset(train=n)``
+    for learning curves); ``model(name, data, seed, cfg)`` a fresh pretrained model with a head drawn
+    from ``seed`` and its tokenizer (None where there is none); ``train`` trains an attached model and
+    returns its :class:`~.train.TrainResult` (items per held-out set when ``evaluate_test``);
+    ``evaluate`` scores a trained model on test and OOD as :func:`~.train.evaluate_heldout` does;
+    ``num_labels(meta)`` sizes a fresh model from a saved adapter's metadata.
+    """
+
+    def task(self, spec: RunSpec) -> Any: ...
+
+    def model(self, name: str, data: Any, seed: int, cfg: TrainConfig) -> tuple[nn.Module, Any]: ...
+
+    def train(self, model: AdaptedModel, tokenizer: Any, data: Any, cfg: TrainConfig, *, evaluate_test: bool,
+              spec: RunSpec, ctx: RunContext) -> TrainResult: ...
+
+    def evaluate(self, model: nn.Module, tokenizer: Any, data: Any, cfg: TrainConfig) -> tuple[
+        dict[str, float], dict[str, list[bool]]]: ...
+
+    def num_labels(self, meta: dict[str, Any]) -> int: ...
+
+
+class EncoderSetting:
+    """Sentence encoders (MiniLM, config-built BERT) on text classification: :mod:`.models`, :mod:`.train`."""
+
+    def task(self, spec: RunSpec) -> TaskData:
+        d = spec.data
+        return load_task(d["task"], ood=d["ood"]).subset(d["train"], d["val"], d["test"], d["ood_size"])
+
+    def model(self, name: str, data: TaskData, seed: int, cfg: TrainConfig) -> tuple[nn.Module, Any]:
+        return load_classifier(name, data.num_labels, seed=seed, encoder_dropout=cfg.encoder_dropout)
+
+    def train(self, model: AdaptedModel, tokenizer: Any, data: TaskData, cfg: TrainConfig, *, evaluate_test: bool,
+              spec: RunSpec, ctx: RunContext) -> TrainResult:
+        return train_classifier(model, tokenizer, data, cfg, evaluate_test=evaluate_test, progress=ctx.progress,
+                                desc=spec.describe(), features=ctx.features)
+
+    def evaluate(self, model: nn.Module, tokenizer: Any, data: TaskData, cfg: TrainConfig) -> tuple[
+            dict[str, float], dict[str, list[bool]]]:
+        return evaluate_heldout(model, tokenizer, data, cfg)
+
+    def num_labels(self, meta: dict[str, Any]) -> int:
+        head = meta["fingerprint"]["head"].get("classifier.weight")
+        if not head:
+            raise ValueError("the saved adapter has no classifier head to size the model by")
+        return int(head[0])
+
+
+ENCODER = EncoderSetting()
+
+
+def setting_for(model: str) -> Setting:
+    """The :class:`Setting` that runs ``model`` (its module imported by name; :data:`SETTING_MODULES`)."""
+    module = SETTING_MODULES.get(model)
+    if module is None:
+        return ENCODER
+    found = getattr(importlib.import_module(module), "SETTING", None)
+    if found is None:
+        raise NotImplementedError(f"model {model!r}: {module} defines no SETTING, so the arena cannot run it yet")
+    return found
 
 
 def base_record(spec: RunSpec) -> RunRecord:
@@ -94,15 +172,15 @@ def execute(spec: RunSpec, ctx: RunContext) -> list[RunRecord]:
 
 def train_run(spec: RunSpec, ctx: RunContext, artifact: str | None = None) -> RunRecord:
     """Train ``spec`` and save its adapter at ``artifact`` (default ``spec.artifact``)."""
+    setting = setting_for(spec.model)
     data = ctx.task(spec)
     cfg = TrainConfig(**spec.train)
-    model, tokenizer = load_classifier(spec.model, data.num_labels, seed=cfg.seed, encoder_dropout=cfg.encoder_dropout)
+    model, tokenizer = setting.model(spec.model, data, cfg.seed, cfg)
     hp = dict(spec.hyperparameters)
     targets = hp.pop("targets", None)
     adapted = attach(model, spec.method, targets=targets, seed=cfg.seed, **hp)
     counts = adapted.count_parameters()
-    result = train_classifier(adapted, tokenizer, data, cfg, evaluate_test=spec.evaluate_test,
-                              progress=ctx.progress, desc=spec.describe(), features=ctx.features)
+    result = setting.train(adapted, tokenizer, data, cfg, evaluate_test=spec.evaluate_test, spec=spec, ctx=ctx)
     metrics = dict(result.metrics)
     metrics["adapter_params"] = float(counts.adapter)
     metrics["head_params"] = float(counts.head)
@@ -131,7 +209,8 @@ def complete(spec: RunSpec, ctx: RunContext) -> list[RunRecord]:
         if folder is not None and folder.is_dir():
             t0 = time.time()
             model, tokenizer = load_run_from(folder, twin.model, twin.seed)
-            metrics, items = evaluate_heldout(model, tokenizer, ctx.task(spec), TrainConfig(**spec.train))
+            setting = setting_for(twin.model)
+            metrics, items = setting.evaluate(model, tokenizer, ctx.task(spec), TrainConfig(**spec.train))
             twin = dataclasses.replace(twin, metrics={**twin.metrics, **metrics},
                                        items={k: encode_items(v) for k, v in items.items()},
                                        wall_seconds=twin.wall_seconds + time.time() - t0)
@@ -148,11 +227,20 @@ def complete(spec: RunSpec, ctx: RunContext) -> list[RunRecord]:
 def load_run_from(folder: Path, model_name: str, seed: int) -> tuple[AdaptedModel, Any]:
     """A fresh ``model_name`` classifier with the adapter and head saved in ``folder`` loaded."""
     meta = json.loads((folder / "adapter.json").read_text())
-    head = meta["fingerprint"]["head"].get("classifier.weight")
-    if not head:
-        raise ValueError(f"{folder}: the saved adapter has no classifier head to size the model by")
-    model, tokenizer = load_classifier(model_name, int(head[0]), seed=seed)
+    setting = setting_for(model_name)
+    try:
+        labels = setting.num_labels(meta)
+    except ValueError as e:
+        raise ValueError(f"{folder}: {e}") from None
+    model, tokenizer = setting.model(model_name, _Labels(labels), seed, TrainConfig())
     return load_adapter(model, folder), tokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class _Labels:
+    """Stands in for a task where only its number of labels is known (a model rebuilt from its file)."""
+
+    num_labels: int
 
 
 def load_run(store: ResultsStore, record: RunRecord) -> tuple[AdaptedModel, Any]:

@@ -324,7 +324,7 @@ def build_plan(profile: Profile, methods: list[str] | None = None, artifacts: st
 
     say = log or (lambda s: None)
     names, missing = profile_methods(profile, methods)
-    versions = dict(code_versions) if code_versions is not None else method_code_versions()
+    versions = dict(code_versions) if code_versions is not None else method_code_versions(profile.model)
     tasks = profile_tasks(profile)
     graph = ImportGraph(package_root())
     ident = config_key({"profile": dataclasses.asdict(profile), "methods": names,

@@ -192,7 +192,7 @@ class Evaluation:
 def score(pred: Tensor, split: Split, num_labels: int) -> Evaluation:
     """:class:`Evaluation` of complete predictions (one label per item; DDP shards already merged)."""
     gold = torch.tensor(split.labels)
-    return Evaluation(_metrics(_confusion(gold, pred, num_labels)), (pred == gold).tolist())
+    return Evaluation(classification_metrics(_confusion(gold, pred, num_labels)), (pred == gold).tolist())
 
 
 def evaluate_split_full(model: nn.Module, tokenizer: Any, split: Split, num_labels: int, cfg: TrainConfig,
@@ -313,7 +313,7 @@ def _encoder_fingerprint(encoder: nn.Module) -> tuple:
                      for n, t in [*encoder.named_parameters(), *encoder.named_buffers()])
 
 
-def _metrics(confusion: Tensor) -> dict[str, float]:
+def classification_metrics(confusion: Tensor) -> dict[str, float]:
     """Accuracy and macro-F1 from a (gold × predicted) confusion matrix."""
     tp = confusion.diagonal()
     acc = float(tp.sum() / confusion.sum())
@@ -402,7 +402,7 @@ def plan_steps(n_train: int, cfg: TrainConfig, world: int = 1) -> tuple[int, int
     return epochs, per_epoch, sorted(evals)
 
 
-def _trainable_state(model: nn.Module) -> dict[str, Tensor]:
+def trainable_state(model: nn.Module) -> dict[str, Tensor]:
     """Trainable parameters and every buffer: schedules keep state in buffers (AdaLoRA's rank masks,
     Delta-LoRA's last factors), which must travel with the parameters to the best step."""
     state = {f"p:{n}": p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -411,7 +411,7 @@ def _trainable_state(model: nn.Module) -> dict[str, Tensor]:
 
 
 @torch.no_grad()
-def _restore(model: nn.Module, state: dict[str, Tensor]) -> None:
+def restore_state(model: nn.Module, state: dict[str, Tensor]) -> None:
     tensors = {f"p:{n}": p for n, p in model.named_parameters()} | {f"b:{n}": b for n, b in model.named_buffers()}
     for n, v in state.items():
         tensors[n].copy_(v)
@@ -579,10 +579,10 @@ def train_classifier(model: nn.Module, tokenizer: Any, task: TaskData, cfg: Trai
                 bar.set_postfix(val_acc=f"{val['acc']:.3f}")
                 loss_sum, loss_n = 0.0, 0
                 if best is None or val["acc"] > best[0]:
-                    best = (val["acc"], point, _trainable_state(model))
+                    best = (val["acc"], point, trainable_state(model))
     bar.close()
     assert best is not None
-    _restore(model, best[2])
+    restore_state(model, best[2])
     metrics = {"val_acc": best[1]["val_acc"], "val_f1": best[1]["val_f1"], "best_epoch": best[1]["epoch"],
                "best_step": float(best[1]["step"]), "steps": float(total), "train_loss": curve[-1]["train_loss"]}
     if cfg.target_acc is not None:

@@ -51,14 +51,14 @@ from ..train import (
     TrainConfig,
     TrainError,
     TrainResult,
-    _restore,
-    _trainable_state,
     default_device,
     epoch_batches,
     linear_schedule,
     make_optimizer,
     optimizer_step,
     plan_steps,
+    restore_state,
+    trainable_state,
 )
 from .assets import prepared_dir
 
@@ -360,9 +360,9 @@ def _fit(model: nn.Module, tokenizer: Any, task: TaskData, cfg: TrainConfig, dev
                 curve.append(point)
                 loss_sum, loss_n = 0.0, 0
                 if best is None or (val["acc"], -val["loss"]) > (best[1]["val_acc"], -best[1]["val_loss"]):
-                    best = (val["acc"], point, _trainable_state(model))
+                    best = (val["acc"], point, trainable_state(model))
     assert best is not None
-    _restore(model, best[2])
+    restore_state(model, best[2])
     p = best[1]
     metrics = {"val_acc": p["val_acc"], "val_loss": p["val_loss"], "best_step": float(p["step"]),
                "steps": float(total), "train_loss": curve[-1]["train_loss"]}

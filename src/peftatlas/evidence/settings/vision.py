@@ -45,15 +45,15 @@ from ..train import (
     TrainConfig,
     TrainError,
     TrainResult,
-    _metrics,
-    _restore,
-    _trainable_state,
+    classification_metrics,
     default_device,
     epoch_batches,
     linear_schedule,
     make_optimizer,
     optimizer_step,
     plan_steps,
+    restore_state,
+    trainable_state,
 )
 from .assets import prepared_dir
 
@@ -250,7 +250,7 @@ def evaluate_images(predict: Any, x: Tensor, labels: Tensor, batch_size: int, mo
     model.train(was)
     confusion = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.float64)
     confusion.index_put_((labels, pred), torch.ones(len(labels), dtype=torch.float64), accumulate=True)
-    return Evaluation(_metrics(confusion), (pred == labels).tolist())
+    return Evaluation(classification_metrics(confusion), (pred == labels).tolist())
 
 
 def train_image_classifier(model: nn.Module, task: ImageTask, cfg: TrainConfig, vision: VisionConfig | None = None,
@@ -314,10 +314,10 @@ def train_image_classifier(model: nn.Module, task: ImageTask, cfg: TrainConfig, 
                 curve.append(point)
                 loss_sum, loss_n = 0.0, 0
                 if best is None or val["acc"] > best[0]:
-                    best = (val["acc"], point, _trainable_state(model))
+                    best = (val["acc"], point, trainable_state(model))
     if best is None:
         raise TrainError("no evaluation point was reached")
-    _restore(model, best[2])
+    restore_state(model, best[2])
     p = best[1]
     metrics = {"val_acc": p["val_acc"], "val_f1": p["val_f1"], "best_step": float(p["step"]), "steps": float(total),
                "train_loss": curve[-1]["train_loss"]}

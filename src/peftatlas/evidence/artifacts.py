@@ -37,10 +37,9 @@ PROBE_SEEDS = 2  # the probes read the two lowest seeds of full fine-tuning's ma
 
 def probed_matrices(model: str, names: list[str], limit: int | None) -> list[str]:
     """The linear matrices the probes read among ``names`` (module names with a ΔW)."""
-    from ..geometry.runner import linear_weights, select_matrices
-    from .models import load_classifier
+    from ..geometry.runner import default_base_loader, linear_weights, select_matrices
 
-    linear = set(linear_weights(load_classifier(model, 2)[0]))
+    linear = set(linear_weights(default_base_loader(model, 2)))
     body = [n for n in names if n in linear and not n.startswith(("classifier", "model.classifier"))]
     return select_matrices(body, limit)
 

@@ -208,9 +208,10 @@ def solve_budget(model: nn.Module, method: str, budget: str | int | None, refere
         raise BudgetError(f"{cls.name}: none of the target options {options} matches a module of this model")
     if budget is None or cls.size_knob is None:
         spec, modules = resolved[0]
-        count = _try_count(cls, modules, base)
-        if count is None:
-            raise BudgetError(f"{cls.name}: cannot count parameters with hyperparameters {base}")
+        try:
+            count = count_params(cls, modules, base)
+        except (MethodError, ValueError, ZeroDivisionError) as e:
+            raise BudgetError(f"{cls.name}: cannot count parameters with hyperparameters {base}: {e}") from None
         note = "no budget (reference run)" if budget is None else f"fixed size: {cls.name} has no size knob"
         target = None if budget is None else parse_budget(budget, reference)
         met = None if budget is None else abs(count - target) <= tol * target

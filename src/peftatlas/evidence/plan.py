@@ -26,6 +26,14 @@ fixed-size method — **matched LoRA arms** on the same target modules: every Lo
 within ±10 % of the method's, or, when no rank lands there, the nearest rank below and above it
 (``budget_met`` false). Identical matched arms are shared: ``arm["matches"]`` lists every method an
 arm matches. What a record says about its arm is documented on :class:`~.store.RunRecord`.
+
+Models: the plan builds what the runs build — data through the model's
+:class:`~.execute.Setting` (``setting_for(profile.model).task``), the model that budgets are counted
+on through its ``model`` — so the sentence encoders, the causal LM (``smollm2``) and the vision
+transformer (``dinov2_s14``) are planned by one code path. Percentages refer to the model's
+parameters outside its task head (:func:`reference_params`: the encoder, the whole LM, the ViT
+backbone); target candidates are the method plan's (:func:`arena_plan`, renamed for the settings'
+``q_proj``/``v_proj``).
 """
 
 from __future__ import annotations
@@ -38,13 +46,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from ..core.method import get_method
+from ..core.targeting import head_module_names
 from .budget import BudgetError, count_params, solve_budget, target_modules
-from .data import TaskData, load_task
-from .models import encoder_param_count, load_classifier, model_info
-from .profiles import Profile, method_plan, profile_methods
+from .execute import SETTING_MODULES, _Labels, setting_for
+from .models import model_info
+from .profiles import MethodPlan, Profile, method_plan, profile_methods
 from .runspec import RunSpec
 from .store import RunRecord, config_key
+from .train import TrainConfig
 
 SWEEP, MAIN, CURVE = "lr_sweep", "main", "learning_curve"
 MATCH_TOLERANCE = 0.10  # matched-LoRA arms: within ±10 % of the matched method's adapter parameters
@@ -77,13 +89,60 @@ class Arm:
                 "budget_met": self.budget_met, "matches": dict(self.matches)}
 
 
+class NotInArena(Exception):
+    """A registered method the arena does not run; the message says why (``MethodPlan.skip``)."""
+
+
+# --- the model, by setting ----------------------------------------------------------------------------
+def counting_model(profile: Profile, num_labels: int) -> nn.Module:
+    """A fresh ``profile.model`` as its runs build it (``setting_for(model).model``, head from seed 0): what
+    budgets are counted and LoRA ranks matched on."""
+    model, _ = setting_for(profile.model).model(profile.model, _Labels(num_labels), 0, TrainConfig(**profile.train))
+    return model
+
+
+def reference_params(model: nn.Module) -> int:
+    """Parameters outside the task head (``head="auto"``), each shared tensor once: what a percentage budget
+    is a percentage of (MiniLM: its encoder; SmolLM2: the whole LM, embedding tied to the output; DINOv2:
+    the backbone)."""
+    heads = head_module_names(model, "auto")
+    head_params = {id(p) for h in heads for p in model.get_submodule(h).parameters()}
+    return sum(p.numel() for p in model.parameters() if id(p) not in head_params)
+
+
+def model_source(model: str) -> str:
+    """The model as a run's key names it: the encoder's resolved source, or a setting's prepared asset."""
+    if model in SETTING_MODULES:
+        from .settings.assets import source_label
+
+        return source_label(model)
+    return model_info(model)["source"]
+
+
+def arena_plan(model: str, method: str) -> MethodPlan:
+    """:func:`~.profiles.method_plan` with the settings' target candidates (``settings.profiles.setting_targets``)
+    on their models; the encoders' unchanged."""
+    plan = method_plan(method)
+    if model not in SETTING_MODULES:
+        return plan
+    from .settings.profiles import setting_targets
+
+    return dataclasses.replace(plan, targets=setting_targets(method))
+
+
 # --- building the arms ---------------------------------------------------------------------------------
 def solve_arms(profile: Profile, task: str, method: str, num_labels: int) -> list[Arm]:
-    """The method's arms on ``task``: each budget (or its fixed size, or the reference run)."""
+    """The method's arms on ``task``: each budget (or its fixed size, or the reference run).
+
+    Raises :class:`NotInArena` for a method the arena does not run (``MethodPlan.skip``) and
+    :class:`ValueError` for one that cannot be configured on this model."""
     cls = get_method(method)
-    plan = method_plan(method)
-    model, _ = load_classifier(profile.model, num_labels)
-    reference = encoder_param_count(profile.model)
+    plan = arena_plan(profile.model, method)
+    if plan.skip:
+        raise NotInArena(plan.skip)
+    model = counting_model(profile, num_labels)
+    reference = reference_params(model)
+    fixed_hp = {**(plan.derive(model) if plan.derive else {}), **plan.hyperparameters}
     if cls.family == "reference" and cls.size_knob is None and method in ("full", "head_only"):
         budgets: list[str | None] = [None]
     elif cls.size_knob is None:
@@ -93,7 +152,7 @@ def solve_arms(profile: Profile, task: str, method: str, num_labels: int) -> lis
     arms = []
     for b in budgets:
         sol = solve_budget(model, method, None if b in (None, "fixed") else b, reference, plan.targets,
-                           plan.hyperparameters, tol=profile.budget_tolerance, max_value=plan.max_knob)
+                           fixed_hp, tol=profile.budget_tolerance, max_value=plan.max_knob)
         hp = dict(sol.hyperparameters)
         if sol.targets is not None:
             hp["targets"] = sol.targets if isinstance(sol.targets, str) else list(sol.targets)
@@ -106,7 +165,7 @@ def solve_arms(profile: Profile, task: str, method: str, num_labels: int) -> lis
 def matched_lora_arms(profile: Profile, fixed: list[Arm], num_labels: int) -> list[Arm]:
     """LoRA arms with the parameter count of each fixed-size arm on its targets (module docstring)."""
     lora = get_method("lora")
-    model, _ = load_classifier(profile.model, num_labels)
+    model = counting_model(profile, num_labels)
     found: dict[tuple, Arm] = {}
     for arm in fixed:
         targets = arm.hyperparameters.get("targets")
@@ -141,7 +200,7 @@ def matched_lora_arms(profile: Profile, fixed: list[Arm], num_labels: int) -> li
 class Plan:
     """The runs of a profile (see the module docstring). Build with :func:`build_plan`."""
 
-    def __init__(self, profile: Profile, arms: list[Arm], tasks: dict[str, TaskData],
+    def __init__(self, profile: Profile, arms: list[Arm], tasks: dict[str, Any],
                  code_versions: dict[str, str], artifacts: str = "artifacts", skipped: list[str] | None = None) -> None:
         self.profile = profile
         self.arms = arms
@@ -149,7 +208,7 @@ class Plan:
         self.code_versions = code_versions
         self.artifacts = artifacts.rstrip("/")
         self.skipped = skipped or []
-        self._model_source = model_info(profile.model)["source"]
+        self._model_source = model_source(profile.model)
         self._specs: dict[tuple, RunSpec] = {}
         self.last_grid: list[float] = []
 
@@ -166,7 +225,7 @@ class Plan:
               lr_info: dict[str, Any] | None) -> RunSpec:
         p = self.profile
         task = self.tasks[arm.task]
-        if train_size is not None and train_size >= len(task.train):
+        if train_size is not None and train_size >= train_units(task):
             train_size = None
         data = task if train_size is None else task.subset(train=train_size)
         head_lr = None if arm.method == "head_only" else p.head_lr
@@ -179,8 +238,7 @@ class Plan:
         }
         train_key = config_key(identity)
         key = config_key({**identity, "experiment": experiment})
-        sizes = {"task": arm.task, "ood": arm.task == p.task, "train": p.train_size, "val": p.val_size,
-                 "test": p.test_size, "ood_size": p.ood_size, "curve": train_size}
+        sizes = data_sizes(p, arm.task, train_size)
         return RunSpec(key=key, train_key=train_key, kind="train", experiment=experiment, profile=p.name,
                        model=p.model, task=task.name, data=sizes, method=arm.method,
                        hyperparameters=arm.hyperparameters, budget=arm.budget, lr=lr, seed=seed, train_size=train_size,
@@ -302,13 +360,33 @@ def _cost_order(arm: Arm) -> tuple[bool, bool]:
     return (arm.method == "head_only", arm.method != "full")
 
 
-def profile_tasks(profile: Profile) -> dict[str, TaskData]:
-    """The profile's tasks, subset to its sizes (OOD sets on the main task only)."""
-    out = {}
-    for name in (profile.task, *profile.extra_tasks):
-        data = load_task(name, ood=(name == profile.task))
-        out[name] = data.subset(profile.train_size, profile.val_size, profile.test_size, profile.ood_size)
-    return out
+def data_sizes(profile: Profile, task: str, curve: int | None = None) -> dict[str, Any]:
+    """``RunSpec.data`` of a run on ``task``: the profile's sizes, OOD on its main task only, the learning curve's
+    training size, and the setting's options (``Profile.setting``, e.g. the vision resolution)."""
+    return {"task": task, "ood": task == profile.task, "train": profile.train_size, "val": profile.val_size,
+            "test": profile.test_size, "ood_size": profile.ood_size, "curve": curve, **profile.setting}
+
+
+@dataclasses.dataclass(frozen=True)
+class _DataOnly:
+    """What :meth:`~.execute.Setting.task` reads of a run spec: its ``data``."""
+
+    data: dict[str, Any]
+
+
+def profile_tasks(profile: Profile) -> dict[str, Any]:
+    """The profile's tasks as its runs load them (its setting's ``task`` at :func:`data_sizes`; OOD sets on
+    the main task only): :class:`~.data.TaskData` for the encoders and the LM, an ``ImageTask`` for the ViT."""
+    setting = setting_for(profile.model)
+    return {name: setting.task(_DataOnly(data_sizes(profile, name))) for name in  # type: ignore[arg-type]
+            (profile.task, *profile.extra_tasks)}
+
+
+def train_units(task: Any) -> int:
+    """The size of a task's training set in the units of ``Profile.train_size``: rows, or shots per class
+    for a few-shot task (one that has ``shots``)."""
+    shots = getattr(task, "shots", None)
+    return int(shots) if shots is not None else len(task.train)
 
 
 def build_plan(profile: Profile, methods: list[str] | None = None, artifacts: str = "artifacts",
@@ -343,7 +421,7 @@ def build_plan(profile: Profile, methods: list[str] | None = None, artifacts: st
     return Plan(profile, arms, tasks, versions, artifacts, skipped)
 
 
-def _solve_all(profile: Profile, names: list[str], tasks: dict[str, TaskData]) -> tuple[list[Arm], list[str]]:
+def _solve_all(profile: Profile, names: list[str], tasks: dict[str, Any]) -> tuple[list[Arm], list[str]]:
     arms: list[Arm] = []
     skipped: list[str] = []
     for task, data in tasks.items():
@@ -351,6 +429,8 @@ def _solve_all(profile: Profile, names: list[str], tasks: dict[str, TaskData]) -
         for method in names:
             try:
                 task_arms += solve_arms(profile, task, method, data.num_labels)
+            except NotInArena as e:
+                skipped.append(f"{method}: skipped, the arena does not run it: {e}")
             except (ValueError, NotImplementedError) as e:
                 skipped.append(f"{method}: skipped, cannot configure it for {profile.model}: {e}")
         if profile.matched_lora and "lora" in {get_method(m).name for m in _registered_safe()}:

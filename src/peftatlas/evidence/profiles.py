@@ -2,7 +2,9 @@
 method on the quick setting, hours on a CPU, resumable), ``full`` (a GPU or a Ray cluster).
 
 New settings register a profile with :func:`register_profile` (and methods' arena choices with
-:data:`METHOD_PLANS`).
+:data:`METHOD_PLANS`). The causal-LM and vision settings' profiles (``lm_cpu``, ``vit_cpu``, ``lm_gpu``,
+``vit_gpu``) are defined here so that ``peftatlas run --profile`` lists them; their rationale and cost
+model live in :mod:`.settings.profiles`.
 
 A profile fixes the model, the data (task, OOD sets, subset sizes), the training schedule, the
 parameter budgets, each method's LR grid (``lr_center(method) × lr_factors``), the seeds, the
@@ -24,7 +26,10 @@ kernel), and one epoch of 128 steps (batch 16) is far from over-fitting. The hea
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
+
+from torch import nn
 
 from ..core.method import get_method, registered_methods
 from .budget import TargetSpec
@@ -40,6 +45,31 @@ class MethodPlan:
     hyperparameters: dict[str, Any] = dataclasses.field(default_factory=dict)
     lr: float | None = None  # None = by method attribute `suggested_lr`, then by family
     max_knob: int = 4096
+    # hyperparameters read off the model the arm runs on (e.g. CLOVER's attention head size)
+    derive: Callable[[nn.Module], dict[str, Any]] | None = None
+    skip: str | None = None  # why the arena cannot run the method at all (the plan records it as skipped)
+
+
+def attention_shape(model: nn.Module) -> tuple[int, bool]:
+    """(attention head size d_h, whether positions are rotary) from the first transformers config in ``model``.
+
+    ``d_h = config.head_dim`` when set, else ``hidden_size / num_attention_heads``; rotary when the config
+    carries RoPE settings (``rope_theta`` or ``rope_parameters``)."""
+    for module in model.modules():
+        cfg = getattr(module, "config", None)
+        heads = getattr(cfg, "num_attention_heads", None)
+        if heads:
+            head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+            rotary = getattr(cfg, "rope_theta", None) is not None or getattr(cfg, "rope_parameters", None) is not None
+            return int(head_dim), rotary
+    raise ValueError(f"{type(model).__name__} has no transformers config with num_attention_heads")
+
+
+def clover_shape(model: nn.Module) -> dict[str, Any]:
+    """CLOVER's structural hyperparameters: the head size; only the V-O pair under RoPE (the Q-K update would
+    act before the rotation, see :mod:`peftatlas.methods.clover`)."""
+    head_dim, rotary = attention_shape(model)
+    return {"head_dim": head_dim, **({"pairs": "vo"} if rotary else {})}
 
 
 LR_BY_FAMILY = {"reference": 1e-3, "low-rank": 2e-3, "random-subspace": 1e-2, "rotation": 3e-3,
@@ -57,6 +87,10 @@ METHOD_PLANS: dict[str, MethodPlan] = {
     "qgoft": MethodPlan(targets=(ATTENTION_QV,), lr=3e-3),
     "fourierft": MethodPlan(targets=(ATTENTION_QV,), lr=5e-2),
     "c3a": MethodPlan(targets=(ATTENTION_QV,), lr=1e-1),
+    "clover": MethodPlan(derive=clover_shape),
+    "trainable_tokens": MethodPlan(skip="it trains the embedding rows of given token ids (token_indices: tokens a "
+                                        "task adds to the vocabulary); the arena's tasks add none, so no set of "
+                                        "rows is the method's to train under a parameter budget"),
 }
 
 
@@ -110,6 +144,7 @@ class Profile:
     full_ft_artifacts: str = "all"  # "all" | "probed": keep only what the geometry probes read (see .artifacts)
     probe_matrices: int | None = None  # matrices the geometry probes read per full-FT update (None = all)
     description: str = ""
+    setting: dict[str, Any] = dataclasses.field(default_factory=dict)  # the model's setting options (spec.data)
 
     def __post_init__(self) -> None:
         if len(self.lr_factors) < 1 or len(self.seeds) < 1:
@@ -172,6 +207,47 @@ PROFILES: dict[str, Profile] = {
         description="every method, budgets 0.1% and 1%, 5-point LR sweeps, 5 seeds, MR + TREC-6 + SMS spam, "
                     "OOD, learning curves; meant for a GPU"),
 }
+
+# --- the causal-LM and vision settings (evidence/settings/; rationale and cost model in settings/profiles.py) ---
+SETTING_CPU_METHODS = ("full", "head_only", "lora", "vera", "surm_circulant", "goft", "dora", "oft", "ia3")
+CURVE_METHODS = ("lora", "vera", *SEED_METHODS)
+
+LM_CPU = Profile(
+    name="lm_cpu", model="smollm2", task="trec_answer_type", methods=SETTING_CPU_METHODS,
+    budgets=("0.2%",), lr_factors=(1 / 3, 1.0, 3.0), seeds=(0, 1, 2, 3, 4),
+    train={"epochs": 1, "batch_size": 8, "eval_batch_size": 32, "evals_per_epoch": 2, "max_length": 64},
+    head_lr=1e-2, train_size=384, val_size=100, test_size=200, ood_size=100,
+    learning_curve_sizes=(64, 256), learning_curve_methods=CURVE_METHODS, learning_curve_seeds=5,
+    description="SmolLM2-135M-Instruct: TREC question → answer type in words (exact match of greedy generation, "
+                "held-out loss), 384 questions, one epoch; OOD lower-cased and reworded prompts; budget 0.2%")
+
+VIT_CPU = Profile(
+    name="vit_cpu", model="dinov2_s14", task="mnist_fewshot", methods=SETTING_CPU_METHODS,
+    budgets=("0.4%",), lr_factors=(1 / 3, 1.0, 3.0), seeds=(0, 1, 2, 3, 4),
+    train={"epochs": 10, "batch_size": 20, "eval_batch_size": 100, "evals_per_epoch": 1},
+    head_lr=1e-2, train_size=10, val_size=10, test_size=50, ood_size=500,  # sizes per class (shots), OOD rows
+    learning_curve_sizes=(1, 2, 5), learning_curve_methods=CURVE_METHODS, learning_curve_seeds=5,
+    setting={"image_size": 56},
+    description="DINOv2-S/14: 10-shot MNIST (VeRA protocol) at 56 px, held-out test 50/class; OOD scikit-learn "
+                "8x8 digits and 30°-rotated MNIST; budget 0.4%")
+
+LM_GPU = dataclasses.replace(
+    LM_CPU, name="lm_gpu", methods=(), budgets=("0.1%", "1%"), lr_factors=(0.1, 1 / 3, 1.0, 3.0, 10.0),
+    train={"epochs": 3, "batch_size": 16, "eval_batch_size": 128, "evals_per_epoch": 2, "max_length": 64},
+    train_size=None, val_size=300, test_size=500, ood_size=500,
+    learning_curve_sizes=(256, 1024, None), learning_curve_methods=(), learning_curve_seeds=5,
+    description="every applicable method on SmolLM2-135M, all 4,579 training questions, 3 epochs, budgets 0.1% "
+                "and 1%, 5 LRs, 5 seeds, learning curves; a GPU")
+
+VIT_GPU = dataclasses.replace(
+    VIT_CPU, name="vit_gpu", methods=(), budgets=("0.1%", "1%"), lr_factors=(0.1, 1 / 3, 1.0, 3.0, 10.0),
+    train={"epochs": 20, "batch_size": 20, "eval_batch_size": 256, "evals_per_epoch": 1},
+    test_size=300, ood_size=None, learning_curve_sizes=(1, 2, 5), learning_curve_methods=(),
+    learning_curve_seeds=5, setting={"image_size": 224},
+    description="every applicable method on DINOv2-S/14 at 224 px, 10-shot MNIST, test 300/class, both shifted "
+                "sets whole, budgets 0.1% and 1%, 5 LRs, 5 seeds, shot curves; a GPU")
+
+PROFILES.update({p.name: p for p in (LM_CPU, VIT_CPU, LM_GPU, VIT_GPU)})
 
 
 def register_profile(profile: Profile, replace: bool = False) -> Profile:

@@ -8,8 +8,9 @@ For every (model, task) with finished full fine-tuning runs of the main experime
             (lowest seed, no nulls): what the method actually learned, e.g. DoRA's ΔM/ΔD
 
 ``ΔW_FT`` is read from the full-FT run's saved adapter (keys ``<module>.deltas.weight``); a method's
-ΔW is ``merged_params(W0) − W0`` of its loaded adapter. W0 comes from the model loader of the arena
-(:func:`peftatlas.evidence.models.load_classifier`), or from any ``base_loader(model, num_labels)``.
+ΔW is ``merged_params(W0) − W0`` of its loaded adapter. W0 comes from the model the arena's runs of
+that model start from (its setting's ``model``: :func:`peftatlas.evidence.execute.setting_for` — the
+encoder classifier, SmolLM2, the DINOv2 classifier), or from any ``base_loader(model, num_labels)``.
 """
 
 from __future__ import annotations
@@ -57,10 +58,12 @@ class ProbeConfig:
 
 
 def default_base_loader(model: str, num_labels: int = 2) -> nn.Module:
-    """The arena's classifier for ``model`` with a fresh head (the encoder is the pristine pretrained one)."""
-    from ..evidence.models import load_classifier
+    """The pristine model a run of ``model`` starts from, in eval mode: its setting's ``model`` with a head of
+    ``num_labels`` drawn from seed 0 (the encoder's and the ViT's classifiers; SmolLM2, which has no head)."""
+    from ..evidence.execute import _Labels, setting_for
+    from ..evidence.train import TrainConfig
 
-    return load_classifier(model, num_labels=num_labels)[0].eval()
+    return setting_for(model).model(model, _Labels(num_labels), 0, TrainConfig())[0].eval()
 
 
 def head_labels(folder: str | Path) -> int:

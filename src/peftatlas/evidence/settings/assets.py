@@ -218,6 +218,14 @@ ASSETS: dict[str, AssetSource] = {
 }
 
 
+def source_label(name: str) -> str:
+    """Where asset ``name``'s weights come from, as a run's key names its model: ``<pip spec>/<file>`` (the
+    conversion format too when it is not the first: a changed converter is a changed model)."""
+    source = ASSETS[name]
+    version = f"@format{FORMAT_VERSION}" if FORMAT_VERSION != 1 else ""
+    return f"{source.pip}/{source.relative}{version}"
+
+
 # --- preparation (idempotent, atomic) -------------------------------------------------------------------
 def asset_dir(name: str) -> Path:
     return cache_root() / name

@@ -30,6 +30,12 @@ share of answers whose every token is the argmax given the true prefix — exact
 generation gets right token for token (:func:`teacher_forced_scores`); test and OOD generate. A model with
 nothing to train (the frozen base; a causal LM's head is its tied input embedding, so the encoder's
 "head-only" reference has no counterpart here) is evaluated as it is.
+
+In the arena (:data:`SETTING`, an :class:`~peftatlas.evidence.execute.Setting`): a run's data is
+:func:`load_answer_type_task` cut to the profile's sizes; its model is a fresh copy of SmolLM2 with no
+classification head — answers are scored through the model's own output layer (tied to the input
+embedding), so neither the number of answer types nor the seed changes a fresh model, and
+``attach(..., head="auto")`` finds no head; ``head_only`` thus trains nothing and is the frozen model.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +67,10 @@ from ..train import (
     trainable_state,
 )
 from .assets import prepared_dir
+
+if TYPE_CHECKING:
+    from ..execute import RunContext
+    from ..runspec import RunSpec
 
 MODEL = "smollm2"
 TASK = "trec_answer_type"
@@ -297,6 +307,10 @@ def heldout_metrics(model: nn.Module, tokenizer: Any, task: TaskData, cfg: Train
 
 
 # --- training --------------------------------------------------------------------------------------------
+def _device(cfg: TrainConfig) -> torch.device:
+    return torch.device(cfg.device) if cfg.device else default_device()
+
+
 def train_causal_lm(model: nn.Module, tokenizer: Any, task: TaskData, cfg: TrainConfig, *,
                     evaluate_test: bool = True) -> TrainResult:
     """Fine-tune ``model`` on the answer tokens of ``task.train`` (see the module docstring).
@@ -307,7 +321,7 @@ def train_causal_lm(model: nn.Module, tokenizer: Any, task: TaskData, cfg: Train
     if len(task.train) == 0 or len(task.val) == 0:
         raise TrainError(f"task {task.name} needs non-empty train and val splits")
     t0 = time.time()
-    device = torch.device(cfg.device) if cfg.device else default_device()
+    device = _device(cfg)
     model.to(device)
     torch.manual_seed(cfg.seed * 7919)
 
@@ -367,3 +381,41 @@ def _fit(model: nn.Module, tokenizer: Any, task: TaskData, cfg: TrainConfig, dev
     metrics = {"val_acc": p["val_acc"], "val_loss": p["val_loss"], "best_step": float(p["step"]),
                "steps": float(total), "train_loss": curve[-1]["train_loss"]}
     return metrics, curve, total
+
+
+# --- the arena's setting ---------------------------------------------------------------------------------
+
+class CausalLMSetting:
+    """SmolLM2-135M on question → answer type as an arena setting (:class:`~peftatlas.evidence.execute.Setting`;
+    the module docstring says what a head and a label count mean here)."""
+
+    def task(self, spec: RunSpec) -> TaskData:
+        """The task cut to ``spec.data``'s sizes (prefixes of the seeded splits); no OOD formats off the main task."""
+        d = spec.data
+        task = load_answer_type_task().subset(d["train"], d["val"], d["test"], d["ood_size"])
+        return task if d["ood"] else dataclasses.replace(task, ood={})
+
+    def model(self, name: str, data: Any, seed: int, cfg: TrainConfig) -> tuple[nn.Module, Any]:
+        """A fresh SmolLM2 and its tokenizer (``cfg.encoder_dropout`` sets attention dropout; no head to seed)."""
+        return load_causal_lm(cfg.encoder_dropout)
+
+    def train(self, model: nn.Module, tokenizer: Any, data: TaskData, cfg: TrainConfig, *, evaluate_test: bool,
+              spec: RunSpec, ctx: RunContext) -> TrainResult:
+        return train_causal_lm(model, tokenizer, data, cfg, evaluate_test=evaluate_test)
+
+    def evaluate(self, model: nn.Module, tokenizer: Any, data: TaskData, cfg: TrainConfig) -> tuple[
+            dict[str, float], dict[str, list[bool]]]:
+        """:func:`heldout_metrics` of the model as it is (e.g. rebuilt from its saved adapter)."""
+        device = _device(cfg)
+        model.to(device)
+        return heldout_metrics(model, tokenizer, data, cfg, device)
+
+    def num_labels(self, meta: dict[str, Any]) -> int:
+        """The answer types (50): they size nothing, since the model has no head; a saved head is an error."""
+        head = meta.get("fingerprint", {}).get("head")
+        if head:
+            raise ValueError(f"a causal-LM run saves no classification head, but this adapter has {sorted(head)}")
+        return len(FINE_LABELS)
+
+
+SETTING = CausalLMSetting()

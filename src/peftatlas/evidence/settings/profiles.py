@@ -18,6 +18,12 @@ CPU profiles (seed methods and references, plus DoRA, OFT, (IA)³):
 GPU profiles: every registered method that applies, budgets 0.1 % and 1 %, five LRs, five seeds,
 the whole training split (LM) or 224 px images (ViT), learning curves.
 
+The four profiles are defined in :mod:`peftatlas.evidence.profiles` (so ``peftatlas run --profile``
+lists them) and re-exported here. In the vision profiles ``train_size`` and ``learning_curve_sizes``
+count shots per class, ``val_size``/``test_size`` rows per class, ``ood_size`` rows per shifted set,
+and ``setting={"image_size": px}`` is the input resolution (it enters each run's data fingerprint).
+The planner takes each method's target candidates from :func:`setting_targets`.
+
 :func:`estimate` turns a profile and per-step / per-row costs into a wall-time estimate:
 
     run(m)      = steps(m) · step_s(m) + evals · val_rows · val_row_s
@@ -37,11 +43,12 @@ import dataclasses
 import math
 from collections.abc import Mapping
 
+from ...core.method import get_method
 from ..budget import TargetSpec
-from ..profiles import Profile
+from ..profiles import LM_CPU, LM_GPU, SETTING_CPU_METHODS, VIT_CPU, VIT_GPU, Profile, method_plan
 
 QV: tuple[str, ...] = ("q_proj", "v_proj")
-CPU_METHODS = ("full", "head_only", "lora", "vera", "surm_circulant", "goft", "dora", "oft", "ia3")
+CPU_METHODS = SETTING_CPU_METHODS
 SEEDS5 = (0, 1, 2, 3, 4)
 
 # target candidates in order of preference, as in the encoder's METHOD_PLANS (budget solver takes the first
@@ -55,44 +62,25 @@ SETTING_TARGETS: dict[str, tuple[TargetSpec, ...]] = {
     "oft": (QV, "all-linear"),
 }
 
-LM_CPU = Profile(
-    name="lm_cpu", model="smollm2", task="trec_answer_type", methods=CPU_METHODS,
-    budgets=("0.2%",), lr_factors=(1 / 3, 1.0, 3.0), seeds=SEEDS5,
-    train={"epochs": 1, "batch_size": 8, "eval_batch_size": 32, "evals_per_epoch": 2, "max_length": 64},
-    head_lr=1e-2, train_size=384, val_size=100, test_size=200, ood_size=100,
-    learning_curve_sizes=(64, 256), learning_curve_methods=("lora", "vera", "surm_circulant", "goft"),
-    learning_curve_seeds=5,
-    description="SmolLM2-135M-Instruct: TREC question → answer type in words (exact match of greedy generation, "
-                "held-out loss), 384 questions, one epoch; OOD lower-cased and reworded prompts; budget 0.2%")
+ENCODER_NAMES = {"query": "q_proj", "key": "k_proj", "value": "v_proj"}  # BERT's → Llama's / DINOv2's
 
-VIT_CPU = Profile(
-    name="vit_cpu", model="dinov2_s14", task="mnist_fewshot", methods=CPU_METHODS,
-    budgets=("0.4%",), lr_factors=(1 / 3, 1.0, 3.0), seeds=SEEDS5,
-    train={"epochs": 10, "batch_size": 20, "eval_batch_size": 100, "evals_per_epoch": 1},
-    head_lr=1e-2, train_size=10, val_size=10, test_size=50, ood_size=500,  # sizes per class (shots), OOD rows
-    learning_curve_sizes=(1, 2, 5), learning_curve_methods=("lora", "vera", "surm_circulant", "goft"),
-    learning_curve_seeds=5,
-    description="DINOv2-S/14: 10-shot MNIST (VeRA protocol) at 56 px, held-out test 50/class; OOD scikit-learn "
-                "8x8 digits and 30°-rotated MNIST; budget 0.4%")
 
-LM_GPU = dataclasses.replace(
-    LM_CPU, name="lm_gpu", methods=(), budgets=("0.1%", "1%"), lr_factors=(0.1, 1 / 3, 1.0, 3.0, 10.0),
-    train={"epochs": 3, "batch_size": 16, "eval_batch_size": 128, "evals_per_epoch": 2, "max_length": 64},
-    train_size=None, val_size=300, test_size=500, ood_size=500,
-    learning_curve_sizes=(256, 1024, None), learning_curve_methods=(), learning_curve_seeds=5,
-    description="every applicable method on SmolLM2-135M, all 4,579 training questions, 3 epochs, budgets 0.1% "
-                "and 1%, 5 LRs, 5 seeds, learning curves; a GPU")
+def setting_targets(method: str) -> tuple[TargetSpec, ...]:
+    """Target candidates of ``method`` on SmolLM2 / DINOv2: :data:`SETTING_TARGETS`, else the encoder plan's
+    candidates (:func:`~peftatlas.evidence.profiles.method_plan`) with BERT's attention names renamed."""
+    name = get_method(method).name
+    if name in SETTING_TARGETS:
+        return SETTING_TARGETS[name]
+    return tuple(_renamed(spec) for spec in method_plan(name).targets)
 
-VIT_GPU = dataclasses.replace(
-    VIT_CPU, name="vit_gpu", methods=(), budgets=("0.1%", "1%"), lr_factors=(0.1, 1 / 3, 1.0, 3.0, 10.0),
-    train={"epochs": 20, "batch_size": 20, "eval_batch_size": 256, "evals_per_epoch": 1},
-    test_size=300, ood_size=None, learning_curve_sizes=(1, 2, 5), learning_curve_methods=(),
-    learning_curve_seeds=5,
-    description="every applicable method on DINOv2-S/14 at 224 px, 10-shot MNIST, test 300/class, both shifted "
-                "sets whole, budgets 0.1% and 1%, 5 LRs, 5 seeds, shot curves; a GPU")
+
+def _renamed(spec: TargetSpec) -> TargetSpec:
+    if spec is None or isinstance(spec, str):  # the method's default, "all-linear", a pattern
+        return spec
+    return tuple(ENCODER_NAMES.get(n, n) for n in spec)
+
 
 SETTING_PROFILES: dict[str, Profile] = {p.name: p for p in (LM_CPU, VIT_CPU, LM_GPU, VIT_GPU)}
-IMAGE_SIZE = {"vit_cpu": 56, "vit_gpu": 224}
 
 
 @dataclasses.dataclass(frozen=True)

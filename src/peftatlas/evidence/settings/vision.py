@@ -19,6 +19,12 @@ The classifier is ``logits = W_head · dropout(LN(ViT(x))[CLS])`` (:class:`Image
 is the top-level ``classifier``, trained in every method. Training is the arena's loop (AdamW,
 linear warm-up and decay, clipping, evaluation points, best validation state restored; pieces from
 :mod:`peftatlas.evidence.train`). Head-only runs are a linear probe on cached frozen features.
+
+In the arena (:data:`SETTING`, an :class:`~peftatlas.evidence.execute.Setting`) a profile's sizes
+are per class (``train`` = shots, ``val``/``test`` rows per class; ``ood_size`` rows per shifted
+set) and its ``setting["image_size"]`` is the resolution, carried by the :class:`ImageTask` (so it
+enters the data fingerprint, hence every run's key). ``ImageTask.subset(train=k)`` gives the
+learning curve's ``k``-shot training sets, the same images :func:`load_fewshot_task` draws for ``k``.
 """
 
 from __future__ import annotations
@@ -30,8 +36,9 @@ import hashlib
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,7 +46,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data import DataError, package_dir
-from ..models import seeded_head
+from ..execute import ENCODER
+from ..models import seeded_head, set_dropout
 from ..train import (
     Evaluation,
     TrainConfig,
@@ -57,12 +65,18 @@ from ..train import (
 )
 from .assets import prepared_dir
 
+if TYPE_CHECKING:
+    from ..execute import RunContext
+    from ..runspec import RunSpec
+
 MODEL = "dinov2_s14"
 TASK = "mnist_fewshot"
 NUM_CLASSES = 10
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 ROTATION_DEGREES = 30.0
+IMAGE_SIZE = 112  # default input resolution (pixels per side; 8 × 8 patches of 14)
+SHOTS, N_VAL, N_TEST = 10, 10, 100  # the protocol's defaults (per class)
 
 
 # --- data ----------------------------------------------------------------------------------------------
@@ -121,10 +135,22 @@ class ImageTask:
     ood: dict[str, ImageSplit]
     split_seed: int = 0
     num_labels: int = NUM_CLASSES
+    image_size: int = IMAGE_SIZE  # the model's input resolution (see :func:`pixel_values`)
+
+    def subset(self, train: int | None = None) -> ImageTask:
+        """The first ``train`` shots of each class (None, or ≥ :attr:`shots`, keeps the task): the training
+        sets of a learning curve, nested over ``train`` and equal to :func:`load_fewshot_task`'s."""
+        if train is None or train >= self.shots:
+            return self
+        if train < 1:
+            raise DataError(f"a few-shot subset needs at least one shot per class, got {train}")
+        labels = self.train.labels
+        keep = torch.cat([(labels == c).nonzero().flatten()[:train] for c in labels.unique()]).sort().values
+        return dataclasses.replace(self, shots=train, train=ImageSplit(self.train.images[keep], labels[keep]))
 
     def fingerprint(self) -> str:
-        """SHA-256 of every image and label of every split (part of a run's key)."""
-        h = hashlib.sha256(f"{self.name}:{self.shots}:{self.split_seed}".encode())
+        """SHA-256 of the resolution and every image and label of every split (part of a run's key)."""
+        h = hashlib.sha256(f"{self.name}:{self.shots}:{self.split_seed}:{self.image_size}px".encode())
         for tag, s in [("train", self.train), ("val", self.val), ("test", self.test),
                        *[(f"ood/{k}", self.ood[k]) for k in sorted(self.ood)]]:
             h.update(tag.encode())
@@ -135,7 +161,7 @@ class ImageTask:
     def describe(self) -> str:
         ood = ", ".join(f"{k} {len(v)}" for k, v in self.ood.items())
         return (f"{self.name}: {self.shots} shots × {self.num_labels} classes (train {len(self.train)}), "
-                f"val {len(self.val)}, test {len(self.test)}; OOD {ood}")
+                f"val {len(self.val)}, test {len(self.test)}; OOD {ood}; {self.image_size} px")
 
 
 def class_orders(labels: Tensor, seed: int) -> dict[int, list[int]]:
@@ -147,7 +173,7 @@ def class_orders(labels: Tensor, seed: int) -> dict[int, list[int]]:
     return out
 
 
-def load_fewshot_task(shots: int = 10, n_val: int = 10, n_test: int = 100, n_ood: int | None = None,
+def load_fewshot_task(shots: int = SHOTS, n_val: int = N_VAL, n_test: int = N_TEST, n_ood: int | None = None,
                       split_seed: int = 0) -> ImageTask:
     """``shots`` training images per class, ``n_val`` / ``n_test`` per class, OOD sets (``n_ood`` rows each)."""
     if shots < 1 or n_val < 1 or n_test < 1:
@@ -218,7 +244,7 @@ def load_image_classifier(num_labels: int = NUM_CLASSES, seed: int = 0, dropout:
 class VisionConfig:
     """What the vision loop adds to :class:`TrainConfig`: the input resolution."""
 
-    image_size: int = 112
+    image_size: int = IMAGE_SIZE
 
 
 def _head_only(model: nn.Module) -> ImageClassifier | None:
@@ -253,24 +279,62 @@ def evaluate_images(predict: Any, x: Tensor, labels: Tensor, batch_size: int, mo
     return Evaluation(classification_metrics(confusion), (pred == labels).tolist())
 
 
+def split_tensors(task: ImageTask, image_size: int, device: torch.device) -> tuple[dict[str, Tensor],
+                                                                                   dict[str, Tensor]]:
+    """(model input, labels) of every split by name: ``train``, ``val``, ``test``, ``ood/<name>``."""
+    splits = [("train", task.train), ("val", task.val), ("test", task.test),
+              *[(f"ood/{k}", v) for k, v in task.ood.items()]]
+    return ({name: pixel_values(s.images, image_size).to(device) for name, s in splits},
+            {name: s.labels for name, s in splits})
+
+
+def heldout_metrics(evaluate: Callable[[str], Evaluation], task: ImageTask) -> tuple[
+        dict[str, float], dict[str, list[bool]]]:
+    """``test_acc``, ``test_f1`` and ``ood_acc/<name>``, and per-item correctness of ``"test"`` and
+    ``"ood/<name>"`` (the arena's record layout), from ``evaluate(split name)``."""
+    test = evaluate("test")
+    metrics = {"test_acc": test.metrics["acc"], "test_f1": test.metrics["macro_f1"]}
+    items = {"test": test.correct}
+    for name in sorted(task.ood):
+        ev = evaluate(f"ood/{name}")
+        metrics[f"ood_acc/{name}"], items[f"ood/{name}"] = ev.metrics["acc"], ev.correct
+    return metrics, items
+
+
+def evaluate_heldout_images(model: nn.Module, task: ImageTask, cfg: TrainConfig,
+                            vision: VisionConfig | None = None) -> tuple[dict[str, float], dict[str, list[bool]]]:
+    """:func:`heldout_metrics` of ``model`` as it is (e.g. rebuilt from its saved adapter), at the task's
+    resolution unless ``vision`` says otherwise."""
+    device = _device(cfg)
+    model.to(device)
+    inputs, labels = split_tensors(task, (vision or VisionConfig(task.image_size)).image_size, device)
+
+    def evaluate(split: str) -> Evaluation:
+        x = inputs[split]
+        return evaluate_images(lambda rows: model(pixel_values=rows), x, labels[split], cfg.eval_batch_size, model)
+
+    return heldout_metrics(evaluate, task)
+
+
+def _device(cfg: TrainConfig) -> torch.device:
+    return torch.device(cfg.device) if cfg.device else default_device()
+
+
 def train_image_classifier(model: nn.Module, task: ImageTask, cfg: TrainConfig, vision: VisionConfig | None = None,
                            *, evaluate_test: bool = True) -> TrainResult:
     """Train ``model`` (usually an :class:`~peftatlas.AdaptedModel` around an :class:`ImageClassifier`).
 
     Metrics: ``val_acc``, ``val_f1``, ``best_step``, ``steps``, ``train_loss``; with ``evaluate_test`` also
     ``test_acc``, ``test_f1`` and ``ood_acc/<name>``, and ``items`` (per-item correctness of ``"test"`` and
-    ``"ood/<name>"``). The model is left in its best validation state."""
+    ``"ood/<name>"``). The model is left in its best validation state. ``vision`` defaults to the task's
+    resolution."""
     cfg.validate()
-    vision = vision or VisionConfig()
+    vision = vision or VisionConfig(task.image_size)
     t0 = time.time()
-    device = torch.device(cfg.device) if cfg.device else default_device()
+    device = _device(cfg)
     model.to(device)
     torch.manual_seed(cfg.seed * 7919)
-    inputs = {name: pixel_values(s.images, vision.image_size).to(device) for name, s in
-              [("train", task.train), ("val", task.val), ("test", task.test),
-               *[(f"ood/{k}", v) for k, v in task.ood.items()]]}
-    labels = {"train": task.train.labels, "val": task.val.labels, "test": task.test.labels,
-              **{f"ood/{k}": v.labels for k, v in task.ood.items()}}
+    inputs, labels = split_tensors(task, vision.image_size, device)
     probe = _head_only(model)
     if probe is not None:  # linear probe: the frozen backbone's features once per split
         feats = {k: frozen_features(probe, v, cfg.eval_batch_size) for k, v in inputs.items()}
@@ -323,10 +387,42 @@ def train_image_classifier(model: nn.Module, task: ImageTask, cfg: TrainConfig, 
                "train_loss": curve[-1]["train_loss"]}
     items: dict[str, list[bool]] = {}
     if evaluate_test:
-        test = evaluate("test")
-        metrics.update({"test_acc": test.metrics["acc"], "test_f1": test.metrics["macro_f1"]})
-        items["test"] = test.correct
-        for name in sorted(task.ood):
-            ev = evaluate(f"ood/{name}")
-            metrics[f"ood_acc/{name}"], items[f"ood/{name}"] = ev.metrics["acc"], ev.correct
+        held, items = heldout_metrics(evaluate, task)
+        metrics.update(held)
     return TrainResult(metrics, curve, total, time.time() - t0, items)
+
+
+# --- the arena's setting ---------------------------------------------------------------------------------
+class VisionSetting:
+    """DINOv2-S/14 on few-shot digits as an arena setting (:class:`~peftatlas.evidence.execute.Setting`)."""
+
+    def task(self, spec: RunSpec) -> ImageTask:
+        """``spec.data``'s shots and per-class sizes (None: the protocol's 10 / 10 / 100), ``ood_size`` rows per
+        shifted set (none off the main task), at ``spec.data["image_size"]`` px."""
+        d = spec.data
+        task = load_fewshot_task(d["train"] or SHOTS, d["val"] or N_VAL, d["test"] or N_TEST, d["ood_size"])
+        return dataclasses.replace(task, image_size=d.get("image_size", IMAGE_SIZE),
+                                   ood=task.ood if d["ood"] else {})
+
+    def model(self, name: str, data: Any, seed: int, cfg: TrainConfig) -> tuple[nn.Module, Any]:
+        """A fresh :class:`ImageClassifier` (head drawn from ``seed``) and no tokenizer; ``cfg.encoder_dropout``
+        (None = the backbone's own) sets the backbone's dropout."""
+        clf = load_image_classifier(data.num_labels, seed)
+        if cfg.encoder_dropout is not None:
+            set_dropout(clf.backbone, cfg.encoder_dropout)
+        return clf, None
+
+    def train(self, model: nn.Module, tokenizer: Any, data: ImageTask, cfg: TrainConfig, *, evaluate_test: bool,
+              spec: RunSpec, ctx: RunContext) -> TrainResult:
+        return train_image_classifier(model, data, cfg, evaluate_test=evaluate_test)
+
+    def evaluate(self, model: nn.Module, tokenizer: Any, data: ImageTask, cfg: TrainConfig) -> tuple[
+            dict[str, float], dict[str, list[bool]]]:
+        return evaluate_heldout_images(model, data, cfg)
+
+    def num_labels(self, meta: dict[str, Any]) -> int:
+        """The saved head's rows (the head is ``classifier``, as the encoder's)."""
+        return ENCODER.num_labels(meta)
+
+
+SETTING = VisionSetting()

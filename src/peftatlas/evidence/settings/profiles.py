@@ -98,10 +98,12 @@ class Costs:
 
 
 def estimate(profile: Profile, costs: Costs, configurations: Mapping[str, int] | None = None,
-             curve_steps: Mapping[int | None, int] | None = None, matched_arms: int = 0) -> dict[str, float]:
+             curve_steps: Mapping[int | None, int] | None = None, matched_arms: int = 0,
+             matched_curves: bool = False) -> dict[str, float]:
     """Seconds per phase and in total (see the module docstring); ``configurations`` = configurations per
     method (default 1: one budget), ``curve_steps`` = training steps at each learning-curve size,
-    ``matched_arms`` = LoRA arms the plan adds to match fixed-size methods."""
+    ``matched_arms`` = LoRA arms the plan adds to match fixed-size methods, with learning curves when
+    ``matched_curves`` (the plan gives them LoRA's curves when LoRA is a curve method)."""
     default_step = max(costs.step_s.values())
     lrs, seeds = len(profile.lr_factors), len(profile.seeds)
     sweep_seeds = min(seeds, max(1, getattr(profile, "sweep_seeds", 1)))
@@ -113,7 +115,7 @@ def estimate(profile: Profile, costs: Costs, configurations: Mapping[str, int] |
     heldout = costs.heldout_rows * costs.test_row_s
     sweep = main = curves = 0.0
     arms = [(m, (configurations or {}).get(m, 1), True) for m in profile.methods]
-    arms += [("lora", matched_arms, False)] if matched_arms else []
+    arms += [("lora", matched_arms, matched_curves)] if matched_arms else []
     for method, n, with_curves in arms:
         if costs.step_s.get(method) == 0.0:  # nothing trains (the frozen LM): one evaluation
             main += n * (costs.val_rows * costs.val_row_s + heldout)
@@ -129,13 +131,26 @@ def estimate(profile: Profile, costs: Costs, configurations: Mapping[str, int] |
             "total_s": total / costs.workers, "total_h": total / costs.workers / 3600}
 
 
-def runs_in(profile: Profile, methods: int | None = None, matched_arms: int = 0) -> int:
+# The per-step and per-row costs measured for docs/evidence.md (one-thread CPU time, medians of steps 2–4; the
+# ViT's evaluation cost per image is the median no-grad forward), and the training steps at each curve size.
+LM_CPU_COSTS = Costs(step_s={"lora": 1.85, "full": 2.97, "vera": 3.23, "surm_circulant": 2.32, "goft": 2.25,
+                             "dora": 2.49, "oft": 2.53, "ia3": 2.16, "head_only": 0.0},
+                     val_row_s=0.144, test_row_s=0.285, val_rows=100, heldout_rows=200 + 2 * 100, steps=48, evals=2)
+VIT_CPU_COSTS = Costs(step_s={"lora": 0.74, "full": 0.85, "vera": 2.22, "surm_circulant": 0.78, "goft": 0.83,
+                              "dora": 0.81, "oft": 0.82, "ia3": 0.72, "head_only": 0.01},
+                      val_row_s=0.0153, test_row_s=0.0153, val_rows=100, heldout_rows=500 + 2 * 500, steps=50, evals=10)
+CURVE_STEPS: dict[str, dict[int | None, int]] = {"lm_cpu": {64: 8, 256: 32},  # batch 8, one epoch
+                                                  "vit_cpu": {1: 10, 2: 10, 5: 30}}  # batch 20, 10 epochs
+
+
+def runs_in(profile: Profile, methods: int | None = None, matched_arms: int = 0, matched_curves: bool = False) -> int:
     """Training runs of a profile with one configuration per method (sweep + extra seeds + curves)."""
     m = methods if methods is not None else len(profile.methods)
     seeds = len(profile.seeds)
     sweep_seeds = min(seeds, max(1, getattr(profile, "sweep_seeds", 1)))
     curve = len(profile.learning_curve_methods) if profile.learning_curve_methods else m
     per_arm = len(profile.lr_factors) * sweep_seeds + seeds - sweep_seeds
+    curve += matched_arms if matched_curves else 0
     return (m + matched_arms) * per_arm + curve * len(profile.learning_curve_sizes) * profile.learning_curve_seeds
 
 

@@ -218,6 +218,7 @@ LM_CPU = Profile(
     train={"epochs": 1, "batch_size": 8, "eval_batch_size": 32, "evals_per_epoch": 2, "max_length": 64},
     head_lr=1e-2, train_size=384, val_size=100, test_size=200, ood_size=100,
     learning_curve_sizes=(64, 256), learning_curve_methods=CURVE_METHODS, learning_curve_seeds=5,
+    full_ft_artifacts="probed", probe_matrices=12,  # a whole full-FT adapter of the LM is 538 MB
     description="SmolLM2-135M-Instruct: TREC question → answer type in words (exact match of greedy generation, "
                 "held-out loss), 384 questions, one epoch; OOD lower-cased and reworded prompts; budget 0.2%")
 
@@ -227,7 +228,7 @@ VIT_CPU = Profile(
     train={"epochs": 10, "batch_size": 20, "eval_batch_size": 100, "evals_per_epoch": 1},
     head_lr=1e-2, train_size=10, val_size=10, test_size=50, ood_size=500,  # sizes per class (shots), OOD rows
     learning_curve_sizes=(1, 2, 5), learning_curve_methods=CURVE_METHODS, learning_curve_seeds=5,
-    setting={"image_size": 56},
+    full_ft_artifacts="probed", probe_matrices=12, setting={"image_size": 56},
     description="DINOv2-S/14: 10-shot MNIST (VeRA protocol) at 56 px, held-out test 50/class; OOD scikit-learn "
                 "8x8 digits and 30°-rotated MNIST; budget 0.4%")
 

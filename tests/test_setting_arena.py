@@ -101,7 +101,7 @@ def resume_trains_nothing(profile, store_path) -> None:
 
 
 @pytest.mark.realmodel
-@pytest.mark.timeout(1200)  # ≈ 95 s of CPU; under a loaded machine's nice 19 its wall reached 460–660 s
+@pytest.mark.timeout(1200)  # ≈ 2 min of CPU at most; niced on the loaded machine its wall was 463–660 s
 def test_lm_profile_runs_end_to_end_and_resumes(tmp_path):
     """LoRA (LR sweep → main completed from its adapter → a learning-curve point) and the frozen LM (head-only's
     place: nothing trains) on 16 questions; exact match and held-out loss on test and both shifted formats."""

@@ -2,7 +2,8 @@
 
 ::
 
-    ray.init(address)                                   # "auto": a running cluster; None: a local one
+    address None:            start_local()  → a single-node cluster in this process, on 127.0.0.1 only
+    address "auto"/HOST:PORT: join()        → a running cluster (``ray start``); its resources are its own
     per spec: task = execute_remote.options(num_cpus=c, num_gpus=g, max_retries=R).remote(spec)
     driver:   ray.wait(tasks, num_returns=1) → records → the driver's store.put   (streamed, one by one)
 
@@ -14,17 +15,36 @@ worker to the artifact folder, which must be reachable from every node (``--arti
 filesystem; the default, beside the store, serves a single machine). Records come back to the
 driver, the only process that writes the SQLite store, so killing the driver loses nothing finished:
 started again, it resumes from the store.
+
+The local cluster stays on loopback. Ray replaces a loopback node address (``_node_ip_address=
+"127.0.0.1"``, ``ray start --node-ip-address 127.0.0.1``) with the address the machine routes
+outward (``ray._private.services.resolve_ip_for_localhost``) unless multi-node clustering is off, as
+it is by default on macOS and Windows; :func:`start_local` turns it off while the cluster starts
+(``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``), so the GCS, the raylet and the workers bind 127.0.0.1.
+Since Ray 2.5x a cluster started by ``ray start`` requires an authentication token once
+``~/.ray/auth_token`` exists (any local ``ray.init()`` writes one), and a driver given an explicit
+address does not send it unless ``RAY_AUTH_MODE=token``: :func:`join` says so when that is the failure.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .execute import RunContext, execute
+from .execute import RunContext, base_record, execute
 from .runspec import RunSpec
 from .store import RunRecord
+
+LOOPBACK = "127.0.0.1"
+SINGLE_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray keeps a loopback node address as given
+AUTH_HINT = ("the cluster asks for an authentication token: set RAY_AUTH_MODE=token for this driver, with the "
+             "cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN (or start the cluster with "
+             "RAY_AUTH_MODE=disabled)")
 
 _CONTEXTS: dict[tuple[str, str, int], RunContext] = {}
 
@@ -38,6 +58,7 @@ def _execute_json(spec_json: str, root: str, features: str, threads: int) -> lis
 
 
 def require_ray() -> Any:
+    """The ``ray`` module, or a ValueError saying how to install it."""
     try:
         import ray
     except ImportError:
@@ -45,8 +66,56 @@ def require_ray() -> Any:
     return ray
 
 
+@contextmanager
+def _single_node(ray: Any) -> Iterator[None]:
+    """Multi-node clustering off (module docstring) in this process and the processes it starts meanwhile."""
+    constants = ray._private.ray_constants
+    saved_env, saved = os.environ.get(SINGLE_NODE_ENV), constants.ENABLE_RAY_CLUSTER
+    os.environ[SINGLE_NODE_ENV] = "0"
+    constants.ENABLE_RAY_CLUSTER = False  # read at import; ray may already be imported
+    try:
+        yield
+    finally:
+        constants.ENABLE_RAY_CLUSTER = saved
+        if saved_env is None:
+            os.environ.pop(SINGLE_NODE_ENV, None)
+        else:
+            os.environ[SINGLE_NODE_ENV] = saved_env
+
+
+def start_local(ray: Any, **init_kwargs: Any) -> None:
+    """Start a single-node Ray cluster owned by this process, every address on 127.0.0.1.
+
+    ``init_kwargs`` go to ``ray.init`` (e.g. ``num_cpus=2``; default: the machine's CPUs and GPUs).
+    """
+    with _single_node(ray):
+        ray.init(include_dashboard=False, log_to_driver=False, _node_ip_address=LOOPBACK, **init_kwargs)
+
+
+def _mentions_auth(error: BaseException | None) -> bool:
+    while error is not None:
+        if "uthentication" in str(error) or type(error).__name__ == "AuthenticationError":
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def join(ray: Any, address: str, **init_kwargs: Any) -> None:
+    """Connect to a running cluster (``"auto"`` or ``HOST:PORT``); a token failure says what to set."""
+    try:
+        ray.init(address=address, log_to_driver=False, **init_kwargs)
+    except ConnectionError as e:
+        if _mentions_auth(e):
+            raise ConnectionError(f"{e}: {AUTH_HINT}") from e
+        raise
+
+
 class RayExecutor:
-    """Runs specs as Ray tasks (module docstring); ``capacity`` defaults to the cluster's run slots."""
+    """Runs specs as Ray tasks (module docstring); ``capacity`` defaults to the cluster's run slots.
+
+    ``address``: None starts a local cluster (:func:`start_local`), ``"auto"`` or ``HOST:PORT`` joins
+    one; if Ray is already initialised in this process, its cluster is used and left running.
+    """
 
     def __init__(self, root: str | Path, address: str | None = None, cpus_per_run: int = 1,
                  gpus_per_run: float | None = None, max_retries: int = 2, capacity: int | None = None,
@@ -54,11 +123,10 @@ class RayExecutor:
         ray = require_ray()
         self.ray = ray
         self.owns_ray = not ray.is_initialized()
-        if self.owns_ray:
-            if address:  # joining a running cluster: its resources are its own
-                ray.init(address=address, log_to_driver=False, **(init_kwargs or {}))
-            else:
-                ray.init(include_dashboard=False, log_to_driver=False, **(init_kwargs or {}))
+        if self.owns_ray and address:
+            join(ray, address, **(init_kwargs or {}))
+        elif self.owns_ray:
+            start_local(ray, **(init_kwargs or {}))
         resources = ray.cluster_resources()
         gpus = resources.get("GPU", 0.0)
         self.gpus_per_run = gpus_per_run if gpus_per_run is not None else (1.0 if gpus >= 1 else 0.0)
@@ -81,9 +149,7 @@ class RayExecutor:
         try:
             return spec, [RunRecord.from_json(t) for t in self.ray.get(ready[0])]
         except Exception as e:  # retries exhausted (worker or node lost every time): a failed record
-            from .execute import base_record
-
-            return spec, [_failed(base_record(spec), f"{type(e).__name__}: {e}")]
+            return spec, [dataclasses.replace(base_record(spec), error=f"{type(e).__name__}: {e}"[:2000])]
 
     def close(self) -> None:
         for ref in self.pending:
@@ -91,9 +157,3 @@ class RayExecutor:
         self.pending.clear()
         if self.owns_ray:
             self.ray.shutdown()
-
-
-def _failed(rec: RunRecord, error: str) -> RunRecord:
-    import dataclasses
-
-    return dataclasses.replace(rec, error=error[:2000])

@@ -3,6 +3,7 @@
 * the smoke profile through Ray gives the sequential executor's records (bit for bit at one thread per run);
 * a run whose worker process is killed mid-run is retried and the profile completes, with the same records;
 * retries are bounded: a task that always dies becomes a failed record, the others finish;
+* small adapters travel with the tasks: each task on an empty "node" folder, the driver still ends with every adapter;
 * ``peftatlas run --profile smoke --executor ray`` killed mid-way and started again redoes nothing finished.
 """
 
@@ -17,23 +18,32 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 import ray  # the ray extra, installed by `bash install.sh --test`: these tests must not skip
 
 from peftatlas.evidence.arena import run_profile
 from peftatlas.evidence.execute import RUNNING
+from peftatlas.evidence.executors import drive
 from peftatlas.evidence.plan import build_plan
 from peftatlas.evidence.profiles import PROFILES
-from peftatlas.evidence.ray_executor import RayExecutor, _execute_json, _mentions_auth, start_local
-from peftatlas.evidence.store import ResultsStore
+from peftatlas.evidence.ray_executor import SHIP_LIMIT, RayExecutor, _execute_json, _mentions_auth, pack, start_local
+from peftatlas.evidence.store import ResultsStore, RunRecord
 
 SMOKE = PROFILES["smoke"]
 TOTAL = len(SMOKE.methods) * (len(SMOKE.lr_factors) * SMOKE.sweep_seeds + len(SMOKE.seeds)) + 1
 ENV = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=os.pathsep.join(
     [str(Path(__file__).resolve().parents[1] / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Baseline:
+    records: list[RunRecord]
+    root: Path
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +58,12 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def sequential(tmp_path_factory) -> list:
-    """The smoke profile's records from the sequential executor at one torch thread per run."""
-    records = run_profile(SMOKE, tmp_path_factory.mktemp("seq") / "s.sqlite", progress=False, threads=1)
+def sequential(tmp_path_factory) -> Baseline:
+    """The smoke profile's records (and their folder) from the sequential executor at one torch thread per run."""
+    root = tmp_path_factory.mktemp("seq")
+    records = run_profile(SMOKE, root / "s.sqlite", progress=False, threads=1)
     assert len(records) == TOTAL and all(r.status == "done" for r in records)
-    return records
+    return Baseline(records, root)
 
 
 def comparable(records) -> list[dict]:
@@ -67,7 +78,7 @@ def comparable(records) -> list[dict]:
 
 def test_ray_gives_the_sequential_records(cluster, sequential, tmp_path):
     via_ray = run_profile(SMOKE, tmp_path / "s.sqlite", progress=False, executor="ray")
-    assert comparable(via_ray) == comparable(sequential)
+    assert comparable(via_ray) == comparable(sequential.records)
 
 
 def _kill_first_run(running: Path, killed: list[tuple[str, int]], deadline: float) -> None:
@@ -96,11 +107,11 @@ def test_a_killed_task_is_retried_and_the_profile_completes(cluster, sequential,
     assert pid != os.getpid()
     assert all(r.status == "done" for r in records), [r.error for r in records if r.status != "done"]
     assert any(r.key.startswith(key) for r in records), "the killed run was not retried"
-    assert comparable(records) == comparable(sequential)
+    assert comparable(records) == comparable(sequential.records)
 
 
 def test_retries_are_bounded(cluster, tmp_path):
-    def dies(spec_json: str, root: str, features: str, threads: int) -> list[str]:
+    def dies(spec_json: str, root: str, *args: Any) -> dict[str, Any]:
         """``_execute_json`` whose worker dies on every attempt at a full fine-tuning run and on the first
         attempt at any other (attempts counted in ``<root>/attempts``)."""
         spec = json.loads(spec_json)
@@ -110,10 +121,11 @@ def test_retries_are_bounded(cluster, tmp_path):
             f.write("x")
         if spec["method"] == "full" or tried.stat().st_size == 1:
             os._exit(1)
-        return _execute_json(spec_json, root, features, threads)
+        return _execute_json(spec_json, root, *args)
 
     plan = build_plan(SMOKE, ["full", "head_only"], log=None, cache=tmp_path / "plans")
-    specs = plan.ready({})
+    ready = plan.ready({})
+    specs = [next(s for s in ready if s.method == m) for m in ("full", "head_only")]
     ex = RayExecutor(tmp_path, max_retries=1)
     ex.remote = cluster.remote(dies).options(num_cpus=1, num_gpus=0, max_retries=1, retry_exceptions=False)
     try:
@@ -131,6 +143,36 @@ def test_retries_are_bounded(cluster, tmp_path):
         else:  # died once, then ran
             assert rec.status == "done", rec.error
     assert sorted(len(p.read_text()) for p in (tmp_path / "attempts").iterdir()) == [2] * len(specs)
+
+
+def test_small_adapters_come_back_with_the_record(cluster, sequential, tmp_path):
+    """Each task runs on a "node" of its own (an empty folder standing for its disk): completions get their
+    sweep adapter from the driver, the driver writes every adapter from the results, records are unchanged."""
+    root, nodes = tmp_path / "driver", tmp_path / "nodes"
+
+    def on_a_fresh_node(spec_json: str, root: str, features: str, threads: int, inputs: dict, limit: int) -> dict:
+        node = nodes / uuid.uuid4().hex
+        spec = json.loads(spec_json)
+        if spec["kind"] == "complete":
+            (nodes / f"{spec['key']}.inputs").write_text(json.dumps(sorted(inputs)))
+        return _execute_json(spec_json, str(node), str(node / "features"), threads, inputs, limit)
+
+    nodes.mkdir()
+    plan = build_plan(SMOKE, log=None, cache=root / "plans")
+    ex = RayExecutor(root)
+    ex.remote = cluster.remote(on_a_fresh_node).options(num_cpus=1, num_gpus=0, max_retries=2)
+    with ResultsStore(root / "s.sqlite") as store:
+        drive(plan, store, ex)
+        records = plan.covered({r.key: r for r in store.records()})
+    assert comparable(records) == comparable(sequential.records)
+    completions = {r.key: r for r in records if r.experiment == "main" and r.seed == 0}
+    assert len(completions) == len(SMOKE.methods)
+    for key, rec in completions.items():
+        assert json.loads((nodes / f"{key}.inputs").read_text()) == [rec.artifact], "the sweep adapter was not sent"
+    for rec in records:
+        made_here = pack(root / rec.artifact, SHIP_LIMIT)
+        assert made_here and made_here == pack(sequential.root / rec.artifact, SHIP_LIMIT), rec.artifact
+    assert not list((root / "artifacts").glob(".*incoming*")) and not list((root / "artifacts").glob(".*old*"))
 
 
 def test_an_authentication_failure_is_recognised():

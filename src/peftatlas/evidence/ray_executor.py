@@ -31,6 +31,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,15 +48,65 @@ AUTH_HINT = ("the cluster asks for an authentication token: set RAY_AUTH_MODE=to
              "cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN (or start the cluster with "
              "RAY_AUTH_MODE=disabled)")
 
+SHIP_LIMIT = 16 * 2**20  # bytes: adapters up to this size come back with their record (and go out to completions)
+
+Files = dict[str, bytes]  # an adapter folder's files: path inside the folder → content
+
 _CONTEXTS: dict[tuple[str, str, int], RunContext] = {}
 
 
-def _execute_json(spec_json: str, root: str, features: str, threads: int) -> list[str]:
-    """Worker side: run one spec (a context per worker process, reused across its tasks)."""
+def _execute_json(spec_json: str, root: str, features: str, threads: int, inputs: dict[str, Files] | None = None,
+                  ship_limit: int = 0) -> dict[str, Any]:
+    """Worker side: run one spec (a context per worker process, reused across its tasks).
+
+    ``inputs`` (artifact → files: a completion's sweep adapter) are placed first where this node lacks
+    them. Returns ``{"records": [json], "artifacts": {artifact: files}}``, the adapters of the records
+    that fit in ``ship_limit`` bytes (0: none).
+    """
     key = (root, features, threads)
     if key not in _CONTEXTS:
         _CONTEXTS[key] = RunContext(root, features, threads=threads)
-    return [r.to_json() for r in execute(RunSpec.from_dict(json.loads(spec_json)), _CONTEXTS[key])]
+    ctx = _CONTEXTS[key]
+    for artifact, files in (inputs or {}).items():
+        place(ctx.path(artifact), files)
+    records = execute(RunSpec.from_dict(json.loads(spec_json)), ctx)
+    shipped = {r.artifact: pack(ctx.path(r.artifact), ship_limit) for r in records if r.status == "done" and r.artifact}
+    return {"records": [r.to_json() for r in records], "artifacts": {k: v for k, v in shipped.items() if v}}
+
+
+def pack(folder: Path, limit: int) -> Files | None:
+    """``folder``'s files if it exists and they add up to at most ``limit`` bytes, else None."""
+    if limit <= 0 or not folder.is_dir():
+        return None
+    paths = sorted(p for p in folder.rglob("*") if p.is_file())
+    if sum(p.stat().st_size for p in paths) > limit:
+        return None
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in paths}
+
+
+def holds(folder: Path, files: Files) -> bool:
+    """Whether ``folder`` holds exactly ``files``."""
+    if not folder.is_dir():
+        return False
+    present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    return present == set(files) and all((folder / name).read_bytes() == data for name, data in files.items())
+
+
+def place(folder: Path, files: Files) -> None:
+    """Make ``folder`` hold exactly ``files``, atomically: written beside it, then renamed into place
+    (a folder with other content is swapped out and removed). Nothing is written if it already does."""
+    if holds(folder, files):
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    incoming = Path(tempfile.mkdtemp(prefix=f".{folder.name}.incoming-", dir=folder.parent))
+    for name, data in files.items():
+        (incoming / name).parent.mkdir(parents=True, exist_ok=True)
+        (incoming / name).write_bytes(data)
+    old = folder.parent / f".{folder.name}.old-{incoming.name.rsplit('-', 1)[-1]}"
+    if folder.exists():
+        folder.rename(old)
+    incoming.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def require_ray() -> Any:
@@ -115,11 +167,12 @@ class RayExecutor:
 
     ``address``: None starts a local cluster (:func:`start_local`), ``"auto"`` or ``HOST:PORT`` joins
     one; if Ray is already initialised in this process, its cluster is used and left running.
+    ``ship_limit``: adapters up to this many bytes travel with the task's result (0: never).
     """
 
     def __init__(self, root: str | Path, address: str | None = None, cpus_per_run: int = 1,
                  gpus_per_run: float | None = None, max_retries: int = 2, capacity: int | None = None,
-                 init_kwargs: dict[str, Any] | None = None) -> None:
+                 init_kwargs: dict[str, Any] | None = None, ship_limit: int = SHIP_LIMIT) -> None:
         ray = require_ray()
         self.ray = ray
         self.owns_ray = not ray.is_initialized()
@@ -135,21 +188,36 @@ class RayExecutor:
         self.capacity = capacity or max(1, slots)
         self.root = str(Path(root).resolve())
         self.features = str(Path(self.root) / "features")
+        self.ship_limit = ship_limit
         self.remote = ray.remote(_execute_json).options(num_cpus=cpus_per_run, num_gpus=self.gpus_per_run,
                                                         max_retries=max_retries, retry_exceptions=False)
         self.pending: dict[Any, RunSpec] = {}
 
+    def path(self, artifact: str) -> Path:
+        """Where the driver keeps ``artifact`` (relative to the store's folder, or absolute)."""
+        return Path(self.root) / artifact
+
+    def inputs(self, spec: RunSpec) -> dict[str, Files]:
+        """The small adapters ``spec`` reads: a completion's sweep adapter, if the driver holds it."""
+        artifact = (spec.twin or {}).get("artifact")
+        files = pack(self.path(artifact), self.ship_limit) if artifact else None
+        return {artifact: files} if files else {}
+
     def submit(self, spec: RunSpec) -> None:
-        ref = self.remote.remote(json.dumps(spec.to_dict()), self.root, self.features, self.cpus_per_run)
+        ref = self.remote.remote(json.dumps(spec.to_dict()), self.root, self.features, self.cpus_per_run,
+                                 self.inputs(spec), self.ship_limit)
         self.pending[ref] = spec
 
     def next_finished(self) -> tuple[RunSpec, list[RunRecord]]:
         ready, _ = self.ray.wait(list(self.pending), num_returns=1)
         spec = self.pending.pop(ready[0])
         try:
-            return spec, [RunRecord.from_json(t) for t in self.ray.get(ready[0])]
+            result = self.ray.get(ready[0])
         except Exception as e:  # retries exhausted (worker or node lost every time): a failed record
             return spec, [dataclasses.replace(base_record(spec), error=f"{type(e).__name__}: {e}"[:2000])]
+        for artifact, files in result["artifacts"].items():
+            place(self.path(artifact), files)
+        return spec, [RunRecord.from_json(t) for t in result["records"]]
 
     def close(self) -> None:
         for ref in self.pending:

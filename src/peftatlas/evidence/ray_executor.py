@@ -10,18 +10,25 @@
 Declared resources: ``num_gpus=1`` per run when the cluster has GPUs, else ``cpus_per_run`` CPUs
 (torch runs that many threads). A worker or node lost mid-run makes Ray retry the task, at most
 ``max_retries`` times (system failures only: a run that raises is a failed *record*, not a retry);
-a task that still fails becomes a failed record and the profile goes on. Adapters are written by the
-worker to the artifact folder, which must be reachable from every node (``--artifacts`` on a shared
-filesystem; the default, beside the store, serves a single machine). Records come back to the
+a task that still fails becomes a failed record and the profile goes on. Records come back to the
 driver, the only process that writes the SQLite store, so killing the driver loses nothing finished:
 started again, it resumes from the store.
+
+Adapters: the worker saves each run's adapter under the driver's artifact path on its own node.
+One of at most ``ship_limit`` bytes (16 MiB; a PEFT adapter at a 0.1–1 % budget of MiniLM is
+under 1 MB, MiniLM's full fine-tuning ΔW of 91 MB is not shipped) also comes back with the records,
+and the driver writes it under its artifact folder (:func:`place`: written beside the folder, then
+renamed into place). A completion (a main seed evaluated from its sweep run's adapter) is sent that
+adapter the same way. So the artifact folder need not be shared between nodes unless an adapter is
+larger than ``ship_limit`` (then ``--artifacts`` on a shared filesystem); the path itself must be
+writable on every node.
 
 The local cluster stays on loopback. Ray replaces a loopback node address (``_node_ip_address=
 "127.0.0.1"``, ``ray start --node-ip-address 127.0.0.1``) with the address the machine routes
 outward (``ray._private.services.resolve_ip_for_localhost``) unless multi-node clustering is off, as
 it is by default on macOS and Windows; :func:`start_local` turns it off while the cluster starts
 (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``), so the GCS, the raylet and the workers bind 127.0.0.1.
-Since Ray 2.5x a cluster started by ``ray start`` requires an authentication token once
+In Ray 2.60 a cluster started by ``ray start`` requires an authentication token once
 ``~/.ray/auth_token`` exists (any local ``ray.init()`` writes one), and a driver given an explicit
 address does not send it unless ``RAY_AUTH_MODE=token``: :func:`join` says so when that is the failure.
 """

@@ -34,6 +34,9 @@ from peftatlas.evidence.profiles import PROFILES
 from peftatlas.evidence.ray_executor import SHIP_LIMIT, RayExecutor, _execute_json, _mentions_auth, pack, start_local
 from peftatlas.evidence.store import ResultsStore, RunRecord
 
+# one xdist worker for the module under `--dist loadgroup` (it shares one cluster and one sequential baseline)
+pytestmark = pytest.mark.xdist_group("ray")
+
 SMOKE = PROFILES["smoke"]
 TOTAL = len(SMOKE.methods) * (len(SMOKE.lr_factors) * SMOKE.sweep_seeds + len(SMOKE.seeds)) + 1
 ENV = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=os.pathsep.join(

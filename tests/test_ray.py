@@ -4,7 +4,8 @@
 * a run whose worker process is killed mid-run is retried and the profile completes, with the same records;
 * retries are bounded: a task that always dies becomes a failed record, the others finish;
 * small adapters travel with the tasks: each task on an empty "node" folder, the driver still ends with every adapter;
-* ``peftatlas run --profile smoke --executor ray`` killed mid-way and started again redoes nothing finished.
+* ``peftatlas run --profile smoke --executor ray`` killed mid-way and started again redoes nothing finished;
+* (slow) ``--address`` joins a ``ray start --head`` kept on loopback, and says what to set when the token is missing.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -254,3 +258,56 @@ def test_cli_driver_killed_and_restarted_redoes_nothing(tmp_path):
     for key, rec in before.items():
         assert unchanged(rec, after[key]), "a finished run was redone or changed"
     assert Counter(r.experiment for r in after.values())["learning_curve"] == 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_line(proc: subprocess.Popen, text: bytes, deadline: float) -> None:
+    """Read ``proc``'s output until a line holds ``text`` (the rest is drained in the background)."""
+    lines: list[bytes] = []
+    found = threading.Event()
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+            if text in line:
+                found.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    while not found.wait(0.5):
+        assert proc.poll() is None and time.time() < deadline, b"".join(lines).decode()[-3000:]
+
+
+@pytest.mark.slow
+def test_cli_joins_a_ray_start_head_on_loopback(tmp_path):
+    """``--address 127.0.0.1:PORT`` joins a ``ray start --head`` cluster kept on loopback (single-node
+    clustering, a token of its own); without the token, the failure says to set RAY_AUTH_MODE=token."""
+    port, temp = _free_port(), tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths: ≤ 107 bytes
+    env = dict(ENV, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=uuid.uuid4().hex)
+    head = subprocess.Popen(["ray", "start", "--head", "--block", "--num-cpus", "2", "--num-gpus", "0",
+                             "--port", str(port), "--ray-client-server-port", str(_free_port()),
+                             "--node-ip-address", "127.0.0.1", "--include-dashboard=false", "--disable-usage-stats",
+                             f"--temp-dir={temp}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    address = f"127.0.0.1:{port}"
+    run = [sys.executable, "-m", "peftatlas.cli", "run", "--profile", "smoke", "--methods", "head_only",
+           "--executor", "ray", "--address", address, "--quiet"]
+    try:
+        _wait_for_line(head, b"Ray runtime started", time.time() + 180)
+        joined = subprocess.run([*run, "--store", str(tmp_path / "a.sqlite")], env=env, capture_output=True,
+                                timeout=300)
+        assert joined.returncode == 0, joined.stderr.decode()[-3000:]
+        without = {k: v for k, v in env.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+        refused = subprocess.run([*run, "--store", str(tmp_path / "b.sqlite")], capture_output=True, timeout=300,
+                                 env=dict(without, RAY_AUTH_TOKEN_PATH=str(tmp_path / "no-token")))
+        assert refused.returncode != 0 and b"RAY_AUTH_MODE=token" in refused.stderr, refused.stderr.decode()[-3000:]
+    finally:
+        _stop_group(head)
+        head.wait(60)
+        shutil.rmtree(temp, ignore_errors=True)
+    with ResultsStore(tmp_path / "a.sqlite") as s:
+        assert len(s.records(status="done")) == len(SMOKE.lr_factors) + len(SMOKE.seeds)

@@ -129,13 +129,15 @@ def require_ray() -> Any:
 def _single_node(ray: Any) -> Iterator[None]:
     """Multi-node clustering off (module docstring) in this process and the processes it starts meanwhile."""
     constants = ray._private.ray_constants
-    saved_env, saved = os.environ.get(SINGLE_NODE_ENV), constants.ENABLE_RAY_CLUSTER
+    saved_env, saved = os.environ.get(SINGLE_NODE_ENV), getattr(constants, "ENABLE_RAY_CLUSTER", None)
     os.environ[SINGLE_NODE_ENV] = "0"
-    constants.ENABLE_RAY_CLUSTER = False  # read at import; ray may already be imported
+    if saved is not None:
+        constants.ENABLE_RAY_CLUSTER = False  # read at import; ray may already be imported
     try:
         yield
     finally:
-        constants.ENABLE_RAY_CLUSTER = saved
+        if saved is not None:
+            constants.ENABLE_RAY_CLUSTER = saved
         if saved_env is None:
             os.environ.pop(SINGLE_NODE_ENV, None)
         else:
@@ -152,6 +154,7 @@ def start_local(ray: Any, **init_kwargs: Any) -> None:
 
 
 def _mentions_auth(error: BaseException | None) -> bool:
+    """Whether ``error`` or an exception it was raised from is Ray's missing/incorrect token error."""
     while error is not None:
         if "uthentication" in str(error) or type(error).__name__ == "AuthenticationError":
             return True

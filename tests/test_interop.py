@@ -195,9 +195,13 @@ def test_head_travels_as_modules_to_save(tmp_path):
 
 def _lora_both_ways(kind: str, tmp_path, **lora_kwargs):
     """PEFT LoRA saved with PEFT's defaults → imported here → exported → loaded in PEFT: one function."""
+    return _both_ways(kind, tmp_path, peft.LoraConfig(r=3, lora_alpha=5, init_lora_weights=False, **lora_kwargs))
+
+
+def _both_ways(kind: str, tmp_path, cfg):
+    """PEFT adapter ``cfg`` saved with PEFT's defaults → imported here → exported → loaded in PEFT: one function."""
     tm = tiny_model(kind)
     base = copy.deepcopy(tm.model)
-    cfg = peft.LoraConfig(r=3, lora_alpha=5, init_lora_weights=False, **lora_kwargs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pm = peft.get_peft_model(copy.deepcopy(base), cfg)
@@ -256,3 +260,46 @@ def test_changed_base_copy_from_save_embedding_layers_is_refused(tmp_path):
     with pytest.raises(InteropError, match="differs from this model's") as info:
         import_peft(tiny_model("embedding").model, tmp_path / "peft")
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("config", [
+    lambda: peft.LoHaConfig(r=3, alpha=5, init_weights=False, target_modules=["conv1", "conv2", "conv3"]),
+    lambda: peft.LoKrConfig(r=1, alpha=5, init_weights=False, decompose_factor=2,
+                            target_modules=["conv1", "conv2", "conv3"]),  # w2 factored on every layer
+    lambda: peft.LoKrConfig(init_weights=False, target_modules=["conv1"]),  # PEFT defaults: dense w2 (4, 2, 3, 3)
+    lambda: peft.LoKrConfig(r=3, init_weights=False, target_modules=["conv2"]),  # dense w2 needs rank 4 here
+], ids=["loha", "lokr-factored", "lokr-defaults", "lokr-rank-raised"])
+def test_conv_loha_lokr_both_ways(config, tmp_path):
+    ours, saved, _ = _both_ways("cnn", tmp_path, config())
+    assert {type(layer.base).__name__ for layer in ours.adapted_layers().values()} <= {"Conv1d", "Conv2d"}
+    assert ours.specs["default"].method == saved["peft_type"].lower()
+
+
+def test_conv_lokr_without_a_common_factor_is_refused(tmp_path):
+    tm = tiny_model("cnn")
+    cfg = peft.LoKrConfig(init_weights=False, target_modules=["conv1", "conv2"])  # blocks 2×2 and 4×2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peft.get_peft_model(copy.deepcopy(tm.model), cfg).save_pretrained(str(tmp_path))
+    with pytest.raises(InteropError, match="no single factor") as info:
+        import_peft(tiny_model("cnn").model, tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_conv1d_lokr_with_dense_block_is_refused_both_ways(tmp_path):
+    tm = tiny_model("cnn")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pm = peft.get_peft_model(copy.deepcopy(tm.model), peft.LoKrConfig(init_weights=False, target_modules=["conv3"]))
+        pm.save_pretrained(str(tmp_path / "peft"))
+    with pytest.raises(InteropError, match="on a Conv1d"):
+        import_peft(tiny_model("cnn").model, tmp_path / "peft")
+    model = pa.attach(tiny_model("cnn").model, "lokr", targets=["conv3"], r=4, alpha=4.0)
+    with pytest.raises(InteropError, match="r < 2 keeps it factored"):
+        export_peft(model, tmp_path / "ours")
+
+
+def test_loha_export_refuses_gpt2_conv1d_peft_lacks(tmp_path):
+    _tm, _base, model = _perturbed("gpt2", "loha", r=2)
+    with pytest.raises(InteropError, match="Conv1D layer"):
+        export_peft(model, tmp_path)

@@ -132,8 +132,7 @@ def test_vera_import_refuses_foreign_projections(tmp_path):
 
 
 @pytest.mark.parametrize(("field", "value", "match"), [
-    ("bias", "all", "bias"),
-    ("bias", "lora_only", "bias"),
+    ("lora_bias", True, "lora_bias"),
     ("layer_replication", [[0, 1]], "layer_replication"),
     ("init_lora_weights", "pissa", "rewrote the base weights"),
 ])
@@ -303,3 +302,40 @@ def test_loha_export_refuses_gpt2_conv1d_peft_lacks(tmp_path):
     _tm, _base, model = _perturbed("gpt2", "loha", r=2)
     with pytest.raises(InteropError, match="Conv1D layer"):
         export_peft(model, tmp_path)
+
+
+# --- bias="lora_only" / "all": PEFT trains and saves base biases; ours keep them frozen ------------
+
+def _peft_lora_with_bias(tmp_path, bias: str, trained: bool):
+    tm = tiny_model("bert")
+    base = copy.deepcopy(tm.model)
+    cfg = peft.LoraConfig(r=2, lora_alpha=3, init_lora_weights=False, bias=bias, modules_to_save=["classifier"],
+                          target_modules=["query", "value"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pm = peft.get_peft_model(copy.deepcopy(base), cfg)
+        if trained:
+            with torch.no_grad():
+                next(p for n, p in pm.named_parameters() if n.endswith("value.base_layer.bias")).add_(0.1)
+        pm.save_pretrained(str(tmp_path))
+    return tm, base, pm
+
+
+@pytest.mark.parametrize("bias", ["lora_only", "all"])
+def test_lora_bias_files_with_untrained_biases_import_exactly_both_ways(bias, tmp_path):
+    _ours, saved, written = _both_ways("bert", tmp_path, peft.LoraConfig(
+        r=2, lora_alpha=3, init_lora_weights=False, bias=bias, modules_to_save=["classifier"],
+        target_modules=["query", "value"]))
+    keys = load_file(str(tmp_path / "peft" / "adapter_model.safetensors"))
+    assert saved["bias"] == bias and any(k.endswith("value.base_layer.bias") for k in keys), "PEFT saved the biases"
+    assert written["bias"] == "none"
+
+
+@pytest.mark.parametrize("bias", ["lora_only", "all"])
+def test_lora_bias_files_with_trained_biases_are_refused_in_one_line(bias, tmp_path):
+    _tm, base, _pm = _peft_lora_with_bias(tmp_path, bias, trained=True)
+    plain = copy.deepcopy(base)
+    with pytest.raises(InteropError, match=f"PEFT trained base biases \\(bias='{bias}'\\)") as info:
+        import_peft(plain, tmp_path)
+    assert "value.base_layer.bias" in str(info.value) and "\n" not in str(info.value)
+    assert not any(isinstance(m, pa.AdaptedModule) for m in plain.modules()), "failed import changed the model"

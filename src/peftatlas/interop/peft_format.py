@@ -48,7 +48,9 @@ TENSORS = "adapter_model.safetensors"
 LAYER_PREFIX = "base_model.model."
 SHARED_PREFIX = "base_model."
 BASE_COPY_SUFFIXES = ("base_layer.weight", "base_layer.bias")  # PEFT's save_embedding_layers copies
-HEAD_WRAPPER_PARTS = (".original_module.", ".modules_to_save.")  # PEFT's modules_to_save wrapper, under bias="all"
+_BASE_COPY_ENDINGS = tuple("." + s for s in BASE_COPY_SUFFIXES)
+# Path parts between a module and its own parameter in PEFT keys of base tensors (adapted layer, head's original)
+_BASE_PARTS = (".base_layer.", ".original_module.")
 
 
 def peft_config_dict(model: AdaptedModel, name: str | None = None, include_head: bool = True,
@@ -218,14 +220,14 @@ def _pop_base_tensors(conv: type[Converter], tensors: dict[str, Tensor], cfg: di
     a bias-training config also every other ``<m>.bias``, the head's ``original_module`` copy, and its
     ``modules_to_save`` copy (dropped when it equals the file's own head tensor, as PEFT writes it).
     """
-    suffixes = tuple("." + s for s in (*BASE_COPY_SUFFIXES, *conv.peft_layer_suffixes()))
+    adapter_endings = tuple("." + s for s in conv.peft_layer_suffixes())
     heads = list(cfg.get("modules_to_save") or [])
     out: dict[str, Tensor] = {}
     for key in [k for k in tensors if k.startswith(LAYER_PREFIX)]:
         rest = key[len(LAYER_PREFIX):]
-        if rest.endswith(tuple("." + s for s in BASE_COPY_SUFFIXES)):
+        if rest.endswith(_BASE_COPY_ENDINGS):
             out[key] = tensors.pop(key)
-        elif not trains_biases(cfg) or not rest.endswith(".bias") or rest.endswith(suffixes):
+        elif not trains_biases(cfg) or not rest.endswith(".bias") or rest.endswith(adapter_endings):
             continue
         elif ".modules_to_save." in rest:
             trained = tensors.get(LAYER_PREFIX + rest.replace(".modules_to_save.", "."))
@@ -257,7 +259,7 @@ def _equals_own(model: AdaptedModel, key: str, value: Tensor, path: Any) -> bool
     from ..core.tree import get_user_submodule
 
     rest = key[len(LAYER_PREFIX):]
-    for part in (".base_layer.", *HEAD_WRAPPER_PARTS):
+    for part in _BASE_PARTS:
         rest = rest.replace(part, ".")
     module_path, _, param = rest.rpartition(".")
     try:

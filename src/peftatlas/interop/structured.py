@@ -17,6 +17,8 @@ Conventions that differ (checked numerically by the interop tests):
   ``r ≥ max(b, d)/2``, dense (``lokr_w2``, shape ``(b, d, *k)`` on a conv); a dense block
   imports exactly when a rank ``r' ≥ min(b, d·Πk)`` holds it (the import raises the rank to
   ``r'`` and ``alpha`` to ``alpha·r'/r``, padding with zeros: the same ``s`` and the same ``ΔW``).
+  A dense block on a *Conv1d* is refused both ways: PEFT 0.21 applies it as ``kron`` of a 2-D and a
+  3-D tensor, which is no Kronecker structure (see :func:`_refuse_dense_conv1d`).
 * (IA)³: PEFT's gain has shape ``(d_out, 1)`` on the output side and ``(1, d_in)`` on the input side
   (``feedforward_modules``); ours is a vector, its side fixed per layer.
 """

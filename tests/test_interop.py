@@ -285,6 +285,16 @@ def test_conv_lokr_without_a_common_factor_is_refused(tmp_path):
     assert "\n" not in str(info.value)
 
 
+def test_effective_conv2d_loha_is_refused_by_its_config_field(tmp_path):
+    tm = tiny_model("cnn")
+    cfg = peft.LoHaConfig(use_effective_conv2d=True, target_modules=["conv1"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peft.get_peft_model(copy.deepcopy(tm.model), cfg).save_pretrained(str(tmp_path))
+    with pytest.raises(InteropError, match="use_effective_conv2d=True"):
+        import_peft(tiny_model("cnn").model, tmp_path)
+
+
 def test_conv1d_lokr_with_dense_block_is_refused_both_ways(tmp_path):
     tm = tiny_model("cnn")
     with warnings.catch_warnings():

@@ -140,6 +140,7 @@ def import_peft(model: nn.Module | AdaptedModel, path: str | os.PathLike, name: 
     """
     cfg, tensors = read_peft_files(path)
     conv = converter_for_peft(cfg)
+    conv.check_fixed(cfg)  # a feature we lack is named before its tensors look unknown
     base_copies = _pop_base_tensors(conv, tensors, cfg)
     layers, shared, head = _split_keys(conv, tensors, cfg)
     if not layers:

@@ -103,15 +103,16 @@ def _our_factor(layers: dict[str, dict[str, Tensor]], factor: int) -> int:
 
 def _pad_rank(B: Tensor, A: Tensor, r: int) -> tuple[Tensor, Tensor]:
     """``B`` (v_p × r₀), ``A`` (r₀ × v_q) padded with zeros to rank ``r ≥ r₀``: the same product ``BA``."""
-    return torch.cat([B, B.new_zeros(B.shape[0], r - B.shape[1])], 1), torch.cat([A, A.new_zeros(r - A.shape[0],
-                                                                                                    A.shape[1])])
+    extra = r - B.shape[1]
+    return torch.cat([B, B.new_zeros(B.shape[0], extra)], 1), torch.cat([A, A.new_zeros(extra, A.shape[1])])
 
 
 def _refuse_dense_conv1d(base: nn.Module, why: str) -> None:
     """PEFT 0.21 applies a dense ``lokr_w2`` (b, d, k) of a Conv1d as ``torch.kron(w1, w2)`` with a 2-D ``w1``.
 
-    That kron broadcasts ``w1`` as ``(1, a, c)``: the kernel axis grows instead of the channels, so
-    PEFT's ΔW is a reshuffle of ``w1 ⊗ w2``, not a Kronecker structure we (or LyCORIS) can hold.
+    That kron treats ``w1`` as ``(1, a, c)``: its rows scale the input-channel axis and its columns the
+    kernel axis (a ``(b, a·d, c·k)`` result reshaped to ``(out, in, k)``), so PEFT's ΔW is a reshuffle
+    of ``w1 ⊗ w2``, not a Kronecker structure we (or LyCORIS) can hold.
     """
     if layer_type(base) == CONV1D:
         raise InteropError(f"lokr: {why} on a Conv1d {tuple(base.weight.shape)}: PEFT applies such a block as "

@@ -28,6 +28,7 @@ from ..catalog import DIMENSION_NAMES, ENTRIES, FAMILIES, MAX_POINTS, SCALE, Ent
 from ..grading import RULES, Evidence, Grade, grade_all
 from ..grading.evidence import Arm
 from ..grading.rubric import MEASURED_MAX, Z_SIGNIFICANT, effective_robustness, matching_rows
+from ..grading.settings import SettingKey, claim_rows, entry_grades, grades_by_setting, overview, primary_key, restrict
 from . import plots
 from .doc import UL, Badge, Block, Code, H, Img, Inline, Link, Mono, Note, P, Strong, Table, page_html, page_md
 
@@ -37,6 +38,8 @@ STATUS_BADGE = {"pass": ("✓ pass", "pass"), "fail": ("✗ fail", "fail"),
                 "n/a": ("n/a", "info"), "reference": ("reference", "info"),
                 "literature": ("literature", "info"), "supported": ("supported", "pass"),
                 "contradicted": ("contradicted", "fail"), "not significant": ("not significant", "inconclusive")}
+AGREEMENT_BADGE = {"agree: holds": "pass", "agree: fails": "fail", "disagree": "warn", "undecided": "inconclusive",
+                   "not measured": "missing"}
 GEO_SYMBOL = {"supported": "+", "contradicted": "−", "not significant": "0", "not measured": "·"}
 SHORT_BADGE = {"pass": ("✓", "pass"), "fail": ("✗", "fail"), "inconclusive": ("?", "inconclusive"),
                "not measured": ("·", "missing"), "n/a": ("n/a", "info"), "reference": ("ref", "info"),
@@ -126,11 +129,15 @@ def _mean_sd(vals: list[float]) -> str:
 
 
 class Site:
-    def __init__(self, ev: Evidence, out: Path) -> None:
-        self.ev = ev
+    def __init__(self, ev: Evidence, out: Path, source: str | None = None) -> None:
+        self.all = ev
+        self.source = source or (ev.path.name if ev.path else "memory")
+        self.by_setting = grades_by_setting(ev)
+        self.key = primary_key(ev)
+        self.ev = restrict(ev, self.key) if self.key else ev
         self.out = out
-        self.setting = ev.primary_setting()
-        self.grades = grade_all(ev)
+        self.setting = self.ev.primary_setting()
+        self.grades = self.by_setting[self.key] if self.key else grade_all(ev)
         self.by_entry: dict[str, list[Grade]] = {}
         for g in self.grades:
             self.by_entry.setdefault(g.entry.id, []).append(g)
@@ -159,14 +166,15 @@ class Site:
     # --- index ----------------------------------------------------------------------------------------
     def index(self) -> Path:
         ev = self.ev
-        done = [r for r in ev.records if r.status == "done"]
-        failed = [r for r in ev.records if r.status == "failed"]
+        done = [r for r in self.all.records if r.status == "done"]
+        failed = [r for r in self.all.records if r.status == "failed"]
         blocks: list[Block] = [H(1, "peftatlas — PEFT methods as measured hypotheses")]
         setting = ([Strong("Primary setting: "), "model ", Mono(self.setting[0]), ", task ", Mono(self.setting[1]),
-                    ". "] if self.setting else ["No finished runs yet. "])
-        blocks.append(P([f"Built from {ev.path.name if ev.path else 'memory'} on "
-                         f"{time.strftime('%Y-%m-%d %H:%M')} by peftatlas {__version__}: {len(done)} finished runs, "
-                         f"{len(failed)} failed, {len(ev.jobs)} probe jobs. ", *setting,
+                    ", profile ", Mono(self.key.profile or "—"), ". "] if self.setting and self.key
+                   else ["No finished runs yet. "])
+        blocks.append(P([f"Built from {self.source} ({_latest(self.all.records)}) by peftatlas {__version__}: "
+                         f"{len(done)} finished runs, {len(failed)} failed, {len(self.all.jobs)} probe jobs, "
+                         f"{len(self.by_setting)} setting(s). ", *setting,
                          f"{len(ENTRIES)} catalog entries. Grades use the seed catalog's point scale (PE 1, BL 1, "
                          f"BF 1.5, DE 1.5, OOD 2, WA 1; max {MAX_POINTS:g}): the measured grade comes from the rubric "
                          f"on this store's runs and probes (at most {MEASURED_MAX:g}: WA is a literature mark shown "
@@ -181,6 +189,7 @@ class Site:
                         "significant, · no probe data. Rows: graded entries by measured grade (a 0 from failed tests "
                         "is graded), then references, then entries with nothing measured, by literature grade. "
                         "Under an analytic cap the uncapped sum is shown beside the grade."))
+        blocks += [H(2, "Grades by setting", "settings"), *self._settings_overview()]
         blocks += [H(2, "Accuracy, parameters and shifted sets", "plots")]
         blocks.append(self._plot(plots.pareto(self.arms, self.out / "plots" / "pareto.png"),
                                  "Accuracy vs trainable parameters", "Test accuracy (mean ± sd over seeds) against "
@@ -370,6 +379,7 @@ class Site:
                                         f"Check: {o.check}. Grade capped at {o.cap:g}."]))
         for g in grades or []:
             blocks += self._grade_blocks(g)
+        blocks += [H(2, "Grade by setting", "settings"), *self._entry_settings(entry)]
         blocks += [H(2, "Geometry of full fine-tuning's update", "geometry"), *self._geometry_blocks(entry, grades)]
         blocks += [H(2, "Evidence", "evidence"), *self._evidence_blocks(entry, grades)]
         blocks += [H(2, "Literature", "literature"), *self._literature_blocks(entry)]
@@ -489,6 +499,54 @@ class Site:
                         "MEM from memory (provisional)."))
         return blocks
 
+    # --- settings -------------------------------------------------------------------------------------
+    def _setting_row(self, key: SettingKey, g: Grade) -> list:
+        """One setting's grade of an entry: measured points, n of 5, the setting label, each dimension."""
+        where = g.measured_in.label if g.measured_in and g.outcome == "graded" else "—"
+        return [key.label, grade_cell(g), f"{g.measured_dims} of 5", where,
+                *[_badge(g.verdicts[d].status, short=True) for d in DIMS], geo_cell(g)]
+
+    def _entry_settings(self, entry: Entry) -> list[Block]:
+        """Per method of the entry: its grade in every setting with records, then each claim across settings."""
+        if not self.by_setting:
+            return [Note("missing", "No finished runs in any setting: not measured yet.")]
+        blocks: list[Block] = []
+        methods = sorted({g.method for gs in self.by_setting.values() for g in gs
+                          if g.entry.id == entry.id and g.method}) or [None]
+        for method in methods:
+            per = entry_grades(self.by_setting, entry.id, method)
+            if len(methods) > 1:
+                blocks.append(H(3, f"method {method}"))
+            blocks.append(Table(["setting (model · task · profile)", "measured", "dimensions measured",
+                                 "measured in (model · task · budget · steps)", *DIMS, "geometry"],
+                                [self._setting_row(k, g) for k, g in per.items()]))
+            keys = list(per)
+            rows = [[c.claim, *[_badge(c.statuses.get(k, "not measured"), short=True) for k in keys],
+                     Badge(c.agreement, AGREEMENT_BADGE[c.agreement])] for c in claim_rows(per)]
+            blocks.append(Table(["claim", *[k.label for k in keys], "across settings"], rows))
+        blocks.append(P("Across settings: agree = every setting that decided the claim decided it the same way; "
+                        "disagree = it passed in one setting and failed in another; undecided = measured but never "
+                        "decided; not measured = measured nowhere."))
+        return blocks
+
+    def _settings_overview(self) -> list[Block]:
+        """Entries × settings: each grade, and how the entry's claims read across settings."""
+        if not self.by_setting:
+            return [Note("missing", "No finished runs in any setting yet.")]
+        keys = list(self.by_setting)
+        rows = []
+        for item in overview(self.by_setting):
+            entry, per, counts = item["entry"], item["grades"], item["counts"]
+            rows.append([[Link(entry.name, f"methods/{entry.id}.html")],
+                         *[grade_cell(per[k]) if k in per else "—" for k in keys],
+                         str(counts["agree: holds"]), str(counts["agree: fails"]),
+                         Badge(str(counts["disagree"]), "fail" if counts["disagree"] else "missing"),
+                         str(counts["undecided"]), str(counts["not measured"])])
+        return [Table(["entry", *[k.label for k in keys], "claims agree: hold", "agree: fail", "disagree",
+                       "undecided", "not measured"], rows, "settings-overview"),
+                P("Claims are the five measured dimensions and the entry's geometry predictions; each entry's page "
+                  "shows them setting by setting.")]
+
     # --- build ---------------------------------------------------------------------------------------
     def build(self) -> ReportResult:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -501,6 +559,22 @@ class Site:
         return ReportResult(self.out, index, self.out / "index.md", self.pages, self.plots)
 
 
-def build_report(store_path: str | Path, out_dir: str | Path) -> ReportResult:
-    """Render the atlas of a results database into ``out_dir`` (HTML + Markdown + PNG + grades.json)."""
-    return Site(Evidence.from_store(store_path), Path(out_dir)).build()
+def _latest(records: list) -> str:
+    """When the newest record was made (UTC): the report's date, so a rebuild from the same records is
+    byte-identical."""
+    if not records:
+        return "no records"
+    stamp = max(r.created for r in records)
+    return "latest run " + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(stamp))
+
+
+def build_report(store_path: str | Path, out_dir: str | Path, source: str | None = None) -> ReportResult:
+    """Render the atlas of a results database, or of a shipped results folder (``records.jsonl``: loaded into a
+    temporary store), into ``out_dir`` (HTML + Markdown + PNG + grades.json). Deterministic: the same
+    records give byte-identical files."""
+    from ..evidence.shipped import as_store, is_shipped
+
+    if is_shipped(store_path):
+        with as_store(store_path) as db:
+            return build_report(db, out_dir, source or Path(store_path).name)
+    return Site(Evidence.from_store(store_path), Path(out_dir), source).build()

@@ -31,7 +31,7 @@ import os
 from pathlib import Path
 
 from .evidence import Arm, Evidence
-from .stats import ALPHA, ContrastTest, difference_test
+from .stats import ALPHA, ContrastTest, Scores, difference_test
 
 ENV = "PEFTATLAS_SHIPPED"
 REPO_FOLDER = Path("results") / "catalog"
@@ -93,9 +93,14 @@ def compare_arm(fresh: Arm, shipped: list[Arm]) -> Reproduction:
         return Reproduction(fresh.method, fresh.budget, "too few seeds", mean,
                             other_scores.mean if other_scores else None,
                             note=f"fresh {len(fresh.records)}, shipped {len(other.records)}; an interval needs ≥ 2")
-    t = difference_test(fresh_scores, other_scores)
-    status = "reproduces" if t.low <= 0.0 <= t.high else "differs"
+    status, t = decide(fresh_scores, other_scores)
     return Reproduction(fresh.method, fresh.budget, status, mean, other_scores.mean, t)
+
+
+def decide(fresh: Scores, shipped: Scores) -> tuple[str, ContrastTest]:
+    """"reproduces" when the two-sided 95% interval of ``acc(fresh) − acc(shipped)`` contains 0, else "differs"."""
+    t = difference_test(fresh, shipped)
+    return ("reproduces" if t.low <= 0.0 <= t.high else "differs"), t
 
 
 def compare(fresh: Evidence, shipped: Evidence) -> list[Reproduction]:

@@ -55,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  {d:<4}{v.status:<13}{v.points:g}  rule: {v.rule}\n      {v.derivation}")
             for gv in g.geometry:
                 print(f"  geometry {gv.status}: {gv.prediction.meaning}\n      {gv.derivation}")
+                if gv.control is not None:
+                    print(f"      control {gv.control.status}: {gv.control.derivation}")
             print("  " + " + ".join(g.derivation[:-1]) + " " + g.derivation[-1])
             for line in g.disagreements:
                 print(f"  disagreement: {line}")

@@ -25,7 +25,7 @@ import numpy as np
 
 from .. import __version__
 from ..catalog import DIMENSION_NAMES, ENTRIES, FAMILIES, MAX_POINTS, SCALE, Entry, registration
-from ..grading import RULES, Evidence, Grade, grade_all
+from ..grading import RULES, Evidence, GeometryVerdict, Grade, grade_all
 from ..grading.evidence import Arm
 from ..grading.rubric import MEASURED_MAX, Z_SIGNIFICANT, effective_robustness, matching_rows
 from ..grading.settings import SettingKey, claim_rows, entry_grades, grades_by_setting, overview, primary_key, restrict
@@ -111,6 +111,16 @@ def wa_cell(g: Grade) -> Inline:
 
 def geo_cell(g: Grade) -> str:
     return " ".join(GEO_SYMBOL[v.status] for v in g.geometry) or "·"
+
+
+def own_update_cells(v: GeometryVerdict) -> list:
+    """The prediction on the graded method's own update: judged there (counts), or a positive control
+    (the statistic is fixed by the parametrization: shown, not counted), or no method probe job."""
+    if v.numbers.get("counts"):
+        return ["judged there (above)", Badge("counts", "info")]
+    if v.control is not None:
+        return [[_badge(v.control.status), " ", v.control.derivation], "no (positive control)"]
+    return ["—", "no (prevalence on full fine-tuning's update)"]
 
 
 def flags_cell(g: Grade) -> list[Inline] | str:
@@ -302,7 +312,7 @@ class Site:
             if judged:
                 sup = sum(v.status == "supported" for v in judged)
                 con = sum(v.status == "contradicted" for v in judged)
-                parts.append(f"Geometry of full fine-tuning's update: {sup} of {len(judged)} predictions supported, "
+                parts.append(f"Geometry predictions: {sup} of {len(judged)} supported, "
                              f"{con} contradicted, {len(judged) - sup - con} not significant against their nulls.")
             else:
                 parts.append("Geometry: no probe prediction measured for this family yet.")
@@ -330,11 +340,14 @@ class Site:
                     "Satterthwaite df), then Holm's correction over a grade's measured dimensions. Every arm needs "
                     "≥ 5 seeds and per-item results, else the dimension is 'not measured'. The calibration test "
                     "checks the false-pass rates on simulated arms with no true difference.",
-                    "Geometry: each prediction of the entry is judged on full fine-tuning's update: supported when "
-                    f"the median z over matrices is ≥ {Z_SIGNIFICANT:g} in the predicted direction (|z| < "
-                    f"{Z_SIGNIFICANT:g} for a 'no structure' prediction), when a threshold is met, or when a "
-                    "magnitude/direction correlation has the predicted sign with a CI excluding 0. All supported: "
-                    "+0.5; any contradicted: −0.5.",
+                    "Geometry: a prediction is judged on the graded method's own update when its statistic is not "
+                    "fixed by the method's parametrization (only those count: all supported +0.5, any contradicted "
+                    "−0.5), otherwise on full fine-tuning's update (the hypothesis's prevalence: shown, not counted) "
+                    "with the method's own update beside it as a positive control of the probe. Supported when the "
+                    f"median z over matrices is ≥ {Z_SIGNIFICANT:g} in the predicted direction with ≥ 100 null draws "
+                    "(a 'no structure' prediction only by an equivalence test), when a threshold is met (censored "
+                    "k* stays censored), or when a magnitude/direction correlation has the predicted sign with a CI "
+                    "excluding 0.",
                     "Overrides: an analytic refutation of the stated claim caps both grades at 1; a failed independent "
                     "replication caps the literature grade at 4.",
                     "The literature grade awards a dimension when the paper (or an independent study) shows it and no "
@@ -380,7 +393,8 @@ class Site:
         for g in grades or []:
             blocks += self._grade_blocks(g)
         blocks += [H(2, "Grade by setting", "settings"), *self._entry_settings(entry)]
-        blocks += [H(2, "Geometry of full fine-tuning's update", "geometry"), *self._geometry_blocks(entry, grades)]
+        blocks += [H(2, "Geometry: full fine-tuning's and the method's own update", "geometry"),
+                   *self._geometry_blocks(entry, grades)]
         blocks += [H(2, "Evidence", "evidence"), *self._evidence_blocks(entry, grades)]
         blocks += [H(2, "Literature", "literature"), *self._literature_blocks(entry)]
         dis = [d for g in grades for d in g.disagreements]
@@ -427,8 +441,9 @@ class Site:
             return [Note("info", "This hypothesis makes no prediction the weight probes can check "
                                  "(it acts on activations, inputs, training dynamics, or several tasks).")]
         geo = grades[0].geometry if grades else []
-        rows = [[v.prediction.meaning, _badge(v.status), v.derivation] for v in geo]
-        blocks: list[Block] = [Table(["prediction", "verdict", "derivation"], rows)]
+        rows = [[v.prediction.meaning, _badge(v.status), v.derivation, *own_update_cells(v)] for v in geo]
+        blocks: list[Block] = [Table(["prediction", "verdict", "derivation", "on the method's own update",
+                                      "counts in the grade"], rows)]
         single = self.ev.probe_rows(self.setting, "single") if self.setting else []
         for i, p in enumerate(entry.predictions):
             if p.kind == "null":
@@ -502,7 +517,8 @@ class Site:
     # --- settings -------------------------------------------------------------------------------------
     def _setting_row(self, key: SettingKey, g: Grade) -> list:
         """One setting's grade of an entry: measured points, n of 5, the setting label, each dimension."""
-        where = g.measured_in.label if g.measured_in and g.outcome == "graded" else "—"
+        has_arm = g.budget is not None or not g.entry.graded or g.outcome == "graded"
+        where = g.measured_in.label if g.measured_in and has_arm else "no runs"
         return [key.label, grade_cell(g), f"{g.measured_dims} of 5", where,
                 *[_badge(g.verdicts[d].status, short=True) for d in DIMS], geo_cell(g)]
 
@@ -520,6 +536,8 @@ class Site:
             blocks.append(Table(["setting (model · task · profile)", "measured", "dimensions measured",
                                  "measured in (model · task · budget · steps)", *DIMS, "geometry"],
                                 [self._setting_row(k, g) for k, g in per.items()]))
+            if not entry.graded:
+                continue
             keys = list(per)
             rows = [[c.claim, *[_badge(c.statuses.get(k, "not measured"), short=True) for k in keys],
                      Badge(c.agreement, AGREEMENT_BADGE[c.agreement])] for c in claim_rows(per)]
@@ -537,11 +555,11 @@ class Site:
         rows = []
         for item in overview(self.by_setting):
             entry, per, counts = item["entry"], item["grades"], item["counts"]
+            tallies = ([str(counts["agree: holds"]), str(counts["agree: fails"]),
+                        Badge(str(counts["disagree"]), "fail" if counts["disagree"] else "missing"),
+                        str(counts["undecided"]), str(counts["not measured"])] if entry.graded else ["—"] * 5)
             rows.append([[Link(entry.name, f"methods/{entry.id}.html")],
-                         *[grade_cell(per[k]) if k in per else "—" for k in keys],
-                         str(counts["agree: holds"]), str(counts["agree: fails"]),
-                         Badge(str(counts["disagree"]), "fail" if counts["disagree"] else "missing"),
-                         str(counts["undecided"]), str(counts["not measured"])])
+                         *[grade_cell(per[k]) if k in per else "—" for k in keys], *tallies])
         return [Table(["entry", *[k.label for k in keys], "claims agree: hold", "agree: fail", "disagree",
                        "undecided", "not measured"], rows, "settings-overview"),
                 P("Claims are the five measured dimensions and the entry's geometry predictions; each entry's page "

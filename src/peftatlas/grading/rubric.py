@@ -667,4 +667,10 @@ def sort_grades(grades: list[Grade]) -> list[Grade]:
 
 
 def grade_store(path: str) -> list[Grade]:
-    return grade_all(Evidence.from_store(path))
+    """Grades of a results database's primary setting (model, task and profile: seeds of two profiles are
+    never pooled; :func:`peftatlas.grading.settings.grades_by_setting` grades every setting)."""
+    from .settings import primary_key, restrict
+
+    ev = Evidence.from_store(path)
+    key = primary_key(ev)
+    return grade_all(restrict(ev, key) if key else ev)

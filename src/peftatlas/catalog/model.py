@@ -28,6 +28,9 @@ DIMENSION_NAMES: dict[str, str] = {
 MAX_POINTS = sum(SCALE.values())
 # A literature mark resting only on MEM-tagged claims is not earned until the claim is read in the paper.
 UNVERIFIED = "not earned until verified from the paper: rests only on a MEM (unverified) claim"
+# A self-reported win read in the abstract that names no equal parameter budget does not earn BL by itself.
+ABSTRACT_ONLY = ("not earned from the abstract alone: it claims the win without stating an equal parameter budget, "
+                 "and the result tables were not read here")
 
 Tag = Literal["FT", "ABS", "CODE", "CALC", "MEM"]
 

@@ -55,6 +55,7 @@ def test_a_partial_store_says_not_measured_never_fail(tmp_path):
     assert all(g.verdicts["PE"].status == "not measured" for g in grades.values() if g.entry.graded)
     assert grades["vera"].outcome == "not measured"
     page = (res.out / "methods" / "vera.md").read_text()
+    assert "0 of 5" in page and "tiny-bert · mr · budget 0.1% · 10 steps" in page  # where, though unmeasured
     assert "needs ≥ 5 seeds" in page and "✗" not in page.split("## Grade by setting")[1].split("## ")[0]
 
 

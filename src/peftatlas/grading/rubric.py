@@ -160,6 +160,13 @@ class Grade:
         return Setting(self.setting[0], self.setting[1], self.budget, self.steps) if self.setting else None
 
     @property
+    def where(self) -> str:
+        """Where the grade's runs were made (model · task · budget · steps), or "no runs"."""
+        if self.measured_in is None or (self.budget is None and self.steps is None):
+            return "no runs"
+        return self.measured_in.label
+
+    @property
     def outcome(self) -> str:
         """``graded`` (≥ 1 dimension measured), ``not measured`` or ``reference``: what the ranking groups by."""
         if not self.entry.graded:

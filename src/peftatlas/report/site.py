@@ -240,11 +240,10 @@ class Site:
         rows = []
         for i, g in enumerate(self.grades, 1):
             reg = g.method if g.method else "not registered yet"
-            where = g.measured_in
             rows.append([str(i), [Link(g.label, f"methods/{g.entry.id}.html")], g.entry.family, reg,
                          grade_cell(g), OUTCOME_LABEL[g.outcome] if g.entry.graded else "reference",
                          f"{g.measured_dims} of 5" + (f" ({g.failed_dims} failed)" if g.failed_dims else ""),
-                         where.label if where and g.outcome == "graded" else "—",
+                         g.where,
                          f"{g.literature_points:g}", wa_cell(g),
                          *[_badge(g.verdicts[d].status, short=True) for d in DIMS], geo_cell(g), flags_cell(g)])
         return Table(["#", "method", "family", "registered", "measured", "outcome", "dimensions measured",
@@ -417,8 +416,7 @@ class Site:
         blocks: list[Block] = [H(3, f"{title} · WA (literature, beside): {wa} · literature grade: "
                                  f"{g.literature_points:g} / {MAX_POINTS:g}"
                                  + (f" · method {g.method}" if g.method and len(g.entry.methods) > 1 else ""))]
-        if g.measured_in is not None and g.outcome != "reference":
-            blocks.append(P([Strong("Measured in: "), g.measured_in.label]))
+        blocks.append(P([Strong("Measured in: "), g.where]))
         if g.measured_points is None and g.entry.graded:
             why = ("No finished runs of " + (g.method or "this entry") + " in the store"
                    if g.budget is None and not any(v.derivation.startswith("needs") for v in g.verdicts.values())
@@ -517,9 +515,7 @@ class Site:
     # --- settings -------------------------------------------------------------------------------------
     def _setting_row(self, key: SettingKey, g: Grade) -> list:
         """One setting's grade of an entry: measured points, n of 5, the setting label, each dimension."""
-        has_arm = g.budget is not None or not g.entry.graded or g.outcome == "graded"
-        where = g.measured_in.label if g.measured_in and has_arm else "no runs"
-        return [key.label, grade_cell(g), f"{g.measured_dims} of 5", where,
+        return [key.label, grade_cell(g), f"{g.measured_dims} of 5", g.where,
                 *[_badge(g.verdicts[d].status, short=True) for d in DIMS], geo_cell(g)]
 
     def _entry_settings(self, entry: Entry) -> list[Block]:

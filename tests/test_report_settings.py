@@ -11,7 +11,7 @@ from atlas_fixtures import SEEDS, comparison_records, ood, put, record
 from peftatlas.cli import main
 from peftatlas.evidence import shipped
 from peftatlas.evidence.store import ResultsStore
-from peftatlas.grading import Evidence
+from peftatlas.grading import Evidence, grade_store
 from peftatlas.grading.settings import SettingKey, agreement, claim_rows, entry_grades, grades_by_setting
 from peftatlas.report import build_report
 
@@ -96,6 +96,8 @@ def test_profiles_of_one_model_are_separate_settings(tmp_path):
     vq = next(g for g in quick if g.method == "vera")
     vc = next(g for g in catalog if g.method == "vera")
     assert vq.measured_dims == 5 and vc.measured_dims == 0  # 2 catalog seeds are never pooled with 5 quick ones
+    primary = next(g for g in grade_store(str(tmp_path / "p.sqlite")) if g.method == "vera")
+    assert primary.measured_dims == 5 and len(primary.entry.methods) == 1  # the profile with most FT seeds
 
 
 @pytest.mark.parametrize("statuses, expected", [

@@ -53,3 +53,13 @@ def test_family_filter_accepts_spellings_and_refuses_unknown_families(capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("peftatlas: error: unknown family 'nope'; valid: ") and "low-rank" in err
     assert "\n" not in err
+
+
+def test_every_hyperparameter_of_every_builtin_method_has_a_meaning():
+    from peftatlas.core.method import registered_methods
+
+    builtin = {n: c for n, c in registered_methods().items() if c.__module__.startswith("peftatlas.methods.")}
+    missing = [f"{n}.{h.name}" for n in sorted(builtin) for h in pa.describe(n).hyperparameters if not h.meaning]
+    assert len(builtin) > 30 and not missing, f"hyperparameters without a meaning: {missing}"
+    hp = {h.name: h for h in pa.describe("adalora").hyperparameters}
+    assert "β1" in hp["beta1"].meaning  # the method's table, not a common name

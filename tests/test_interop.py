@@ -132,8 +132,7 @@ def test_vera_import_refuses_foreign_projections(tmp_path):
 
 
 @pytest.mark.parametrize(("field", "value", "match"), [
-    ("bias", "all", "bias"),
-    ("bias", "lora_only", "bias"),
+    ("lora_bias", True, "lora_bias"),
     ("layer_replication", [[0, 1]], "layer_replication"),
     ("init_lora_weights", "pissa", "rewrote the base weights"),
 ])
@@ -195,9 +194,13 @@ def test_head_travels_as_modules_to_save(tmp_path):
 
 def _lora_both_ways(kind: str, tmp_path, **lora_kwargs):
     """PEFT LoRA saved with PEFT's defaults → imported here → exported → loaded in PEFT: one function."""
+    return _both_ways(kind, tmp_path, peft.LoraConfig(r=3, lora_alpha=5, init_lora_weights=False, **lora_kwargs))
+
+
+def _both_ways(kind: str, tmp_path, cfg):
+    """PEFT adapter ``cfg`` saved with PEFT's defaults → imported here → exported → loaded in PEFT: one function."""
     tm = tiny_model(kind)
     base = copy.deepcopy(tm.model)
-    cfg = peft.LoraConfig(r=3, lora_alpha=5, init_lora_weights=False, **lora_kwargs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pm = peft.get_peft_model(copy.deepcopy(base), cfg)
@@ -256,3 +259,93 @@ def test_changed_base_copy_from_save_embedding_layers_is_refused(tmp_path):
     with pytest.raises(InteropError, match="differs from this model's") as info:
         import_peft(tiny_model("embedding").model, tmp_path / "peft")
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("config", [
+    lambda: peft.LoHaConfig(r=3, alpha=5, init_weights=False, target_modules=["conv1", "conv2", "conv3"]),
+    lambda: peft.LoKrConfig(r=1, alpha=5, init_weights=False, decompose_factor=2,
+                            target_modules=["conv1", "conv2", "conv3"]),  # w2 factored on every layer
+    lambda: peft.LoKrConfig(init_weights=False, target_modules=["conv1"]),  # PEFT defaults: dense w2 (4, 2, 3, 3)
+    lambda: peft.LoKrConfig(r=3, init_weights=False, target_modules=["conv2"]),  # dense w2 needs rank 4 here
+], ids=["loha", "lokr-factored", "lokr-defaults", "lokr-rank-raised"])
+def test_conv_loha_lokr_both_ways(config, tmp_path):
+    ours, saved, _ = _both_ways("cnn", tmp_path, config())
+    assert {type(layer.base).__name__ for layer in ours.adapted_layers().values()} <= {"Conv1d", "Conv2d"}
+    assert ours.specs["default"].method == saved["peft_type"].lower()
+
+
+def test_conv_lokr_without_a_common_factor_is_refused(tmp_path):
+    tm = tiny_model("cnn")
+    cfg = peft.LoKrConfig(init_weights=False, target_modules=["conv1", "conv2"])  # blocks 2×2 and 4×2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peft.get_peft_model(copy.deepcopy(tm.model), cfg).save_pretrained(str(tmp_path))
+    with pytest.raises(InteropError, match="no single factor") as info:
+        import_peft(tiny_model("cnn").model, tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_effective_conv2d_loha_is_refused_by_its_config_field(tmp_path):
+    tm = tiny_model("cnn")
+    cfg = peft.LoHaConfig(use_effective_conv2d=True, target_modules=["conv1"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peft.get_peft_model(copy.deepcopy(tm.model), cfg).save_pretrained(str(tmp_path))
+    with pytest.raises(InteropError, match="use_effective_conv2d=True"):
+        import_peft(tiny_model("cnn").model, tmp_path)
+
+
+def test_conv1d_lokr_with_dense_block_is_refused_both_ways(tmp_path):
+    tm = tiny_model("cnn")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pm = peft.get_peft_model(copy.deepcopy(tm.model), peft.LoKrConfig(init_weights=False, target_modules=["conv3"]))
+        pm.save_pretrained(str(tmp_path / "peft"))
+    with pytest.raises(InteropError, match="on a Conv1d"):
+        import_peft(tiny_model("cnn").model, tmp_path / "peft")
+    model = pa.attach(tiny_model("cnn").model, "lokr", targets=["conv3"], r=4, alpha=4.0)
+    with pytest.raises(InteropError, match="r < 2 keeps it factored"):
+        export_peft(model, tmp_path / "ours")
+
+
+def test_loha_export_refuses_gpt2_conv1d_peft_lacks(tmp_path):
+    _tm, _base, model = _perturbed("gpt2", "loha", r=2)
+    with pytest.raises(InteropError, match="Conv1D layer"):
+        export_peft(model, tmp_path)
+
+
+# --- bias="lora_only" / "all": PEFT trains and saves base biases; ours keep them frozen ------------
+
+def _peft_lora_with_bias(tmp_path, bias: str, trained: bool):
+    tm = tiny_model("bert")
+    base = copy.deepcopy(tm.model)
+    cfg = peft.LoraConfig(r=2, lora_alpha=3, init_lora_weights=False, bias=bias, modules_to_save=["classifier"],
+                          target_modules=["query", "value"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pm = peft.get_peft_model(copy.deepcopy(base), cfg)
+        if trained:
+            with torch.no_grad():
+                next(p for n, p in pm.named_parameters() if n.endswith("value.base_layer.bias")).add_(0.1)
+        pm.save_pretrained(str(tmp_path))
+    return tm, base, pm
+
+
+@pytest.mark.parametrize("bias", ["lora_only", "all"])
+def test_lora_bias_files_with_untrained_biases_import_exactly_both_ways(bias, tmp_path):
+    _ours, saved, written = _both_ways("bert", tmp_path, peft.LoraConfig(
+        r=2, lora_alpha=3, init_lora_weights=False, bias=bias, modules_to_save=["classifier"],
+        target_modules=["query", "value"]))
+    keys = load_file(str(tmp_path / "peft" / "adapter_model.safetensors"))
+    assert saved["bias"] == bias and any(k.endswith("value.base_layer.bias") for k in keys), "PEFT saved the biases"
+    assert written["bias"] == "none"
+
+
+@pytest.mark.parametrize("bias", ["lora_only", "all"])
+def test_lora_bias_files_with_trained_biases_are_refused_in_one_line(bias, tmp_path):
+    _tm, base, _pm = _peft_lora_with_bias(tmp_path, bias, trained=True)
+    plain = copy.deepcopy(base)
+    with pytest.raises(InteropError, match=f"PEFT trained base biases \\(bias='{bias}'\\)") as info:
+        import_peft(plain, tmp_path)
+    assert "value.base_layer.bias" in str(info.value) and "\n" not in str(info.value)
+    assert not any(isinstance(m, pa.AdaptedModule) for m in plain.modules()), "failed import changed the model"

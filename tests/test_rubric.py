@@ -197,7 +197,7 @@ def test_geometry_on_full_ft_is_shown_but_only_the_methods_own_update_counts(tmp
     surm = every["surm"]
     assert [v.status for v in surm.geometry] == ["supported", "not significant", "not measured"]
     dora = every["dora"]  # full FT: ΔM up while ΔD down (negative); LoRA: both up (positive)
-    assert [v.status for v in dora.geometry] == ["supported", "supported"]
+    assert [v.status for v in dora.geometry] == ["supported", "supported", "not measured"]  # no DoRA update
     assert dora.geometry[0].numbers["r"] < -0.5 < 0.5 < dora.geometry[1].numbers["r"]
     assert every["vera"].geometry[0].status == "not measured"
     # LoRA's own update is low-rank by construction: its top-8 energy is no evidence and is not used …
@@ -205,6 +205,8 @@ def test_geometry_on_full_ft_is_shown_but_only_the_methods_own_update_counts(tmp
     ev = Evidence.from_store(db)
     lora = {g.entry.id: g for g in grade_all(ev)}["lora"]
     assert "full fine-tuning's update" in lora.geometry[0].derivation and lora.geometry_modifier == 0.0
+    control = lora.geometry[0].control  # shown beside, as a positive control of the probe
+    assert control is not None and control.status == "supported" and "positive control" in control.derivation
     # … while a prediction meaningful on the method's own update is judged there and counts
     own = dataclasses.replace(lora.geometry[0].prediction, on_own_update=True)
     v = judge_prediction(ev, ev.primary_setting(), own, "lora")

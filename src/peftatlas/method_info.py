@@ -117,8 +117,50 @@ COMMON_MEANINGS: dict[str, str] = {
 }
 
 
+# Meanings of one method's fields whose Config states none (method name → field → meaning), from
+# the method's math; a method's own help / comment wins over these, these over COMMON_MEANINGS.
+METHOD_MEANINGS: dict[str, dict[str, str]] = {
+    "adalora": {
+        "init_r": "initial rank r0 of every layer's triplets P diag(λ) Q, before the budget prunes them",
+        "beta1": "EMA factor of the sensitivity: Ī ← β1·Ī + (1−β1)·|θ ⊙ ∇θ|",
+        "beta2": "EMA factor of the uncertainty: Ū ← β2·Ū + (1−β2)·|I − Ī|",
+        "orth_reg_weight": "γ: weight of the orthogonality penalty ‖PᵀP − I‖²_F + ‖QQᵀ − I‖²_F added to the loss",
+    },
+    "antipasto": {
+        "rotate_u": "train a Cayley rotation R_u of the top-r left (output-side) singular vectors",
+        "rotate_v": "train a Cayley rotation R_v of the top-r right (input-side) singular vectors",
+    },
+    "dylora": {"r_min": "smallest truncation rank b drawn in training: b ~ Uniform{r_min, …, r}"},
+    "ether_plus": {"two_sided": "also transform the output side: y = H'(W0 H x) + b with block maps H' on "
+                                "the output (2·d_out more parameters)"},
+    "fourierft": {
+        "n_frequency": "number n of trained spectral coefficients (frozen random frequencies) per layer",
+        "random_loc_seed": "seed that draws the frozen frequency locations (shared by layers of one shape)",
+    },
+    "molora": {"n_experts": "number K of LoRA experts mixed per token by the softmax router"},
+    "poly": {
+        "n_skills": "number K of LoRA skills in each layer's library",
+        "n_tasks": "number T of tasks: rows of the routing logits Z, picked by task_ids",
+    },
+    "road": {
+        "variant": "road_1: one (θ, α) per rotated pair; road_2: one per output coordinate; road_4: separate "
+                   "(θ, α) for the cos and sin terms of each coordinate",
+        "group_size": "outputs are rotated in runs of g: coordinate j of a run's first half pairs with j + g/2",
+    },
+    "trainable_tokens": {"token_indices": "vocabulary ids whose embedding rows train (a k × d delta)"},
+    "vblora": {
+        "num_vectors": "number N of vectors in the model-wide bank",
+        "topk": "bank vectors mixed per length-L piece: softmax over the top-k logits",
+        "init_logits_std": "standard deviation of the normal initialisation of the logits",
+        "init_bank_bound": "bound b of the bank's uniform initialisation U(−b, b)",
+        "bank_seed": "seed of the initial bank (regenerates the frozen initial product B₀A₀)",
+    },
+    "vera": {"d_init": "initial value of every entry of the rank-wise scaling vector d"},
+}
+
+
 def hyperparameters(cls: type[LayerAdapter]) -> tuple[Hyperparameter, ...]:
-    """Each ``Config`` field: name, type, default and meaning (the field's own, else a common one)."""
+    """Each ``Config`` field: name, type, default and meaning (the field's own, the method's table, a common one)."""
     comments = _field_comments(cls.Config)
     try:
         hints = typing.get_type_hints(cls.Config)
@@ -135,7 +177,7 @@ def hyperparameters(cls: type[LayerAdapter]) -> tuple[Hyperparameter, ...]:
         hint = hints.get(f.name, f.type)
         type_name = hint if isinstance(hint, str) else getattr(hint, "__name__", None) or str(hint)
         meaning = str(f.metadata.get("help") or f.metadata.get("doc") or comments.get(f.name)
-                      or COMMON_MEANINGS.get(f.name, ""))
+                      or METHOD_MEANINGS.get(cls.name, {}).get(f.name) or COMMON_MEANINGS.get(f.name, ""))
         out.append(Hyperparameter(f.name, str(type_name).replace("typing.", ""), default, meaning))
     return tuple(out)
 

@@ -18,6 +18,11 @@ MAGDIR_FT = Prediction("magdir", "for full fine-tuning, magnitude and direction 
                        "across matrices (DoRA Fig. 2: −0.62)", direction=-1, job_method="full")
 MAGDIR_LORA = Prediction("magdir", "for LoRA, they are positively correlated (DoRA Fig. 2: +0.83)", direction=1,
                          job_method="lora")
+# DoRA's magnitude m and direction V are separate parameters, so the sign of corr(ΔM, ΔD) on its own update is
+# learned, not fixed: the one catalog prediction judged on (and counted for) the graded method's own update.
+MAGDIR_DORA = Prediction("magdir", "for DoRA's own update, magnitude and direction changes are negatively correlated "
+                         "like full fine-tuning's (DoRA Fig. 2: −0.31)", direction=-1, job_method="dora",
+                         on_own_update=True)
 
 ENTRIES = [
     Entry(
@@ -320,7 +325,7 @@ ENTRIES = [
                        "Liu et al. 2024, §3", "FT")),
         literature=marks((True, "LoRA + d parameters"), (True, "above LoRA across LLaMA, LLaVA, VL-BART (self)"),
                          (False, "no"), (False, "no"), (False, "no"), (True, "a standard LoRA option")),
-        predictions=(MAGDIR_FT, MAGDIR_LORA)),
+        predictions=(MAGDIR_FT, MAGDIR_LORA, MAGDIR_DORA)),
     Entry(
         id="delora", name="DeLoRA", family="direction-strength", methods=("delora",),
         paper=Paper("Decoupling Angles and Strength in Low-rank Adaptation", "Bini, Girrbach, Akata", "ICLR", 2025,

@@ -85,7 +85,9 @@ class Prediction:
     ``on_own_update``: the prediction is also meaningful on the graded method's own update (its statistic
     is not fixed by the method's parametrization — a rank-r method's update is low-rank by construction,
     so a low-rank prediction is not); only such judgements, and magdir predictions on the graded method,
-    move the measured grade. The others test the hypothesis on full fine-tuning's update (prevalence).
+    move the measured grade. The others test the hypothesis on full fine-tuning's update (prevalence);
+    on the method's own update they are shown as a positive control of the probe, never counted
+    (docs/evidence.md, "Geometry predictions", lists which predictions are which and why).
     """
 
     kind: Literal["null", "threshold", "magdir"]

@@ -3,6 +3,10 @@
 One command from nothing to the atlas (each step resumes: finished runs and probe jobs are kept)::
 
     peftatlas atlas --profile quick            # store ./atlas_out/results.sqlite, report ./atlas_out
+
+The quick profile then compares its fresh results with the shipped catalog records of the same methods
+(:mod:`peftatlas.grading.reproduce`: per method, "reproduces" when the 95% interval of the difference in
+mean test accuracy contains 0), printed and written to ``OUT/reproduction.md``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,27 @@ from .probe import config_from_args
 # draws, so every graded profile uses 100 (smoke stays small: it only checks the pipeline). The matrices
 # probed default to the profile's `probe_matrices`, the very ones its full fine-tuning artifacts keep.
 PROBE_DRAWS = {"smoke": 5, "quick": 100, "catalog": 100, "full": 100}
+COMPARE_PROFILES = ("quick",)  # profiles whose data and schedule the shipped catalog records share
+
+
+def reproduction(store: Path, shipped: str | None, out: Path) -> str:
+    """Compare the fresh store with the shipped catalog records; the text printed (also ``OUT/reproduction.md``)."""
+    from ..evidence.shipped import ShippedError, as_store
+    from ..grading.evidence import Evidence
+    from ..grading.reproduce import MISSING, compare, find_shipped, table
+
+    folder = find_shipped(shipped)
+    if folder is None:
+        text = f"reproduction: {MISSING}"
+    else:
+        try:
+            with as_store(folder) as db:
+                text = table(compare(Evidence.from_store(store), Evidence.from_store(db)))
+            text += f"\n(shipped results: {folder})"
+        except ShippedError as e:
+            text = f"reproduction: {e}"
+    (out / "reproduction.md").write_text(f"# Reproduction\n\n```\n{text}\n```\n", encoding="utf-8")
+    return text
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
     failed = [j for j in jobs if j.status != "done"]
     print("atlas: 3/4 grades")
     print(grade_table(grade_store(str(store))))
+    if args.profile in COMPARE_PROFILES and not args.no_compare:
+        print(reproduction(store, args.shipped, out))
     print("atlas: 4/4 report")
     result = build_report(store, out)
     print(f"atlas: done in {time.time() - t0:.0f}s — open {result.index_html} ({len(failed)} probe job(s) failed)")
@@ -58,5 +85,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--methods", nargs="*", default=None, help="only these methods (default: the profile's)")
     p.add_argument("--jobs", default="auto", help="runs trained (and matrices probed) side by side in worker "
                                                   "processes (default auto: 2 on a CPU with ≥ 2 cores, 1 with a GPU)")
+    p.add_argument("--shipped", metavar="FOLDER", default=None,
+                   help="shipped catalog results to compare with (default: $PEFTATLAS_SHIPPED, else results/catalog "
+                        "of the source checkout; quick profile only)")
+    p.add_argument("--no-compare", action="store_true", help="skip the comparison with the shipped results")
     add_probe_arguments(p, draws=None)
     p.set_defaults(func=run)

@@ -25,7 +25,7 @@ def grade_table(grades: list[Grade]) -> str:
         if g.uncapped_points is not None:
             measured += f" (uncapped {g.uncapped_points:g})"
         geo = " ".join(GEO_SYMBOL[v.status] for v in g.geometry) or "·"
-        where = g.measured_in.label if g.measured_in and g.outcome == "graded" else "—"
+        where = g.where
         rows.append([g.entry.id, g.method or "(not registered)", measured, g.outcome, f"{g.measured_dims}/5",
                      _fmt(g.literature_points), "✓" if g.wa_literature else "—"]
                     + [short[g.verdicts[d].status] for d in ("PE", "BL", "BF", "DE", "OOD")] + [geo, where])
@@ -48,13 +48,15 @@ def run(args: argparse.Namespace) -> int:
         if not chosen:
             raise ValueError(f"no grade for {args.explain!r}; use an entry id or method name from `peftatlas grade`")
         for g in chosen:
-            where = g.measured_in.label if g.measured_in else "no setting"
+            where = g.where
             print(f"{g.label} ({g.method or 'not registered'}): {g.outcome}, {g.measured_dims} of 5 dimensions "
                   f"measured; measured in {where}")
             for d, v in g.verdicts.items():
                 print(f"  {d:<4}{v.status:<13}{v.points:g}  rule: {v.rule}\n      {v.derivation}")
             for gv in g.geometry:
                 print(f"  geometry {gv.status}: {gv.prediction.meaning}\n      {gv.derivation}")
+                if gv.control is not None:
+                    print(f"      control {gv.control.status}: {gv.control.derivation}")
             print("  " + " + ".join(g.derivation[:-1]) + " " + g.derivation[-1])
             for line in g.disagreements:
                 print(f"  disagreement: {line}")

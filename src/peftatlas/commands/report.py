@@ -1,4 +1,9 @@
-"""``peftatlas report --store PATH --out DIR``: the atlas as static HTML + Markdown with plots."""
+"""``peftatlas report --store PATH --out DIR``: the atlas as static HTML + Markdown with plots.
+
+``--store`` is a results database, or a shipped results folder (``records.jsonl``, e.g. ``results/catalog``;
+``--shipped FOLDER`` says the same): its records go into a temporary store and the atlas is rendered from
+it, byte-identical on every rebuild from the same records (``docs/atlas`` is rebuilt this way).
+"""
 
 from __future__ import annotations
 
@@ -8,14 +13,20 @@ from ..report import build_report
 
 
 def run(args: argparse.Namespace) -> int:
-    result = build_report(args.store, args.out)
+    source = args.shipped or args.store
+    if source is None:
+        raise ValueError("give --store PATH (a results database or a shipped folder) or --shipped FOLDER")
+    result = build_report(source, args.out)
     print(f"report: {len(result.pages)} pages, {len(result.plots)} plots → {result.index_html} "
           f"(Markdown: {result.index_md})")
     return 0
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help="render the atlas (HTML + Markdown + PNG plots) from a results database")
-    p.add_argument("--store", required=True, help="results database (SQLite)")
+    p = sub.add_parser("report", help="render the atlas (HTML + Markdown + PNG plots) from a results database "
+                                      "or a shipped results folder")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--store", help="results database (SQLite), or a folder with records.jsonl")
+    src.add_argument("--shipped", metavar="FOLDER", help="shipped results folder (records.jsonl), e.g. results/catalog")
     p.add_argument("--out", required=True, help="output folder (created; existing pages are overwritten)")
     p.set_defaults(func=run)

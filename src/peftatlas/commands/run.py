@@ -58,9 +58,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="who runs the plan (default: processes when --jobs resolves to > 1, else sequential); "
                         "ray needs the extra: pip install 'peftatlas[ray]'")
     p.add_argument("--address", help="ray: the cluster to join ('auto', or HOST:PORT of its head); default: "
-                                     "start a local one")
+                                     "start a local one on 127.0.0.1")
     p.add_argument("--artifacts", help="adapter folder (default: 'artifacts' beside the store); with Ray on "
-                                       "several nodes, a path on a filesystem every node shares")
+                                       "several nodes, adapters up to 16 MiB come back to the driver, larger ones "
+                                       "need a path on a filesystem every node shares")
     p.add_argument("--resume-from", metavar="FOLDER",
                    help="first load a shipped results folder (records.jsonl + plans/, as written by "
                         "`python -m peftatlas.evidence.shipped export`) into the store; finished runs are skipped")

@@ -58,8 +58,9 @@ def run_profile(profile: str | Profile, store_path: str | Path, methods: list[st
     ``progress`` it logs one line per run. ``executor``: ``sequential``, ``processes`` (``jobs``
     worker processes) or ``ray`` (``address``: ``auto``, ``HOST:PORT`` or None for a local cluster);
     default ``processes`` when ``jobs`` resolves to more than 1, else ``sequential``. ``artifacts``:
-    the adapter folder (default ``artifacts`` beside the store; for Ray on several nodes, a path on a
-    shared filesystem). ``threads``: torch threads per run (default: as the executor sets them).
+    the adapter folder (default ``artifacts`` beside the store; for Ray on several nodes with adapters
+    over 16 MiB, a path on a shared filesystem). ``threads``: torch threads per run (default: as the
+    executor sets them).
     """
     from .parallel import resolve_jobs
 

@@ -10,6 +10,8 @@ the committed history of a long sweep stays small and each commit shows which ru
     export(store, folder)  write both (each file atomically: a temporary file, then a rename)
     load(folder, store)    put every record into ``store`` unless one of that key is there; copy the
                            plans beside the store where absent
+    as_store(folder)       a temporary store holding the folder's records (``peftatlas report --store
+                           FOLDER`` renders the atlas from it, byte for byte the same on every build)
 
 A sweep that outlives one working window resumes from the committed folder alone: ``peftatlas run
 --profile catalog --resume-from results/catalog`` loads it into the store and runs the profile;
@@ -23,7 +25,10 @@ gone is retrained by the arena: same key, same numbers).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from .store import ResultsStore, RunRecord
@@ -89,6 +94,23 @@ def load(folder: str | os.PathLike, store: ResultsStore) -> int:
         if not (store.root / PLANS / plan.name).exists():
             _write_atomic(store.root / PLANS / plan.name, plan.read_bytes())
     return added
+
+
+def is_shipped(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a shipped results folder (it holds ``records.jsonl``)."""
+    return (Path(path) / RECORDS).is_file()
+
+
+@contextlib.contextmanager
+def as_store(folder: str | os.PathLike) -> Iterator[Path]:
+    """A temporary SQLite store with every record of ``folder`` (removed on exit); the path inside."""
+    records = read(folder)
+    with tempfile.TemporaryDirectory(prefix="peftatlas-shipped-") as tmp:
+        path = Path(tmp) / "results.sqlite"
+        with ResultsStore(path) as store:
+            for r in records:
+                store.put(r)
+        yield path
 
 
 def main(argv: list[str] | None = None) -> int:

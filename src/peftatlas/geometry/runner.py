@@ -4,8 +4,9 @@ For every (model, task) with finished full fine-tuning runs of the main experime
 
     single  probe_matrix(ΔW_FT, W0) on every adapted linear matrix of the lowest seed   (nulls)
     pair    probe_pair(ΔW_FT seed a, ΔW_FT seed b) for the two lowest seeds            (seed-consistent rank)
-    method  spectra and magnitude/direction of each other mergeable method's own ΔW
-            (lowest seed, no nulls): what the method actually learned, e.g. DoRA's ΔM/ΔD
+    method  spectra and magnitude/direction of each other mergeable method's own ΔW (lowest seed):
+            what the method actually learned, e.g. DoRA's ΔM/ΔD; plus, on a few matrices, the
+            null tests its catalog entry predicts (:mod:`peftatlas.geometry.own`, same draws)
 
 ``ΔW_FT`` is read from the full-FT run's saved adapter (keys ``<module>.deltas.weight``); a method's
 ΔW is ``merged_params(W0) − W0`` of its loaded adapter. W0 comes from the model the arena's runs of
@@ -32,6 +33,7 @@ from torch import nn
 
 from .. import __version__
 from ..core.io import read_adapter_files
+from .own import OWN_NULL_MATRICES, OwnNulls, own_nulls
 from .probe import PROBE_VERSION, ProbeRow, probe_matrix, probe_pair
 from .store import ProbeJob, ProbeStore, job_key
 
@@ -49,7 +51,7 @@ class ProbeConfig:
     nulls: tuple[str, ...] = ("perm", "spec")
     max_matrices: int | None = None  # None = every adapted linear matrix
     seed: int = 0
-    methods: bool = True  # also probe other methods' own updates (no nulls)
+    methods: bool = True  # also probe other methods' own updates (nulls only where their entry predicts one)
     jobs: int = 1  # worker processes sharing a job's matrices (results do not depend on it)
 
     def key_fields(self) -> dict[str, Any]:
@@ -200,8 +202,7 @@ class ProbeRunner:
         return jobs
 
     def _job(self, kind: str, recs: list[Any], model: str, task: str, method: str) -> ProbeJob:
-        cfg = self.config.key_fields() if kind != "method" else {"probe_version": PROBE_VERSION,
-                                                                   "max_matrices": self.config.max_matrices}
+        cfg = self.config.key_fields() if kind != "method" else self._method_fields(method)
         key = job_key(kind, [r.key for r in recs], cfg)
         done = self.probes.job(key)
         if done is not None and done.status == "done":
@@ -222,6 +223,13 @@ class ProbeRunner:
         self.probes.put_job(job)
         return job
 
+    def _method_fields(self, method: str) -> dict[str, Any]:
+        """A method job's key fields: its matrices, and the null tests of its entry when draws are on."""
+        plan = own_nulls(method) if self.config.draws else None
+        own = {} if plan is None else {**self.config.key_fields(), **plan.key_fields(),
+                                       "null_matrices": OWN_NULL_MATRICES}
+        return {"probe_version": PROBE_VERSION, "max_matrices": self.config.max_matrices, **own}
+
     def _execute(self, job: ProbeJob, recs: list[Any]) -> int:
         w0 = self.base_weights(job.model)
         head = {"classifier"}
@@ -241,11 +249,15 @@ class ProbeRunner:
             self._execute_in_workers(job, [r.key for r in recs], todo, workers)
             return len(names)
         other = full_ft_deltas(self._artifact(recs[1])) if job.kind == "pair" else {}  # type: ignore[arg-type]
+        plan = own_nulls(job.method) if job.kind == "method" and "groups" in job.config else None
+        with_nulls = set(select_matrices(names, OWN_NULL_MATRICES)) if plan else set()
         for i, name in enumerate(names):
             if name in done:
                 continue
             t0 = time.time()
             rows = self._probe_one(job.kind, name, deltas[name], w0[name], other.get(name))
+            if name in with_nulls:
+                rows += self._own_nulls(name, deltas[name], w0[name], plan)  # type: ignore[arg-type]
             self.probes.put_rows(job.job_key, rows)
             self.log(f"probe: {job.kind:<6} {job.method:<16} [{i + 1}/{len(names)}] {name} "
                      f"({len(rows)} rows, {time.time() - t0:.1f}s)")
@@ -269,6 +281,12 @@ class ProbeRunner:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
+
+    def _own_nulls(self, name: str, delta: np.ndarray, w0: np.ndarray, plan: OwnNulls) -> list[ProbeRow]:
+        """The null tests of a method's entry on one matrix of its own update (the single job's settings)."""
+        cfg = self.config
+        return probe_matrix(delta, w0, name=name, draws=cfg.draws, seed=cfg.seed, budget=cfg.budget, k=cfg.k,
+                            nulls=plan.nulls, groups=plan.groups)
 
     def _probe_one(self, kind: str, name: str, delta: np.ndarray, w0: np.ndarray,
                    other: np.ndarray | None) -> list[ProbeRow]:

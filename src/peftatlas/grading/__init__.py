@@ -6,6 +6,7 @@ See :mod:`peftatlas.grading.rubric` for the rules and :mod:`peftatlas.grading.st
 
 from .evidence import Arm, Evidence
 from .rubric import RULES, GeometryVerdict, Grade, Setting, Verdict, grade_all, grade_method, grade_store
+from .settings import SettingKey, grades_by_setting
 from .stats import ALPHA, MIN_SEEDS, ContrastTest, Scores, contrast_test, difference_test, gain_recovered, holm
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "Grade",
     "Scores",
     "Setting",
+    "SettingKey",
     "Verdict",
     "contrast_test",
     "difference_test",
@@ -26,5 +28,6 @@ __all__ = [
     "grade_all",
     "grade_method",
     "grade_store",
+    "grades_by_setting",
     "holm",
 ]

@@ -105,6 +105,9 @@ class GeometryVerdict:
     status: str  # supported | not significant | contradicted | not measured
     derivation: str
     numbers: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # the same prediction on the graded method's own update where its parametrization fixes the statistic
+    # (a circulant method's update IS circulant): a positive control of the probe, shown and never counted
+    control: GeometryVerdict | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,6 +158,13 @@ class Grade:
     @property
     def measured_in(self) -> Setting | None:
         return Setting(self.setting[0], self.setting[1], self.budget, self.steps) if self.setting else None
+
+    @property
+    def where(self) -> str:
+        """Where the grade's runs were made (model · task · budget · steps), or "no runs"."""
+        if self.measured_in is None or (self.budget is None and self.steps is None):
+            return "no runs"
+        return self.measured_in.label
 
     @property
     def outcome(self) -> str:
@@ -347,13 +357,20 @@ def matching_rows(rows: list, p: Prediction) -> list:
             and (pat is None or pat.search(r.matrix))]
 
 
+def _own_rows(ev: Evidence, setting: tuple[str, str], p: Prediction, method: str | None) -> list:
+    """The prediction's rows on the graded method's own update (its ``method`` probe job)."""
+    if not method or method in ("full", "head_only") or p.probe == "seed_rank":
+        return []
+    return matching_rows(ev.probe_rows(setting, "method", method), p)
+
+
 def _subject_rows(ev: Evidence, setting: tuple[str, str], p: Prediction, method: str | None
                   ) -> tuple[list, str, bool]:
     """Rows a prediction is judged on: the graded method's own update when the prediction is meaningful
     there (``on_own_update``) and its probe job carries the statistic (``own=True``: it may move the
     grade), else full fine-tuning's (prevalence: shown only)."""
-    if p.on_own_update and method and method not in ("full", "head_only") and p.probe != "seed_rank":
-        own = matching_rows(ev.probe_rows(setting, "method", method), p)
+    if p.on_own_update:
+        own = _own_rows(ev, setting, p, method)
         if own:
             return own, f"{method}'s own update", True
     kind = "pair" if p.probe == "seed_rank" else "single"
@@ -425,9 +442,22 @@ def judge_prediction(ev: Evidence, setting: tuple[str, str], p: Prediction,
             return GeometryVerdict(p, "supported" if sign == p.direction else "contradicted", text, nums)
         return GeometryVerdict(p, "not significant", text + " (CI contains 0)", nums)
     rows, subject, own = _subject_rows(ev, setting, p, method)
+    verdict = judge_rows(p, rows, subject, own)
+    if not p.on_own_update and (control := _own_rows(ev, setting, p, method)):
+        verdict.control = judge_rows(p, control, f"{method}'s own update (fixed by its parametrization: a "
+                                     "positive control of the probe, not counted)", False)
+    return verdict
+
+
+def judge_rows(p: Prediction, rows: list, subject: str, own: bool) -> GeometryVerdict:
+    """Judge a null or threshold prediction on the probe rows of one update (``subject`` names it; ``own``:
+    the judgement may move the grade)."""
     if not rows:
         return GeometryVerdict(p, "not measured", f"no {p.probe}/{p.stat} probe results on {subject}",
                                {"counts": own})
+    if p.kind == "null" and p.probe == "spectral" and p.null == "gauss":
+        return GeometryVerdict(p, "not measured", "a spectral statistic against the iid Gaussian null is passed by "
+                               "any decaying spectrum: low-rank claims are stated as thresholds", {"counts": own})
     if p.kind == "threshold":
         censored = _censored_threshold(p, rows)
         if censored is not None:
@@ -644,4 +674,10 @@ def sort_grades(grades: list[Grade]) -> list[Grade]:
 
 
 def grade_store(path: str) -> list[Grade]:
-    return grade_all(Evidence.from_store(path))
+    """Grades of a results database's primary setting (model, task and profile: seeds of two profiles are
+    never pooled; :func:`peftatlas.grading.settings.grades_by_setting` grades every setting)."""
+    from .settings import primary_key, restrict
+
+    ev = Evidence.from_store(path)
+    key = primary_key(ev)
+    return grade_all(restrict(ev, key) if key else ev)

@@ -16,6 +16,14 @@ read; a pickled ``adapter_model.bin`` is refused. PEFT's default ``save_embeddin
 also writes the *base* weights of targeted ``embed_tokens`` / ``lm_head`` layers
 (``<module>.base_layer.weight``); on import those must equal the model's own weights (then they
 carry no information) or the import is refused.
+
+PEFT's ``bias="lora_only"`` (``"vera_only"``, ...) trains the biases of the adapted layers and
+saves them as ``<module>.base_layer.bias``; ``bias="all"`` trains and saves every bias of the model
+(``<module>.bias``, for a ``modules_to_save`` head also ``<head>.original_module.bias`` and
+``<head>.modules_to_save.bias``). A peftatlas adapter changes no base bias (``y = W₀x + b₀ + ΔW x``
+with ``b₀`` frozen), so such a file imports exactly when every saved bias equals this model's own
+(PEFT's function is then ours); a trained bias is refused with a one-line error. Export always
+writes ``bias="none"``.
 """
 
 from __future__ import annotations
@@ -40,6 +48,9 @@ TENSORS = "adapter_model.safetensors"
 LAYER_PREFIX = "base_model.model."
 SHARED_PREFIX = "base_model."
 BASE_COPY_SUFFIXES = ("base_layer.weight", "base_layer.bias")  # PEFT's save_embedding_layers copies
+_BASE_COPY_ENDINGS = tuple("." + s for s in BASE_COPY_SUFFIXES)
+# Path parts between a module and its own parameter in PEFT keys of base tensors (adapted layer, head's original)
+_BASE_PARTS = (".base_layer.", ".original_module.")
 
 
 def peft_config_dict(model: AdaptedModel, name: str | None = None, include_head: bool = True,
@@ -129,8 +140,8 @@ def import_peft(model: nn.Module | AdaptedModel, path: str | os.PathLike, name: 
     """
     cfg, tensors = read_peft_files(path)
     conv = converter_for_peft(cfg)
-    base_copies = {k: tensors.pop(k) for k in list(tensors)
-                   if k.startswith(LAYER_PREFIX) and k.endswith(tuple("." + s for s in BASE_COPY_SUFFIXES))}
+    conv.check_fixed(cfg)  # a feature we lack is named before its tensors look unknown
+    base_copies = _pop_base_tensors(conv, tensors, cfg)
     layers, shared, head = _split_keys(conv, tensors, cfg)
     if not layers:
         raise InteropError(f"{path}: no per-layer {conv.peft_type} tensors found "
@@ -145,7 +156,7 @@ def import_peft(model: nn.Module | AdaptedModel, path: str | os.PathLike, name: 
             wrapped.unload()
         raise InteropError(f"{path}: cannot build {conv.method} adapter: {e}") from None
     try:
-        _check_base_copies(wrapped, base_copies, path)
+        _check_base_tensors(wrapped, base_copies, cfg, path)
         _fill(wrapped, name, conv, layers, shared, head, cfg, path)
     except InteropError:
         wrapped.delete_adapter(name)
@@ -198,22 +209,67 @@ def _split_keys(conv: type[Converter], tensors: dict[str, Tensor], cfg: dict[str
     return layers, shared, head
 
 
-def _check_base_copies(model: AdaptedModel, copies: dict[str, Tensor], path: Any) -> None:
-    """PEFT's ``save_embedding_layers`` copies of base weights must equal the model's own."""
+def trains_biases(cfg: dict[str, Any]) -> bool:
+    """Whether PEFT config ``cfg`` trains (and saves) base biases: ``bias="all"`` or ``"<tuner>_only"``."""
+    return cfg.get("bias") not in (None, "none")
+
+
+def _pop_base_tensors(conv: type[Converter], tensors: dict[str, Tensor], cfg: dict[str, Any]) -> dict[str, Tensor]:
+    """Remove and return the file's tensors of the *base* model (not the adapter's, not the head's).
+
+    ``<m>.base_layer.<p>`` (save_embedding_layers copies, ``bias="<tuner>_only"`` biases) always; under
+    a bias-training config also every other ``<m>.bias``, the head's ``original_module`` copy, and its
+    ``modules_to_save`` copy (dropped when it equals the file's own head tensor, as PEFT writes it).
+    """
+    adapter_endings = tuple("." + s for s in conv.peft_layer_suffixes())
+    heads = list(cfg.get("modules_to_save") or [])
+    out: dict[str, Tensor] = {}
+    for key in [k for k in tensors if k.startswith(LAYER_PREFIX)]:
+        rest = key[len(LAYER_PREFIX):]
+        if rest.endswith(_BASE_COPY_ENDINGS):
+            out[key] = tensors.pop(key)
+        elif not trains_biases(cfg) or not rest.endswith(".bias") or rest.endswith(adapter_endings):
+            continue
+        elif ".modules_to_save." in rest:
+            trained = tensors.get(LAYER_PREFIX + rest.replace(".modules_to_save.", "."))
+            if trained is not None and torch.equal(trained, tensors[key]):
+                del tensors[key]
+        elif not any(_under_module(rest, m) for m in heads):
+            out[key] = tensors.pop(key)
+    return out
+
+
+def _check_base_tensors(model: AdaptedModel, base: dict[str, Tensor], cfg: dict[str, Any], path: Any) -> None:
+    """The file's base-model tensors must equal the model's own: then they carry no information."""
+    differ = [key for key, value in base.items() if not _equals_own(model, key, value, path)]
+    if not differ:
+        return
+    first = differ[0][len(LAYER_PREFIX):]
+    more = f" (+{len(differ) - 1} more)" if len(differ) > 1 else ""
+    if trains_biases(cfg) and first.endswith(".bias"):
+        raise InteropError(f"{path}: PEFT trained base biases (bias={cfg['bias']!r}): the file's {first}{more} differs "
+                           "from this model's; a peftatlas adapter keeps every base bias frozen, so it cannot "
+                           "reproduce this adapter (train with bias='none', or load those biases into the base model "
+                           "before importing)")
+    raise InteropError(f"{path}: the file's {first}{more} differs from this model's (a resized or retrained base "
+                       "layer, saved by PEFT's save_embedding_layers); peftatlas adapters do not carry base weights")
+
+
+def _equals_own(model: AdaptedModel, key: str, value: Tensor, path: Any) -> bool:
+    """Whether file tensor ``key`` (``<m>[.base_layer|.original_module].<p>``) equals module m's own ``p``."""
     from ..core.tree import get_user_submodule
 
-    for key, value in copies.items():
-        module_path, _, param = key[len(LAYER_PREFIX):].rpartition(".base_layer.")
-        try:
-            module = get_user_submodule(model.model, module_path, unwrap=True)
-        except (AttributeError, KeyError):
-            raise InteropError(f"{path}: base weight {key} names a module this model lacks") from None
-        own = getattr(module, param, None)
-        if not isinstance(own, Tensor) or tuple(own.shape) != tuple(value.shape) or not torch.equal(
-                own.detach().to("cpu", value.dtype), value):
-            raise InteropError(f"{path}: the file's {module_path}.{param} differs from this model's (a resized or "
-                               "retrained base layer, saved by PEFT's save_embedding_layers); peftatlas adapters "
-                               "do not carry base weights")
+    rest = key[len(LAYER_PREFIX):]
+    for part in _BASE_PARTS:
+        rest = rest.replace(part, ".")
+    module_path, _, param = rest.rpartition(".")
+    try:
+        module = get_user_submodule(model.model, module_path, unwrap=True)
+    except (AttributeError, KeyError):
+        raise InteropError(f"{path}: base tensor {key} names a module this model lacks") from None
+    own = getattr(module, param, None)
+    return isinstance(own, Tensor) and tuple(own.shape) == tuple(value.shape) and torch.equal(
+        own.detach().to("cpu", value.dtype), value)
 
 
 def _under_module(param_key: str, module_suffix: str) -> bool:

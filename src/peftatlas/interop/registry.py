@@ -8,8 +8,9 @@ A converter states the correspondence as data wherever it can:
   :meth:`Converter.layer_from_peft` instead;
 * ``fields`` — PEFT config field → our hyperparameter (same meaning, same value);
 * ``fixed`` — PEFT config fields that must hold exactly this value: features PEFT has and we lack
-  (``use_dora``, ``fan_in_fan_out``, ``bias="all"``, ...). Exporting writes them; importing a file
-  that sets anything else fails with :class:`InteropError` naming the field;
+  (``use_dora``, ``lora_bias``, ...). Exporting writes them; importing a file that sets anything
+  else fails with :class:`InteropError` naming the field — except ``fan_in_fan_out`` (PEFT derives
+  it from the layer type) and ``bias`` (judged by the saved bias tensors, see :mod:`.peft_format`);
 * ``export_only`` — fields written on export and ignored on import (initialisation switches).
 
 * ``peft_layer_types`` — the layer types whose PEFT tensors the converter writes and reads
@@ -38,6 +39,7 @@ class InteropError(ValueError):
 
 
 _CONVERTERS: dict[str, type[Converter]] = {}
+_CHECKED_ELSEWHERE = ("fan_in_fan_out", "bias")  # config fields not compared with ``fixed`` on import
 
 
 class Converter:
@@ -83,10 +85,11 @@ class Converter:
 
     @classmethod
     def check_fixed(cls, peft_cfg: dict[str, Any]) -> None:
-        # PEFT itself sets fan_in_fan_out from each layer's type (True exactly for GPT-2 Conv1D)
+        # PEFT itself sets fan_in_fan_out from each layer's type (True exactly for GPT-2 Conv1D); a
+        # bias-training file is judged by its bias tensors (peft_format: equal to the model's own or refused)
         bad = [f"{k}={peft_cfg[k]!r} (peftatlas {cls.method} supports only {v!r})"
                for k, v in cls.fixed.items()
-               if k in peft_cfg and k != "fan_in_fan_out" and not _same(peft_cfg[k], v)]
+               if k in peft_cfg and k not in _CHECKED_ELSEWHERE and not _same(peft_cfg[k], v)]
         if bad:
             raise InteropError(f"PEFT {cls.peft_type} adapter uses feature(s) peftatlas cannot represent: "
                                + "; ".join(bad))

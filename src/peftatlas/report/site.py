@@ -25,9 +25,10 @@ import numpy as np
 
 from .. import __version__
 from ..catalog import DIMENSION_NAMES, ENTRIES, FAMILIES, MAX_POINTS, SCALE, Entry, registration
-from ..grading import RULES, Evidence, Grade, grade_all
+from ..grading import RULES, Evidence, GeometryVerdict, Grade, grade_all
 from ..grading.evidence import Arm
 from ..grading.rubric import MEASURED_MAX, Z_SIGNIFICANT, effective_robustness, matching_rows
+from ..grading.settings import SettingKey, claim_rows, entry_grades, grades_by_setting, overview, primary_key, restrict
 from . import plots
 from .doc import UL, Badge, Block, Code, H, Img, Inline, Link, Mono, Note, P, Strong, Table, page_html, page_md
 
@@ -37,6 +38,8 @@ STATUS_BADGE = {"pass": ("✓ pass", "pass"), "fail": ("✗ fail", "fail"),
                 "n/a": ("n/a", "info"), "reference": ("reference", "info"),
                 "literature": ("literature", "info"), "supported": ("supported", "pass"),
                 "contradicted": ("contradicted", "fail"), "not significant": ("not significant", "inconclusive")}
+AGREEMENT_BADGE = {"agree: holds": "pass", "agree: fails": "fail", "disagree": "warn", "undecided": "inconclusive",
+                   "not measured": "missing"}
 GEO_SYMBOL = {"supported": "+", "contradicted": "−", "not significant": "0", "not measured": "·"}
 SHORT_BADGE = {"pass": ("✓", "pass"), "fail": ("✗", "fail"), "inconclusive": ("?", "inconclusive"),
                "not measured": ("·", "missing"), "n/a": ("n/a", "info"), "reference": ("ref", "info"),
@@ -110,6 +113,16 @@ def geo_cell(g: Grade) -> str:
     return " ".join(GEO_SYMBOL[v.status] for v in g.geometry) or "·"
 
 
+def own_update_cells(v: GeometryVerdict) -> list:
+    """The prediction on the graded method's own update: judged there (counts), or a positive control
+    (the statistic is fixed by the parametrization: shown, not counted), or no method probe job."""
+    if v.numbers.get("counts"):
+        return ["judged there (above)", Badge("counts", "info")]
+    if v.control is not None:
+        return [[_badge(v.control.status), " ", v.control.derivation], "no (positive control)"]
+    return ["—", "no (prevalence on full fine-tuning's update)"]
+
+
 def flags_cell(g: Grade) -> list[Inline] | str:
     flags: list[Inline] = []
     if g.entry.override:
@@ -126,11 +139,15 @@ def _mean_sd(vals: list[float]) -> str:
 
 
 class Site:
-    def __init__(self, ev: Evidence, out: Path) -> None:
-        self.ev = ev
+    def __init__(self, ev: Evidence, out: Path, source: str | None = None) -> None:
+        self.all = ev
+        self.source = source or (ev.path.name if ev.path else "memory")
+        self.by_setting = grades_by_setting(ev)
+        self.key = primary_key(ev)
+        self.ev = restrict(ev, self.key) if self.key else ev
         self.out = out
-        self.setting = ev.primary_setting()
-        self.grades = grade_all(ev)
+        self.setting = self.ev.primary_setting()
+        self.grades = self.by_setting[self.key] if self.key else grade_all(ev)
         self.by_entry: dict[str, list[Grade]] = {}
         for g in self.grades:
             self.by_entry.setdefault(g.entry.id, []).append(g)
@@ -159,14 +176,15 @@ class Site:
     # --- index ----------------------------------------------------------------------------------------
     def index(self) -> Path:
         ev = self.ev
-        done = [r for r in ev.records if r.status == "done"]
-        failed = [r for r in ev.records if r.status == "failed"]
+        done = [r for r in self.all.records if r.status == "done"]
+        failed = [r for r in self.all.records if r.status == "failed"]
         blocks: list[Block] = [H(1, "peftatlas — PEFT methods as measured hypotheses")]
         setting = ([Strong("Primary setting: "), "model ", Mono(self.setting[0]), ", task ", Mono(self.setting[1]),
-                    ". "] if self.setting else ["No finished runs yet. "])
-        blocks.append(P([f"Built from {ev.path.name if ev.path else 'memory'} on "
-                         f"{time.strftime('%Y-%m-%d %H:%M')} by peftatlas {__version__}: {len(done)} finished runs, "
-                         f"{len(failed)} failed, {len(ev.jobs)} probe jobs. ", *setting,
+                    ", profile ", Mono(self.key.profile or "—"), ". "] if self.setting and self.key
+                   else ["No finished runs yet. "])
+        blocks.append(P([f"Built from {self.source} ({_latest(self.all.records)}) by peftatlas {__version__}: "
+                         f"{len(done)} finished runs, {len(failed)} failed, {len(self.all.jobs)} probe jobs, "
+                         f"{len(self.by_setting)} setting(s). ", *setting,
                          f"{len(ENTRIES)} catalog entries. Grades use the seed catalog's point scale (PE 1, BL 1, "
                          f"BF 1.5, DE 1.5, OOD 2, WA 1; max {MAX_POINTS:g}): the measured grade comes from the rubric "
                          f"on this store's runs and probes (at most {MEASURED_MAX:g}: WA is a literature mark shown "
@@ -181,6 +199,7 @@ class Site:
                         "significant, · no probe data. Rows: graded entries by measured grade (a 0 from failed tests "
                         "is graded), then references, then entries with nothing measured, by literature grade. "
                         "Under an analytic cap the uncapped sum is shown beside the grade."))
+        blocks += [H(2, "Grades by setting", "settings"), *self._settings_overview()]
         blocks += [H(2, "Accuracy, parameters and shifted sets", "plots")]
         blocks.append(self._plot(plots.pareto(self.arms, self.out / "plots" / "pareto.png"),
                                  "Accuracy vs trainable parameters", "Test accuracy (mean ± sd over seeds) against "
@@ -221,11 +240,10 @@ class Site:
         rows = []
         for i, g in enumerate(self.grades, 1):
             reg = g.method if g.method else "not registered yet"
-            where = g.measured_in
             rows.append([str(i), [Link(g.label, f"methods/{g.entry.id}.html")], g.entry.family, reg,
                          grade_cell(g), OUTCOME_LABEL[g.outcome] if g.entry.graded else "reference",
                          f"{g.measured_dims} of 5" + (f" ({g.failed_dims} failed)" if g.failed_dims else ""),
-                         where.label if where and g.outcome == "graded" else "—",
+                         g.where,
                          f"{g.literature_points:g}", wa_cell(g),
                          *[_badge(g.verdicts[d].status, short=True) for d in DIMS], geo_cell(g), flags_cell(g)])
         return Table(["#", "method", "family", "registered", "measured", "outcome", "dimensions measured",
@@ -293,7 +311,7 @@ class Site:
             if judged:
                 sup = sum(v.status == "supported" for v in judged)
                 con = sum(v.status == "contradicted" for v in judged)
-                parts.append(f"Geometry of full fine-tuning's update: {sup} of {len(judged)} predictions supported, "
+                parts.append(f"Geometry predictions: {sup} of {len(judged)} supported, "
                              f"{con} contradicted, {len(judged) - sup - con} not significant against their nulls.")
             else:
                 parts.append("Geometry: no probe prediction measured for this family yet.")
@@ -321,11 +339,14 @@ class Site:
                     "Satterthwaite df), then Holm's correction over a grade's measured dimensions. Every arm needs "
                     "≥ 5 seeds and per-item results, else the dimension is 'not measured'. The calibration test "
                     "checks the false-pass rates on simulated arms with no true difference.",
-                    "Geometry: each prediction of the entry is judged on full fine-tuning's update: supported when "
-                    f"the median z over matrices is ≥ {Z_SIGNIFICANT:g} in the predicted direction (|z| < "
-                    f"{Z_SIGNIFICANT:g} for a 'no structure' prediction), when a threshold is met, or when a "
-                    "magnitude/direction correlation has the predicted sign with a CI excluding 0. All supported: "
-                    "+0.5; any contradicted: −0.5.",
+                    "Geometry: a prediction is judged on the graded method's own update when its statistic is not "
+                    "fixed by the method's parametrization (only those count: all supported +0.5, any contradicted "
+                    "−0.5), otherwise on full fine-tuning's update (the hypothesis's prevalence: shown, not counted) "
+                    "with the method's own update beside it as a positive control of the probe. Supported when the "
+                    f"median z over matrices is ≥ {Z_SIGNIFICANT:g} in the predicted direction with ≥ 100 null draws "
+                    "(a 'no structure' prediction only by an equivalence test), when a threshold is met (censored "
+                    "k* stays censored), or when a magnitude/direction correlation has the predicted sign with a CI "
+                    "excluding 0.",
                     "Overrides: an analytic refutation of the stated claim caps both grades at 1; a failed independent "
                     "replication caps the literature grade at 4.",
                     "The literature grade awards a dimension when the paper (or an independent study) shows it and no "
@@ -370,7 +391,9 @@ class Site:
                                         f"Check: {o.check}. Grade capped at {o.cap:g}."]))
         for g in grades or []:
             blocks += self._grade_blocks(g)
-        blocks += [H(2, "Geometry of full fine-tuning's update", "geometry"), *self._geometry_blocks(entry, grades)]
+        blocks += [H(2, "Grade by setting", "settings"), *self._entry_settings(entry)]
+        blocks += [H(2, "Geometry: full fine-tuning's and the method's own update", "geometry"),
+                   *self._geometry_blocks(entry, grades)]
         blocks += [H(2, "Evidence", "evidence"), *self._evidence_blocks(entry, grades)]
         blocks += [H(2, "Literature", "literature"), *self._literature_blocks(entry)]
         dis = [d for g in grades for d in g.disagreements]
@@ -393,8 +416,7 @@ class Site:
         blocks: list[Block] = [H(3, f"{title} · WA (literature, beside): {wa} · literature grade: "
                                  f"{g.literature_points:g} / {MAX_POINTS:g}"
                                  + (f" · method {g.method}" if g.method and len(g.entry.methods) > 1 else ""))]
-        if g.measured_in is not None and g.outcome != "reference":
-            blocks.append(P([Strong("Measured in: "), g.measured_in.label]))
+        blocks.append(P([Strong("Measured in: "), g.where]))
         if g.measured_points is None and g.entry.graded:
             why = ("No finished runs of " + (g.method or "this entry") + " in the store"
                    if g.budget is None and not any(v.derivation.startswith("needs") for v in g.verdicts.values())
@@ -417,8 +439,9 @@ class Site:
             return [Note("info", "This hypothesis makes no prediction the weight probes can check "
                                  "(it acts on activations, inputs, training dynamics, or several tasks).")]
         geo = grades[0].geometry if grades else []
-        rows = [[v.prediction.meaning, _badge(v.status), v.derivation] for v in geo]
-        blocks: list[Block] = [Table(["prediction", "verdict", "derivation"], rows)]
+        rows = [[v.prediction.meaning, _badge(v.status), v.derivation, *own_update_cells(v)] for v in geo]
+        blocks: list[Block] = [Table(["prediction", "verdict", "derivation", "on the method's own update",
+                                      "counts in the grade"], rows)]
         single = self.ev.probe_rows(self.setting, "single") if self.setting else []
         for i, p in enumerate(entry.predictions):
             if p.kind == "null":
@@ -489,6 +512,55 @@ class Site:
                         "MEM from memory (provisional)."))
         return blocks
 
+    # --- settings -------------------------------------------------------------------------------------
+    def _setting_row(self, key: SettingKey, g: Grade) -> list:
+        """One setting's grade of an entry: measured points, n of 5, the setting label, each dimension."""
+        return [key.label, grade_cell(g), f"{g.measured_dims} of 5", g.where,
+                *[_badge(g.verdicts[d].status, short=True) for d in DIMS], geo_cell(g)]
+
+    def _entry_settings(self, entry: Entry) -> list[Block]:
+        """Per method of the entry: its grade in every setting with records, then each claim across settings."""
+        if not self.by_setting:
+            return [Note("missing", "No finished runs in any setting: not measured yet.")]
+        blocks: list[Block] = []
+        methods = sorted({g.method for gs in self.by_setting.values() for g in gs
+                          if g.entry.id == entry.id and g.method}) or [None]
+        for method in methods:
+            per = entry_grades(self.by_setting, entry.id, method)
+            if len(methods) > 1:
+                blocks.append(H(3, f"method {method}"))
+            blocks.append(Table(["setting (model · task · profile)", "measured", "dimensions measured",
+                                 "measured in (model · task · budget · steps)", *DIMS, "geometry"],
+                                [self._setting_row(k, g) for k, g in per.items()]))
+            if not entry.graded:
+                continue
+            keys = list(per)
+            rows = [[c.claim, *[_badge(c.statuses.get(k, "not measured"), short=True) for k in keys],
+                     Badge(c.agreement, AGREEMENT_BADGE[c.agreement])] for c in claim_rows(per)]
+            blocks.append(Table(["claim", *[k.label for k in keys], "across settings"], rows))
+        blocks.append(P("Across settings: agree = every setting that decided the claim decided it the same way; "
+                        "disagree = it passed in one setting and failed in another; undecided = measured but never "
+                        "decided; not measured = measured nowhere."))
+        return blocks
+
+    def _settings_overview(self) -> list[Block]:
+        """Entries × settings: each grade, and how the entry's claims read across settings."""
+        if not self.by_setting:
+            return [Note("missing", "No finished runs in any setting yet.")]
+        keys = list(self.by_setting)
+        rows = []
+        for item in overview(self.by_setting):
+            entry, per, counts = item["entry"], item["grades"], item["counts"]
+            tallies = ([str(counts["agree: holds"]), str(counts["agree: fails"]),
+                        Badge(str(counts["disagree"]), "fail" if counts["disagree"] else "missing"),
+                        str(counts["undecided"]), str(counts["not measured"])] if entry.graded else ["—"] * 5)
+            rows.append([[Link(entry.name, f"methods/{entry.id}.html")],
+                         *[grade_cell(per[k]) if k in per else "—" for k in keys], *tallies])
+        return [Table(["entry", *[k.label for k in keys], "claims agree: hold", "agree: fail", "disagree",
+                       "undecided", "not measured"], rows, "settings-overview"),
+                P("Claims are the five measured dimensions and the entry's geometry predictions; each entry's page "
+                  "shows them setting by setting.")]
+
     # --- build ---------------------------------------------------------------------------------------
     def build(self) -> ReportResult:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -501,6 +573,22 @@ class Site:
         return ReportResult(self.out, index, self.out / "index.md", self.pages, self.plots)
 
 
-def build_report(store_path: str | Path, out_dir: str | Path) -> ReportResult:
-    """Render the atlas of a results database into ``out_dir`` (HTML + Markdown + PNG + grades.json)."""
-    return Site(Evidence.from_store(store_path), Path(out_dir)).build()
+def _latest(records: list) -> str:
+    """When the newest record was made (UTC): the report's date, so a rebuild from the same records is
+    byte-identical."""
+    if not records:
+        return "no records"
+    stamp = max(r.created for r in records)
+    return "latest run " + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(stamp))
+
+
+def build_report(store_path: str | Path, out_dir: str | Path, source: str | None = None) -> ReportResult:
+    """Render the atlas of a results database, or of a shipped results folder (``records.jsonl``: loaded into a
+    temporary store), into ``out_dir`` (HTML + Markdown + PNG + grades.json). Deterministic: the same
+    records give byte-identical files."""
+    from ..evidence.shipped import as_store, is_shipped
+
+    if is_shipped(store_path):
+        with as_store(store_path) as db:
+            return build_report(db, out_dir, source or Path(store_path).name)
+    return Site(Evidence.from_store(store_path), Path(out_dir), source).build()

@@ -42,7 +42,7 @@ DISPATCH_VARIANTS: dict[str, tuple[dict[str, str], list[str]]] = {
 def test_exact_promises_hold_under_other_cpu_kernels(variant):
     env_changes, selection = DISPATCH_VARIANTS[variant]
     env = {**os.environ, **env_changes, "PYTHONHASHSEED": "0"}
-    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist", "-m", "exactness",
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "0", "-m", "exactness",
            "--timeout", "900", *(selection or ["tests"])]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     tail = "\n".join(proc.stdout.splitlines()[-25:])

@@ -26,6 +26,7 @@ from peftatlas.evidence.plan import build_plan
 from peftatlas.evidence.profiles import PROFILES, Profile, get_profile
 from peftatlas.evidence.store import ResultsStore
 from peftatlas.evidence.train import evaluate
+from record_checks import unchanged
 
 SMOKE = PROFILES["smoke"]
 
@@ -41,16 +42,6 @@ def expected_counts(profile: Profile) -> Counter:
     return c
 
 
-def unchanged(before, after) -> bool:
-    """``after`` is ``before``, or ``before`` was an LR-sweep run whose rate was chosen afterwards and only gained
-    its test/OOD metrics (evaluated from its saved adapter), per-item results and evaluation time."""
-    if after == before:
-        return True
-    grown = {k: v for k, v in after.metrics.items() if k not in before.metrics}
-    return (before.experiment == "lr_sweep" and "test_acc" not in before.metrics and "test_acc" in grown
-            and all(after.metrics[k] == v for k, v in before.metrics.items())
-            and dataclasses.replace(after, metrics=before.metrics, items=before.items,
-                                    wall_seconds=before.wall_seconds) == before)
 
 
 def done_count(path) -> int:

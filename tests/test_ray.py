@@ -37,6 +37,7 @@ from peftatlas.evidence.plan import build_plan
 from peftatlas.evidence.profiles import PROFILES
 from peftatlas.evidence.ray_executor import SHIP_LIMIT, RayExecutor, _execute_json, _mentions_auth, pack, start_local
 from peftatlas.evidence.store import ResultsStore, RunRecord
+from record_checks import unchanged
 
 # one xdist worker for the module under `--dist loadgroup` (it shares one cluster and one sequential baseline)
 pytestmark = pytest.mark.xdist_group("ray")
@@ -211,16 +212,6 @@ def _done(path: Path) -> int:
         return 0
 
 
-def unchanged(before, after) -> bool:
-    """``after`` is ``before``, or ``before`` was an LR-sweep run whose rate was chosen afterwards and only gained
-    its test/OOD metrics (evaluated from its saved adapter), per-item results and evaluation time."""
-    if after == before:
-        return True
-    grown = {k: v for k, v in after.metrics.items() if k not in before.metrics}
-    return (before.experiment == "lr_sweep" and "test_acc" not in before.metrics and "test_acc" in grown
-            and all(after.metrics[k] == v for k, v in before.metrics.items())
-            and dataclasses.replace(after, metrics=before.metrics, items=before.items,
-                                    wall_seconds=before.wall_seconds) == before)
 
 
 def _cli(store: Path) -> subprocess.Popen:

@@ -234,3 +234,19 @@ def test_solved_arms_are_cached_beside_the_store(tmp_path, monkeypatch):
     assert again.ready({})[0].key == first.ready({})[0].key
     with pytest.raises(AssertionError, match="solved again"):
         build_plan(dataclasses.replace(profile, budgets=("0.5%",)), cache=tmp_path)
+
+
+def test_progress_counts_runs_and_estimates_the_time_left_from_this_sessions_pace():
+    """The log prefix of `peftatlas run`: finished runs against the plan's count and an ETA at the current pace."""
+    from peftatlas.evidence.executors import Progress
+
+    now = [100.0]
+    p = Progress(total=10, already=4, clock=lambda: now[0])
+    assert p.line() == "[4/10]"
+    now[0] += 120.0
+    p.step()
+    p.step()
+    assert p.line() == "[6/10, ETA 4m]"  # 60 s a run, 4 left
+    for _ in range(5):
+        p.step()
+    assert p.line().startswith("[10/10+, ETA 0m")  # extensions ran past the plan's count

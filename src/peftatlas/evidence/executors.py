@@ -19,11 +19,12 @@ torch thread count per run).
 from __future__ import annotations
 
 import collections
+import time
 from collections.abc import Callable
 from typing import Protocol
 
 from .execute import RunContext, execute
-from .plan import Plan
+from .plan import Plan, run_counts
 from .runspec import RunSpec
 from .store import ResultsStore, RunRecord
 
@@ -73,6 +74,41 @@ def run_line(spec: RunSpec, rec: RunRecord) -> str:
             f"{' | OOD ' + ood if ood else ''} ({rec.wall_seconds:.0f} s)")
 
 
+class Progress:
+    """Finished runs against the plan's count, and the time left at this session's pace::
+
+        total = sweep + main + completions + curve      (run_counts: grid extensions not included)
+        left  = total − already finished − finished now
+        ETA   = (elapsed / finished now) · left          (shown once a run has finished in this session)
+    """
+
+    def __init__(self, total: int, already: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.total = total
+        self.finished = min(already, total)
+        self.now = 0
+        self.clock = clock
+        self.start = clock()
+
+    @classmethod
+    def of(cls, plan: Plan, already: int) -> Progress:
+        counts = run_counts(plan)
+        return cls(sum(counts[k] for k in ("sweep", "main", "completions", "curve")), already)
+
+    def step(self) -> None:
+        self.now += 1
+
+    def line(self) -> str:
+        """``[k/N, ETA 1h05m]`` (``k/N+`` once grid extensions push past the plan's count)."""
+        done = self.finished + self.now
+        left = max(0, self.total - done)
+        if not self.now:
+            return f"[{done}/{self.total}]"
+        eta = (self.clock() - self.start) / self.now * left
+        hours, minutes = divmod(round(eta / 60), 60)
+        span = f"{hours}h{minutes:02d}m" if hours else f"{minutes}m"
+        return f"[{min(done, self.total)}/{self.total}{'+' if done > self.total else ''}, ETA {span}]"
+
+
 def drive(plan: Plan, store: ResultsStore, executor: Executor, log: Log | None = None,
           on_record: Callable[[RunRecord], None] | None = None,
           tidy: Callable[[dict[str, RunRecord]], None] | None = None) -> dict[str, int]:
@@ -86,6 +122,7 @@ def drive(plan: Plan, store: ResultsStore, executor: Executor, log: Log | None =
     say = log or (lambda s: None)
     done = {r.key: r for r in store.records(status="done")}
     counts = {"trained": 0, "cached": len(plan.covered(done)), "failed": 0}
+    progress = Progress.of(plan, counts["cached"])
     in_flight: dict[str, RunSpec] = {}
     if tidy is not None:
         tidy(done)
@@ -110,7 +147,8 @@ def drive(plan: Plan, store: ResultsStore, executor: Executor, log: Log | None =
                 tidy(done)
             main = next((r for r in records if r.key == spec.key), records[-1])
             counts["failed" if main.status != "done" else "trained"] += 1
-            say(run_line(spec, main))
+            progress.step()
+            say(f"{progress.line()}{run_line(spec, main)}")
     finally:
         executor.close()
     return counts

@@ -151,3 +151,23 @@ def test_seeds_only_tests_miss_item_uncertainty_so_the_rubric_refuses_them():
 
 def _copy(v: rubric.Verdict) -> rubric.Verdict:
     return rubric.Verdict(v.dim, v.status, v.points, v.derivation, dict(v.numbers), v.p, v.p_holm)
+
+
+def test_bl_against_a_larger_lora_passes_only_on_a_win_and_never_fails():
+    """No LoRA rank within ±10 % (GOFT on MiniLM): the smallest larger LoRA on the same targets is the comparator.
+    Under the null its false-pass rate stays nominal; a clear loss is inconclusive (not a fail); a win passes."""
+    rng = np.random.default_rng(55)
+    m, big = simulate(rng, [0.80, 0.80])
+    null = [rubric.decide_bl(Scores.from_items(m[k]), None, larger=Scores.from_items(big[k]), larger_label="LoRA r=1")
+            for k in range(N_SIM)]
+    assert rate(null) <= BOUND
+    assert all(v.status in ("pass", "inconclusive") for v in null)
+    worse, big = simulate(rng, [0.74, 0.80])
+    lost = rubric.decide_bl(Scores.from_items(worse[0]), None, larger=Scores.from_items(big[0]),
+                            larger_label="LoRA r=1")
+    assert lost.status == "inconclusive" and "says nothing at equal budget" in lost.derivation
+    better, big = simulate(rng, [0.86, 0.80])
+    won = rubric.decide_bl(Scores.from_items(better[0]), None, larger=Scores.from_items(big[0]),
+                           larger_label="LoRA r=1")
+    assert won.status == "pass" and "stricter comparator" in won.derivation
+    assert rubric.decide_bl(Scores.from_items(better[0]), None).status == "not measured"

@@ -65,7 +65,7 @@ def test_scorecard_is_sorted_by_measured_grade_and_shows_both_grades(site):
     assert "VeRA" in card[0] and "**7 / 7**" in card[0] and "5 of 5" in card[0]
     assert "tiny-bert · mr · budget 0.1% · 10 steps" in card[0]
     goft = next(line for line in card if "[GOFT" in line)
-    assert "**1 / 7 (uncapped 2.5)**" in goft and "2 of 5" in goft
+    assert "**1 / 7 (uncapped 3.5)**" in goft and "3 of 5" in goft
     lora = next(i for i, line in enumerate(card) if "LoRA (+" in line)  # graded 0 (failed tests) …
     assert "| graded |" in card[lora] and "(2 failed)" in card[lora]
     dora = next(i for i, line in enumerate(card) if "[DoRA]" in line)  # … ranks apart from "not measured"
@@ -89,7 +89,7 @@ def test_method_pages_carry_hypothesis_pseudocode_derivation_and_literature(site
     assert "Measured in:** tiny-bert · mr · budget 0.1% · 10 steps" in vera and "WA (literature, beside)" in vera
     assert entry.headline.source in vera and "pareto_vera.png" in vera
     goft = (site.out / "methods" / "goft.md").read_text()
-    assert "Analytic override" in goft and "capped at 1" in goft and "uncapped sum 2.5" in goft
+    assert "Analytic override" in goft and "capped at 1" in goft and "uncapped sum 3.5" in goft
     dora = (site.out / "methods" / "dora.md").read_text()
     assert "Not measured yet" in dora and "magdir_dora.png" in dora  # no runs, but FT's geometry is probed
     assert "supported" in dora

@@ -87,8 +87,9 @@ def test_lora_is_its_own_comparator_and_ood_is_absolute_accuracy(grades):
 
 
 def test_bl_needs_lora_with_the_same_size_and_targets(grades):
-    goft = grades["goft"]  # 200 parameters: no LoRA arm within ±10%
-    assert goft.verdicts["BL"].status == "not measured" and goft.verdicts["OOD"].status == "not measured"
+    goft = grades["goft"]  # 200 parameters: no LoRA arm within ±10%, so the smallest larger one on its targets
+    assert goft.verdicts["BL"].status == "pass" and "×, targets" in goft.verdicts["BL"].derivation
+    assert goft.verdicts["OOD"].status == "not measured"  # OOD needs the equal-budget arm
     surm = grades["surm_circulant"]  # 900 parameters: compared with the 880-parameter LoRA arm, a tie
     assert surm.verdicts["BL"].status == "inconclusive" and "880 params" in surm.verdicts["BL"].derivation
 
@@ -109,9 +110,11 @@ def test_size_and_non_inferiority_are_judged_honestly(grades):
 
 def test_analytic_override_caps_the_measured_grade_and_keeps_the_sum(grades):
     g = grades["goft"]
-    assert g.uncapped_points == pytest.approx(1 + 1.5)  # PE and BF pass; BL, DE, OOD not measured …
+    # PE and BF pass; BL passes against the smallest larger LoRA on GOFT's targets (no rank within ±10 %) …
+    assert g.uncapped_points == pytest.approx(1 + 1 + 1.5)
+    assert "stricter comparator" in g.verdicts["BL"].derivation
     assert g.measured_points == 1.0  # … but the stated claim is false
-    assert any("capped at 1" in line for line in g.derivation) and g.as_dict()["uncapped_points"] == 2.5
+    assert any("capped at 1" in line for line in g.derivation) and g.as_dict()["uncapped_points"] == 3.5
 
 
 def test_fewer_than_five_seeds_is_not_measured(tmp_path):

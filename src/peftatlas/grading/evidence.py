@@ -258,6 +258,14 @@ class Evidence:
         return min(named or loras, key=lambda a: (abs(np.log(max(a.adapter_params, 1)) -
                                                       np.log(max(arm.adapter_params, 1))), -len(a.records)))
 
+    def larger_lora(self, setting: tuple[str, str], arm: Arm) -> Arm | None:
+        """The smallest LoRA arm on ``arm``'s target modules with more than ±``PARAM_TOLERANCE`` above its parameter
+        count (the plan adds the nearest rank above when none lands within ±10 %, e.g. r = 1 on q, v for GOFT).
+        Beating it is a stricter test than equal parameters; losing to it says nothing at equal budget."""
+        above = [a for a in self.arms(setting, "lora") if a is not arm and a.targets == arm.targets
+                 and a.adapter_params > arm.adapter_params * (1 + PARAM_TOLERANCE)]
+        return min(above, key=lambda a: (a.adapter_params, -len(a.records)), default=None)
+
     def curve_points(self, setting: tuple[str, str], method: str) -> dict[int, list[float]]:
         """Learning curve: train size → test accuracies over seeds (experiment "learning_curve")."""
         out: dict[int, dict[int, float]] = {}

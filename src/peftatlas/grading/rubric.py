@@ -11,7 +11,10 @@ simulates arms with no true difference through these functions and checks the fa
                (Fieller interval for R shown); adapter < 1% of full fine-tuning's parameters.
                fail: R's upper bound < 0.95, or ≥ 1% parameters
     BL  (1)    acc − acc(LoRA) > 0, LoRA with the same target modules and ±10% parameters; no such arm →
-               not measured (never fail).  fail: upper bound < 0
+               not measured (never fail).  fail: upper bound < 0. Where no LoRA rank lands within ±10 %
+               (GOFT: 4,596 parameters, LoRA r = 1 on the same q, v: 9,216), the smallest larger LoRA on the
+               same targets: beating it passes (a stricter comparator); anything else is inconclusive,
+               never a fail (a loss to more parameters says nothing at equal budget)
     BF  (1.5)  non-inferiority to full fine-tuning: acc − acc(FT) > −1 point.  fail: upper bound < −1 pt
     DE  (1.5)  learning curves (mean accuracy over the training-set sizes below the full set) above full
                fine-tuning's AND the matched LoRA's (intersection–union test), or fewer steps to the
@@ -250,10 +253,22 @@ def decide_pe(s: Scores | None, full: Scores | None, head: Scores | None, fracti
     return v
 
 
-def decide_bl(s: Scores | None, lora: Scores | None, lora_label: str = "LoRA", is_lora: bool = False) -> Verdict:
-    """BL: beats the LoRA arm with the same targets and ±10% parameters (none → not measured)."""
+def decide_bl(s: Scores | None, lora: Scores | None, lora_label: str = "LoRA", is_lora: bool = False,
+              larger: Scores | None = None, larger_label: str = "") -> Verdict:
+    """BL: beats the LoRA arm with the same targets and ±10% parameters (none → not measured); failing such an
+    arm, beats the smallest larger LoRA on the same targets (a pass, or inconclusive: never a fail)."""
     if is_lora:
         return Verdict("BL", "n/a", 0.0, "LoRA is the comparator")
+    if lora is None and larger is not None and s is not None:
+        missing = _too_few("BL", {"method": s, larger_label: larger})
+        if missing:
+            return missing
+        v = _test_verdict("BL", difference_test(s, larger), f"vs {larger_label} (no LoRA rank within ±10% "
+                          "on these targets; a larger LoRA is the stricter comparator)", {"comparator": larger_label})
+        if v.status != "pass":
+            v.status, v.points = "inconclusive", 0.0
+            v.derivation += " — not a fail: losing to a LoRA with more parameters says nothing at equal budget"
+        return v
     if lora is None:
         return Verdict("BL", "not measured", 0.0, "no LoRA arm with the same target modules and ±10% parameters "
                        "in this setting")
@@ -583,9 +598,14 @@ def decide_all(ev: Evidence, setting: tuple[str, str], arm: Arm) -> dict[str, Ve
     s = arm.scores("test")
     fraction = arm.adapter_params / full.adapter_params if full and full.adapter_params > 0 else float("nan")
     lora_label = f"LoRA @{lora.budget} ({lora.adapter_params:,.0f} params, targets {lora.targets})" if lora else ""
+    larger = None if (is_lora or lora is not None) else ev.larger_lora(setting, arm)
+    larger_label = (f"LoRA @{larger.budget} ({larger.adapter_params:,.0f} params = "
+                    f"{larger.adapter_params / max(arm.adapter_params, 1):.1f}×, targets {larger.targets})"
+                    if larger else "")
     verdicts = {
         "PE": decide_pe(s, full.scores("test") if full else None, head.scores("test") if head else None, fraction),
-        "BL": decide_bl(s, lora.scores("test") if lora else None, lora_label, is_lora),
+        "BL": decide_bl(s, lora.scores("test") if lora else None, lora_label, is_lora,
+                        larger.scores("test") if larger else None, larger_label),
         "BF": decide_bf(s, full.scores("test") if full else None),
     }
     comps: dict[str, Arm] = {"full fine-tuning": full} if full else {}

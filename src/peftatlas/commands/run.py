@@ -18,12 +18,13 @@ def run(args: argparse.Namespace) -> int:
     store = args.store or f"runs/{profile.name}.sqlite"
     methods = [m for group in args.methods for m in group.split(",") if m] if args.methods else None
     if args.resume_from:
-        from ..evidence.shipped import ShippedError, load
+        from ..evidence.shipped import ShippedError, load, read
         from ..evidence.store import ResultsStore
 
         try:
+            shipped = read(args.resume_from)  # a bad folder fails here, before the store is created or opened
             with ResultsStore(store) as opened:
-                added = load(args.resume_from, opened)
+                added = load(args.resume_from, opened, shipped)
         except (OSError, ShippedError) as e:
             raise SystemExit(f"peftatlas run: --resume-from: {e}") from None
         print(f"resume: {added} record(s) from {args.resume_from} added to {store}")

@@ -79,12 +79,12 @@ def read(folder: str | os.PathLike) -> list[RunRecord]:
     return records
 
 
-def load(folder: str | os.PathLike, store: ResultsStore) -> int:
+def load(folder: str | os.PathLike, store: ResultsStore, records: list[RunRecord] | None = None) -> int:
     """Put the records of ``folder`` into ``store`` where their key is absent, and copy its plans beside the
     store where absent; the number of records added.
 
     Everything is read and checked before the first record is written, so a corrupt file adds nothing."""
-    records = read(folder)
+    records = read(folder) if records is None else records  # already read (and checked) by the caller
     added = 0
     for r in records:
         if store.get(r.key) is None:

@@ -11,13 +11,22 @@ import peftatlas as pa
 from peftatlas.core.method import MethodError
 
 
-def t5():
+def t5(initializer_factor: float = 1.0):
+    """A tiny random T5; ``initializer_factor=10`` makes its greedy continuations vary (at 1 they repeat one token)."""
     from transformers import T5Config, T5ForConditionalGeneration
 
     torch.manual_seed(0)
     cfg = T5Config(vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
-                   decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, dropout_rate=0.0)
+                   decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, dropout_rate=0.0,
+                   initializer_factor=initializer_factor)
     return T5ForConditionalGeneration(cfg).eval()
+
+
+def varied_t5():
+    """The tiny T5 with larger weights (varied greedy continuations) and no end token (every step runs)."""
+    model = t5(initializer_factor=10.0)
+    model.generation_config.eos_token_id = None
+    return model
 
 
 def gpt2():
@@ -40,14 +49,32 @@ def _perturb(model, scale: float = 0.5) -> None:
             adapter.perturb_(g, scale)
 
 
-def _greedy_seq2seq(model, ids: torch.Tensor, steps: int, **extra) -> torch.Tensor:
+def _greedy_seq2seq(model, ids: torch.Tensor, steps: int, dec: torch.Tensor | None = None, **extra) -> torch.Tensor:
     """Reference decoding: re-run the whole decoder sequence through the adapted forward at each step."""
-    dec = torch.zeros(ids.shape[0], 1, dtype=torch.long)  # decoder_start_token_id
+    if dec is None:
+        dec = torch.zeros(ids.shape[0], 1, dtype=torch.long)  # decoder_start_token_id
     for _ in range(steps):
         with torch.no_grad():
             logits = model(input_ids=ids, decoder_input_ids=dec, **extra).logits
         dec = torch.cat([dec, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     return dec
+
+
+def _beam_seq2seq(model, ids: torch.Tensor, steps: int, beams: int) -> torch.Tensor:
+    """Reference beam search (no end token reached, length penalty 1): every step re-runs each beam's whole
+    decoder sequence through the adapted forward; keeps the ``beams`` best sums of log-probabilities."""
+    out = []
+    for row in ids:
+        seqs, scores = torch.zeros(1, 1, dtype=torch.long), torch.zeros(1)
+        for _ in range(steps):
+            with torch.no_grad():
+                logits = model(input_ids=row.expand(len(seqs), -1), decoder_input_ids=seqs).logits[:, -1]
+            total = (scores[:, None] + logits.float().log_softmax(-1)).flatten()
+            scores, best = total.topk(beams)
+            vocab = logits.shape[-1]
+            seqs = torch.cat([seqs[best // vocab], (best % vocab)[:, None]], dim=1)
+        out.append(seqs[0])
+    return torch.stack(out)
 
 
 def _greedy_causal(model, ids: torch.Tensor, steps: int) -> torch.Tensor:
@@ -124,6 +151,23 @@ def test_t5_prefix_on_one_stack_and_partial_stacks():
     assert "every attention layer of the encoder needs a prefix" in str(exc.value) and "[0] of 2" in str(exc.value)
 
 
+@pytest.mark.parametrize("targets", [r"decoder\..*SelfAttention", None])
+def test_t5_prefix_on_the_decoder_generates_like_full_forwards(targets):
+    """Varied continuations, batch 3, greedy and beams: cached decoding = full forwards (the decoder's
+    prefix enters its cache at the first step; later steps count it in the cache length)."""
+    model = pa.attach(varied_t5(), "prefix_tuning", targets=targets, num_virtual_tokens=3)
+    _perturb(model, 1.0)
+    ids = _ids(3, 5, 23)
+    out = model.generate(ids, max_new_tokens=8, do_sample=False)
+    ref = _greedy_seq2seq(model, ids, 8)
+    assert torch.equal(out, ref) and len(ref.unique()) > 5
+    assert torch.equal(model.generate(ids, max_new_tokens=8, do_sample=False, use_cache=False), ref)
+    with model.disable():
+        assert not torch.equal(model.generate(ids, max_new_tokens=8, do_sample=False), out)
+    beams = model.generate(ids, max_new_tokens=6, num_beams=2, do_sample=False, length_penalty=1.0)
+    assert torch.equal(beams, _beam_seq2seq(model, ids, 6, beams=2))
+
+
 def test_t5_prefix_beam_search_runs():
     model = pa.attach(t5(), "prefix_tuning", num_virtual_tokens=2)
     out = model.generate(_ids(2, 4, 7), max_new_tokens=3, num_beams=3, num_return_sequences=2)
@@ -169,8 +213,57 @@ def test_t5_prompt_on_the_decoder_trains_and_lines_up_with_labels():
         out = model(input_ids=ids, labels=labels)
     assert out.logits.shape == (2, 4, 100)  # prompt positions dropped
     _train_step_moves_every_adapter_tensor(model, input_ids=ids, labels=labels)
-    with pytest.raises(MethodError, match="decoder of an encoder-decoder model.*targets=\\['encoder.embed_tokens'\\]"):
-        model.generate(ids, max_new_tokens=2)
+
+
+def _decoder_prompt_t5(p: int = 3):
+    model = pa.attach(varied_t5(), "prompt_tuning", targets=["decoder.embed_tokens"],
+                      num_virtual_tokens=p)
+    _perturb(model, 1.0)
+    return model
+
+
+def test_t5_prompt_on_the_decoder_generates_like_full_forwards():
+    """Cached greedy decoding (the prompt enters the cache at the first step) = re-running [P; embed(ids)]."""
+    model = _decoder_prompt_t5()
+    ids = _ids(3, 5, 12)
+    out = model.generate(ids, max_new_tokens=8, do_sample=False)
+    ref = _greedy_seq2seq(model, ids, 8)
+    assert torch.equal(out, ref)
+    assert len(ref.unique()) > 5, "the continuations must vary"
+    assert torch.equal(model.generate(ids, max_new_tokens=8, do_sample=False, use_cache=False), ref)
+    with model.disable():
+        base = model.generate(ids, max_new_tokens=8, do_sample=False)
+    assert not torch.equal(base, out), "the prompt changed nothing"
+    assert not model.model._forward_pre_hooks, "generate() left its step hook behind"
+    with torch.no_grad():  # forward after generate: still one prompt, positions dropped
+        assert model(input_ids=ids, decoder_input_ids=ref).logits.shape == (3, 9, 100)
+
+
+def test_t5_prompt_on_the_decoder_generates_from_given_decoder_ids_and_mask():
+    model = _decoder_prompt_t5(p=2)
+    ids, start = _ids(2, 4, 20), torch.tensor([[0, 7], [0, 9]])
+    ref = _greedy_seq2seq(model, ids, 5, dec=start)
+    assert torch.equal(model.generate(ids, decoder_input_ids=start, max_new_tokens=5, do_sample=False), ref)
+    masked = model.generate(ids, decoder_input_ids=start, decoder_attention_mask=torch.ones_like(start),
+                            max_new_tokens=5, do_sample=False)
+    assert torch.equal(masked, ref)
+
+
+def test_t5_prompt_on_the_decoder_beam_search_equals_full_forward_beams():
+    model = _decoder_prompt_t5()
+    ids = _ids(2, 5, 21)
+    out = model.generate(ids, max_new_tokens=6, num_beams=2, do_sample=False, length_penalty=1.0)
+    assert torch.equal(out, model.generate(ids, max_new_tokens=6, num_beams=2, do_sample=False, use_cache=False))
+    assert torch.equal(out, _beam_seq2seq(model, ids, 6, beams=2))
+    both = model.generate(ids, max_new_tokens=4, num_beams=3, num_return_sequences=2)
+    assert both.shape[0] == 4 and not model.model._forward_pre_hooks
+
+
+def test_t5_prompt_on_the_decoder_generate_error_removes_the_step_hook():
+    model = _decoder_prompt_t5()
+    with pytest.raises(ValueError):  # transformers refuses more returned sequences than beams
+        model.generate(_ids(1, 4, 22), max_new_tokens=2, num_beams=2, do_sample=True, num_return_sequences=3)
+    assert not model.model._forward_pre_hooks
 
 
 # --- GPT-2: prefix tuning on the fused c_attn -------------------------------------------------------------------

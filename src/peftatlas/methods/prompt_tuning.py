@@ -21,8 +21,18 @@ tokens' embeddings in the prefill and returns the usual ``input_ids + new tokens
 
 Encoder-decoder models (T5): the prompt goes in front of the encoder's input by default (as in the
 paper; labels and logits are the decoder's, so they are left alone), and ``generate()`` works. With
-``targets=["decoder.embed_tokens"]`` it goes in front of the decoder's input instead (``forward``
-only: labels get ``p`` leading ``-100`` and the logits drop the prompt positions).
+``targets=["decoder.embed_tokens"]`` it goes in front of the decoder's input instead: in ``forward``
+labels get ``p`` leading ``-100`` and the logits drop the prompt positions. ``generate()`` puts it in
+front of the decoder's input at the first decoding step (empty cache), so the cache holds the prompt's
+keys/values and every later step continues after them::
+
+    step 0:  decoder(X = [P; embed(d_0..d_{n-1})])        # key positions 0..p+n−1; next token ← logits[:, −1]
+    step t:  decoder(X = embed(d_{n+t−1}), cache of p+n+t−1)  # its position p+n+t−1, counted from the cache
+
+(T5 derives positions and the causal mask from the cache length; a ``decoder_attention_mask`` gets
+``p`` leading ones at every step.) Without a cache (``use_cache=False``) every step runs ``[P; embed(all
+ids)]``, as ``forward`` does. Inside ``generate()`` the first step's logits (and decoder hidden states,
+when asked for) still hold the ``p`` prompt positions; only ``logits[:, −1]`` is read.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from ..core.method import BaseFn, LayerAdapter, MethodError, register
 from ._model_level import (
@@ -49,11 +60,18 @@ IGNORE_INDEX = -100
 
 
 class PromptState(nn.Module):
-    """Per-call bookkeeping: the sequence length right after this adapter prepended its prompt."""
+    """Per-call bookkeeping: the sequence length right after this adapter prepended its prompt, and the
+    hook that puts a decoder-side prompt into each step of one ``generate()`` call."""
 
     def __init__(self) -> None:
         super().__init__()
         self.length: int | None = None
+        self.generate_hook: RemovableHandle | None = None
+
+    def drop_generate_hook(self) -> None:
+        if self.generate_hook is not None:
+            self.generate_hook.remove()
+            self.generate_hook = None
 
 
 def check_token_model(model: nn.Module, method: str) -> None:
@@ -197,7 +215,19 @@ class PromptTuning(LayerAdapter):
     @classmethod
     def _prepend_decoder(cls, model: nn.Module, name: str, layer_name: str, adapter: PromptTuning,
                          kwargs: dict[str, Any]) -> dict[str, Any]:
-        """Encoder-decoder models, prompt on the decoder: ``decoder_inputs_embeds = [P; embed(decoder ids)]``."""
+        """Encoder-decoder models, prompt on the decoder (``forward``): :meth:`_decoder_prompt`, and the
+        returned logits will drop the ``p`` prompt positions."""
+        kwargs = cls._decoder_prompt(model, layer_name, adapter, kwargs)
+        state = shared_state(model, name)
+        if state is not None:
+            state.length = int(kwargs["decoder_inputs_embeds"].shape[1])
+        return kwargs
+
+    @classmethod
+    def _decoder_prompt(cls, model: nn.Module, layer_name: str, adapter: PromptTuning,
+                        kwargs: dict[str, Any]) -> dict[str, Any]:
+        """``decoder_inputs_embeds = [P; embed(decoder ids)]`` (p + n positions); a decoder mask gets ``p``
+        leading ones and labels aligned with the ``n`` decoder ids ``p`` leading ``-100``."""
         kwargs = dict(kwargs)
         ids, labels = kwargs.pop("decoder_input_ids", None), kwargs.get("labels")
         embeds = kwargs.pop("decoder_inputs_embeds", None)
@@ -215,23 +245,59 @@ class PromptTuning(LayerAdapter):
             kwargs["decoder_attention_mask"] = prepend_ones(mask, batch, n, p, embeds.device)
         if isinstance(labels, Tensor) and labels.dim() == 2 and labels.shape[1] == n:
             kwargs["labels"] = torch.cat([labels.new_full((batch, p), IGNORE_INDEX), labels], dim=1)
-        state = shared_state(model, name)
-        if state is not None:
-            state.length = n + p
         return kwargs
 
     @classmethod
+    def _decoder_step(cls, model: nn.Module, layer_name: str, adapter: PromptTuning,
+                      kwargs: dict[str, Any]) -> dict[str, Any]:
+        """One decoding step of ``generate()`` with the prompt on the decoder.
+
+        Empty (or no) cache: ``[P; embed(ids)]`` (:meth:`_decoder_prompt`), so the cache now holds the
+        prompt's keys/values. Later steps: the cache already counts the ``p`` prompt positions (T5 takes
+        positions and the causal mask from its length); only a 2-D ``decoder_attention_mask``, which
+        ``generate()`` keeps over the ids alone, gets its ``p`` leading ones.
+        """
+        past = cache_argument(kwargs)
+        if past is None or past.get_seq_length() == 0:
+            return cls._decoder_prompt(model, layer_name, adapter, kwargs)
+        mask = kwargs.get("decoder_attention_mask")
+        if isinstance(mask, Tensor):
+            p = adapter.cfg.num_virtual_tokens
+            kwargs = {**kwargs, "decoder_attention_mask": prepend_ones(mask, mask.shape[0], mask.shape[-1], p,
+                                                                       mask.device)}
+        return kwargs
+
+    @classmethod
+    def _hook_decoder_steps(cls, model: nn.Module, name: str, layer_name: str, adapter: PromptTuning) -> None:
+        """For one ``generate()`` call: every forward of the wrapped model goes through :meth:`_decoder_step`
+        (the hook is removed by :meth:`transform_model_outputs` when ``generate()`` returns or raises)."""
+        state = shared_state(model, name)
+        if not isinstance(state, PromptState):
+            raise MethodError(f"prompt_tuning: adapter {name!r} has no prompt state; attach it again")
+        state.drop_generate_hook()
+
+        def step(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+            if args:
+                raise MethodError("prompt_tuning: a decoder-side prompt needs the decoding steps' inputs by name")
+            return args, cls._decoder_step(model, layer_name, adapter, kwargs)
+
+        state.generate_hook = model.model.register_forward_pre_hook(step, with_kwargs=True)
+
+    @classmethod
     def transform_model_inputs(cls, model: nn.Module, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        state = shared_state(model, name)
+        if isinstance(state, PromptState):
+            state.drop_generate_hook()  # left by a generate() whose cleanup never ran
         return cls._prepend(model, name, kwargs, keep_ids=False)
 
     @classmethod
     def transform_generate_inputs(cls, model: nn.Module, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         if "input_ids" not in kwargs and "inputs_embeds" not in kwargs:
             raise MethodError("prompt_tuning: generate() needs input_ids (or inputs_embeds) to prepend the prompt to")
-        layer_name, _ = single_adapter(model, name, cls)
+        layer_name, adapter = single_adapter(model, name, cls)
         if _is_encoder_decoder(model) and "decoder" in layer_name.split("."):
-            raise MethodError("prompt_tuning: generate() with the prompt on the decoder of an encoder-decoder model "
-                              "is not supported (forward is); put it on the encoder: targets=['encoder.embed_tokens']")
+            cls._hook_decoder_steps(model, name, layer_name, adapter)  # the encoder's inputs stay as they are
+            return kwargs
         return cls._prepend(model, name, kwargs, keep_ids=True)
 
     @classmethod
@@ -240,6 +306,8 @@ class PromptTuning(LayerAdapter):
         length = None if state is None else state.length
         if state is not None:
             state.length = None
+            if outputs is None and isinstance(state, PromptState):
+                state.drop_generate_hook()  # generate() returned or raised
         if outputs is None or length is None:
             return outputs
         p = single_adapter(model, name, cls)[1].cfg.num_virtual_tokens

@@ -16,7 +16,7 @@ def test_describe_returns_code_and_catalog_facts():
     hp = {h.name: h for h in d.hyperparameters}
     assert (hp["r"].type, hp["r"].default) == ("int", 8) and hp["r"].meaning
     assert (hp["alpha"].type, hp["alpha"].default) == ("float", 16.0)
-    assert d.formula == "r·(d_in + d_out)" and "Linear" in d.layer_types and d.mergeable
+    assert d.formula.startswith("r·(d_in + d_out)") and "Linear" in d.layer_types and d.mergeable
     assert "low intrinsic rank" in d.hypothesis and "B @ A" in d.pseudocode
     assert "LoRA" in d.paper and d.paper_url.endswith("2106.09685")
 

@@ -314,7 +314,10 @@ def test_loha_export_refuses_gpt2_conv1d_peft_lacks(tmp_path):
         export_peft(model, tmp_path)
 
 
-# --- bias="lora_only" / "all": PEFT trains and saves base biases; ours keep them frozen ------------
+# --- bias="lora_only" / "all": PEFT trains and saves base biases; LoRA's bias=True carries them ------
+
+_NOT_ADAPTED_BIAS = "attention.output.dense.bias"  # a bias only bias="all" trains (no LoRA on that layer)
+
 
 def _peft_lora_with_bias(tmp_path, bias: str, trained: bool):
     tm = tiny_model("bert")
@@ -326,26 +329,72 @@ def _peft_lora_with_bias(tmp_path, bias: str, trained: bool):
         pm = peft.get_peft_model(copy.deepcopy(base), cfg)
         if trained:
             with torch.no_grad():
-                next(p for n, p in pm.named_parameters() if n.endswith("value.base_layer.bias")).add_(0.1)
+                for n, p in pm.named_parameters():
+                    if n.endswith("value.base_layer.bias") or (bias == "all" and n.endswith(_NOT_ADAPTED_BIAS)):
+                        p.add_(torch.linspace(-0.2, 0.3, p.numel()))
         pm.save_pretrained(str(tmp_path))
     return tm, base, pm
 
 
 @pytest.mark.parametrize("bias", ["lora_only", "all"])
 def test_lora_bias_files_with_untrained_biases_import_exactly_both_ways(bias, tmp_path):
-    _ours, saved, written = _both_ways("bert", tmp_path, peft.LoraConfig(
+    ours, saved, written = _both_ways("bert", tmp_path, peft.LoraConfig(
         r=2, lora_alpha=3, init_lora_weights=False, bias=bias, modules_to_save=["classifier"],
         target_modules=["query", "value"]))
     keys = load_file(str(tmp_path / "peft" / "adapter_model.safetensors"))
     assert saved["bias"] == bias and any(k.endswith("value.base_layer.bias") for k in keys), "PEFT saved the biases"
-    assert written["bias"] == "none"
+    assert written["bias"] == "lora_only" and ours.specs["default"].config.bias, "the biases train, as in PEFT"
 
 
 @pytest.mark.parametrize("bias", ["lora_only", "all"])
-def test_lora_bias_files_with_trained_biases_are_refused_in_one_line(bias, tmp_path):
-    _tm, base, _pm = _peft_lora_with_bias(tmp_path, bias, trained=True)
+def test_lora_bias_files_with_trained_biases_import_exactly_both_ways(bias, tmp_path):
+    tm, base, pm = _peft_lora_with_bias(tmp_path / "peft", bias, trained=True)
+    y = _out(tm, pm)
+    y_base = _out(tm, copy.deepcopy(base))
+    ours = import_peft(copy.deepcopy(base), tmp_path / "peft")
+    torch.testing.assert_close(_out(tm, ours), y, atol=1e-5, rtol=1e-4)
+    deltas = {n: layer.adapters["default"].bias_delta for n, layer in ours.adapted_layers().items()}
+    assert all(d is not None for d in deltas.values()) and any(d.abs().max() > 0.1 for d in deltas.values())
+    if bias == "all":  # the non-adapted module with a trained bias is a trained copy beside the original
+        assert any(h.endswith(_NOT_ADAPTED_BIAS.rsplit(".", 1)[0]) for h in ours.head_names), ours.head_names
+    with ours.disable():
+        torch.testing.assert_close(_out(tm, ours), y_base, atol=0, rtol=0)  # disabled: the pretrained model
+    export_peft(ours, tmp_path / "ours")
+    assert json.loads((tmp_path / "ours" / "adapter_config.json").read_text())["bias"] == "lora_only"
+    torch.testing.assert_close(_out(tm, _peft_load(base, tmp_path / "ours")), y, atol=1e-5, rtol=1e-4)
+    merged = ours.merge_and_unload()
+    torch.testing.assert_close(_out(tm, merged), y, atol=1e-5, rtol=1e-4)
+
+
+def test_our_lora_bias_exports_to_peft_exactly(tmp_path):
+    tm, base, model = _perturbed("bert", "lora", targets=["query", "value"], r=2, alpha=3.0, bias=True)
+    assert all(layer.adapters["default"].bias_delta.abs().max() > 0 for layer in model.adapted_layers().values())
+    export_peft(model, tmp_path)
+    torch.testing.assert_close(_out(tm, _peft_load(base, tmp_path)), _out(tm, model), atol=1e-5, rtol=1e-4)
+    back = import_peft(copy.deepcopy(base), tmp_path)
+    torch.testing.assert_close(_out(tm, back), _out(tm, model), atol=1e-6, rtol=1e-5)
+
+
+def test_bias_all_into_an_adapted_model_is_refused_in_one_line(tmp_path):
+    _tm, base, _pm = _peft_lora_with_bias(tmp_path, "all", trained=True)
+    adapted = pa.attach(copy.deepcopy(base), "lora", targets=["key"], r=2)
+    with pytest.raises(InteropError, match="not an adapted layer") as info:
+        import_peft(adapted, tmp_path, name="other")
+    assert "\n" not in str(info.value) and list(adapted.specs) == ["default"]
+
+
+def test_trained_biases_of_a_method_without_a_bias_delta_are_refused_in_one_line(tmp_path):
+    tm = tiny_model("bert")
+    base = copy.deepcopy(tm.model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pm = peft.get_peft_model(copy.deepcopy(base), peft.VeraConfig(r=4, bias="vera_only",
+                                                                       target_modules=["query", "value"]))
+        with torch.no_grad():
+            next(p for n, p in pm.named_parameters() if n.endswith("value.base_layer.bias")).add_(0.1)
+        pm.save_pretrained(str(tmp_path))
     plain = copy.deepcopy(base)
-    with pytest.raises(InteropError, match=f"PEFT trained base biases \\(bias='{bias}'\\)") as info:
+    with pytest.raises(InteropError, match="PEFT trained base biases \\(bias='vera_only'\\)") as info:
         import_peft(plain, tmp_path)
     assert "value.base_layer.bias" in str(info.value) and "\n" not in str(info.value)
     assert not any(isinstance(m, pa.AdaptedModule) for m in plain.modules()), "failed import changed the model"

@@ -2,7 +2,8 @@
 
 A method joins by registration (``@register`` in ``peftatlas/methods/``); nothing here names a
 method. A method may declare, per model kind, why a property or a model does not apply
-(``test_skip``), and gives small hyperparameters in ``test_config``.
+(``test_skip``), and gives small hyperparameters in ``test_config`` (and, in ``test_variants``,
+more configurations that switch on more of its math; each runs as a case ``method+variant``).
 
 The layer-type kinds (a tiny GPT-2 with ``Conv1D``, a CNN with ``Conv2d``/``Conv1d``, an untied
 embedding + ``lm_head``) run every weight-space method whose ``layer_types`` cover the kind's
@@ -21,7 +22,32 @@ from peftatlas.core.layer import AdaptedModule, MergeError
 from peftatlas.core.layer_types import LayerTypeError, MatrixView, adapts_as_matrix
 from peftatlas.testing import LAYER_TYPE_KINDS, TINY_KINDS, tiny_model
 
-METHODS = sorted(pa.registered_methods())
+
+def _suite_cases() -> list[str]:
+    """Every registered method, plus ``method+variant`` for each of its ``test_variants`` (extra
+    hyperparameters that switch on more math, e.g. LoRA's trained bias), run through the same suite."""
+    cases = []
+    for name, cls in pa.registered_methods().items():
+        cases += [name, *(f"{name}+{v}" for v in getattr(cls, "test_variants", {}))]
+    return sorted(cases)
+
+
+METHODS = _suite_cases()
+
+
+def method_name(case: str) -> str:
+    """The registered method of a suite case (``lora+bias`` → ``lora``)."""
+    return case.partition("+")[0]
+
+
+def method_class(case: str):
+    return pa.get_method(method_name(case))
+
+
+def config_of(case: str) -> dict:
+    """The case's hyperparameters: the method's ``test_config``, updated by its variant's."""
+    cls, variant = method_class(case), case.partition("+")[2]
+    return {**cls.test_config, **(cls.test_variants[variant] if variant else {})}
 
 
 def _kind_layer_types(kind: str) -> tuple[str, ...]:
@@ -31,7 +57,7 @@ def _kind_layer_types(kind: str) -> tuple[str, ...]:
 def _applies(method: str, kind: str) -> bool:
     """Whether (method, kind) runs the property suite: layer-type kinds need a weight-space method
     whose ``layer_types`` cover the kind's layers (GPT-2 runs every other method with its defaults)."""
-    cls = pa.get_method(method)
+    cls = method_class(method)
     if kind not in LAYER_TYPE_KINDS:
         return True
     if not _layer_method(method):
@@ -41,7 +67,7 @@ def _applies(method: str, kind: str) -> bool:
 
 def _layer_method(method: str) -> bool:
     """A weight-space method that adapts layers (seen as matrices) chosen by targets."""
-    cls = pa.get_method(method)
+    cls = method_class(method)
     return adapts_as_matrix(cls) and cls.default_targets is not None
 
 
@@ -57,7 +83,7 @@ def targets_of(method: str, tm) -> dict:
 
 
 def _skip_reason(method: str, kind: str) -> str | None:
-    return getattr(pa.get_method(method), "test_skip", {}).get(kind)
+    return getattr(method_class(method), "test_skip", {}).get(kind)
 
 
 def build(method: str, kind: str, name: str = "default", seed: int = 0, dtype=torch.float32):
@@ -67,8 +93,8 @@ def build(method: str, kind: str, name: str = "default", seed: int = 0, dtype=to
     tm = tiny_model(kind)
     tm.model.to(dtype)
     base_state = {k: v.clone() for k, v in tm.model.state_dict().items()}
-    cls = pa.get_method(method)
-    model = pa.attach(tm.model, method, name=name, seed=seed, **targets_of(method, tm), **cls.test_config)
+    model = pa.attach(tm.model, method_name(method), name=name, seed=seed, **targets_of(method, tm),
+                      **config_of(method))
     return tm, model, base_state
 
 
@@ -106,7 +132,7 @@ def has_adapters(model) -> bool:
 @pytest.mark.parametrize(("method", "kind"), CASES)
 def test_noop_at_init(method, kind):
     tm, model, _ = build(method, kind)
-    cls = pa.get_method(method)
+    cls = method_class(method)
     y = run(tm, model)
     y0 = base_output(method, kind)
     if cls.noop_at_init:
@@ -153,7 +179,7 @@ def test_training_step_changes_output_and_only_adapter_params_train(method, kind
 def test_dense_reference_and_param_count(method, kind):
     _tm, model, _ = build(method, kind)
     perturb(model)
-    cls = pa.get_method(method)
+    cls = method_class(method)
     g = torch.Generator().manual_seed(3)
     for ln, layer in model.adapted_layers().items():
         adapter = layer.adapters["default"]
@@ -190,7 +216,7 @@ def _layer_input(base, g):
 @pytest.mark.exactness
 def test_merge_equals_unmerged_idempotent_and_exact_unmerge(method, kind):
     tm, model, base_state = build(method, kind)
-    cls = pa.get_method(method)
+    cls = method_class(method)
     perturb(model)
     y = run(tm, model)
     if not cls.mergeable:
@@ -216,7 +242,7 @@ def test_merge_equals_unmerged_idempotent_and_exact_unmerge(method, kind):
 @pytest.mark.parametrize(("method", "kind"), CASES)
 def test_merge_and_unload_keeps_outputs(method, kind):
     tm, model, _ = build(method, kind)
-    cls = pa.get_method(method)
+    cls = method_class(method)
     if not cls.mergeable:
         pytest.skip(f"{method} is not mergeable (checked to raise in the merge test)")
     perturb(model)
@@ -231,7 +257,7 @@ def test_merge_and_unload_keeps_outputs(method, kind):
 @pytest.mark.exactness
 def test_nan_merge_raises_and_leaves_base_untouched(method, kind):
     _tm, model, _ = build(method, kind)
-    cls = pa.get_method(method)
+    cls = method_class(method)
     if not cls.mergeable or not has_adapters(model):
         pytest.skip(f"{method}: nothing to merge on {kind}")
     perturb(model)
@@ -316,10 +342,10 @@ def test_bf16_forward(method, kind):
 @pytest.mark.parametrize(("method", "kind"), CASES)
 def test_mixed_batch_rows_equal_single_adapter_runs(method, kind):
     tm, model, _ = build(method, kind, name="a", seed=0)
-    cls = pa.get_method(method)
+    cls = method_class(method)
     if not has_adapters(model):
         pytest.skip(f"{method} adds no layer adapters on {kind}")
-    model.add_adapter("b", method, seed=1, **targets_of(method, tm), **cls.test_config)
+    model.add_adapter("b", method_name(method), seed=1, **targets_of(method, tm), **config_of(method))
     perturb(model, "a", seed=11)
     perturb(model, "b", seed=12)
     rows = ["a", pa.BASE_NAME, "b", "a"]
@@ -341,10 +367,10 @@ def test_mixed_batch_rows_equal_single_adapter_runs(method, kind):
 @pytest.mark.parametrize(("method", "kind"), CASES)
 def test_two_active_adapters_merge_in_order(method, kind):
     tm, model, _ = build(method, kind, name="a")
-    cls = pa.get_method(method)
+    cls = method_class(method)
     if not has_adapters(model) or not cls.mergeable or not getattr(cls, "stackable", True):
         pytest.skip(f"{method}: stacking two adapters on one layer does not apply")
-    model.add_adapter("b", method, seed=1, **targets_of(method, tm), **cls.test_config)
+    model.add_adapter("b", method_name(method), seed=1, **targets_of(method, tm), **config_of(method))
     perturb(model, "a", seed=11)
     perturb(model, "b", seed=12)
     model.set_active(["a", "b"])
@@ -359,12 +385,11 @@ def test_two_active_adapters_merge_in_order(method, kind):
 @pytest.mark.parametrize(("method", "kind"), REFUSED)
 def test_unsupported_layer_type_is_refused_in_one_line(method, kind):
     tm = tiny_model(kind)
-    cls = pa.get_method(method)
     before = {k: v.clone() for k, v in tm.model.state_dict().items()}
     with pytest.raises(LayerTypeError) as info:
-        pa.attach(tm.model, method, targets=tm.targets, **cls.test_config)
+        pa.attach(tm.model, method_name(method), targets=tm.targets, **config_of(method))
     msg = str(info.value)
-    assert "\n" not in msg and method in msg, msg
+    assert "\n" not in msg and method_name(method) in msg, msg
     assert any(t in msg for t in tm.layer_types), msg
     assert not any(isinstance(m, AdaptedModule) for m in tm.model.modules()), "a refused attach left a wrapper"
     assert all(torch.equal(v, before[k]) for k, v in tm.model.state_dict().items())

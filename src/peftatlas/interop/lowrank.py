@@ -34,11 +34,13 @@ class LoRAConverter(Converter):
     A, B (PEFT's ``fan_in_fan_out`` only transposes its merge); a conv stores A as a conv kernel
     ``(r, in, *k)`` and B as a 1×1 conv ``(out, r, 1…)`` — the same numbers reshaped; an embedding
     stores ``lora_embedding_A`` = A (r × vocab) and ``lora_embedding_B`` = B (dim × r).
-    ``rank_pattern`` / ``alpha_pattern`` map one to one.
+    ``rank_pattern`` / ``alpha_pattern`` map one to one. PEFT's trained biases (``bias="lora_only"`` or
+    ``"all"``): each adapted layer's saved ``base_layer.bias`` = ``b0 + Δb`` with our ``bias=True``.
     """
 
     method = "lora"
     peft_type = "LORA"
+    bias_field = "bias"
     layer_keys: ClassVar[dict[str, str]] = {"lora_A.weight": "lora_A", "lora_B.weight": "lora_B"}
     fields: ClassVar[dict[str, str]] = {"r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout",
                                         "use_rslora": "rslora", "rank_pattern": "rank_pattern",

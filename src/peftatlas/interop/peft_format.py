@@ -21,9 +21,14 @@ PEFT's ``bias="lora_only"`` (``"vera_only"``, ...) trains the biases of the adap
 saves them as ``<module>.base_layer.bias``; ``bias="all"`` trains and saves every bias of the model
 (``<module>.bias``, for a ``modules_to_save`` head also ``<head>.original_module.bias`` and
 ``<head>.modules_to_save.bias``). A peftatlas adapter changes no base bias (``y = W₀x + b₀ + ΔW x``
-with ``b₀`` frozen), so such a file imports exactly when every saved bias equals this model's own
-(PEFT's function is then ours); a trained bias is refused with a one-line error. Export always
-writes ``bias="none"``.
+with ``b₀`` frozen) unless its method trains a bias change (``Converter.bias_field``: LoRA's
+``bias=True``, ``y = W₀x + b₀ + Δb + ΔW x``). For such a method a bias-training file imports with
+``Δb = b_file − b₀`` on each adapted layer, and, under ``bias="all"``, every other module whose saved
+bias differs from the model's becomes a trained copy beside the pretrained one (as a
+``modules_to_save`` head: the disabled model stays the pretrained one); export writes
+``bias="lora_only"`` and ``base_layer.bias = b₀ + Δb``. For every other method such a file imports
+exactly when each saved bias equals this model's own (PEFT's function is then ours) and a trained
+bias is refused with a one-line error; their export writes ``bias="none"``.
 """
 
 from __future__ import annotations
@@ -92,6 +97,10 @@ def export_peft(model: AdaptedModel, path: str | os.PathLike, name: str | None =
             ours = conv.layer_to_peft(layer.adapters[name])
             for k, v in conv.to_layer_layout(ours, layer.base).items():
                 tensors[f"{LAYER_PREFIX}{layer_name}.{k}"] = v
+            delta = getattr(layer.adapters[name], "bias_delta", None)
+            if delta is not None:  # PEFT's trained bias: b0 + Δb in the base layer's place
+                b0 = layer.base.bias.detach().float()
+                tensors[f"{LAYER_PREFIX}{layer_name}.base_layer.bias"] = b0 + delta.detach().float()
     for k, v in conv.shared_to_peft(model, name, **options).items():
         tensors[f"{SHARED_PREFIX}{k}"] = v
     if config["modules_to_save"]:
@@ -148,6 +157,17 @@ def import_peft(model: nn.Module | AdaptedModel, path: str | os.PathLike, name: 
                            f"(expected keys ending in {', '.join(conv.peft_layer_suffixes())})")
     hyper = conv.config_from_peft(cfg, layers)
     fresh = not isinstance(model, AdaptedModel)
+    bias_deltas: dict[str, Tensor] = {}
+    if conv.bias_field is not None and trains_biases(cfg):
+        root = model if fresh else model.model
+        bias_deltas = _layer_bias_deltas(root, base_copies, layers, path)
+        module_biases = _trained_module_biases(root, base_copies, path)
+        if module_biases and not fresh:
+            raise InteropError(f"{path}: PEFT bias={cfg['bias']!r} trained the bias of "
+                               f"{next(iter(module_biases)).rsplit('.', 1)[0]} (not an adapted layer); import it "
+                               "into the plain model, where such modules get trained copies")
+        head.update(module_biases)
+        hyper[conv.bias_field] = True
     wrapped = AdaptedModel(model, head=_head_names(cfg, head)) if fresh else model
     try:
         wrapped.add_adapter(name, conv.method, targets=sorted(layers), **hyper)
@@ -157,7 +177,7 @@ def import_peft(model: nn.Module | AdaptedModel, path: str | os.PathLike, name: 
         raise InteropError(f"{path}: cannot build {conv.method} adapter: {e}") from None
     try:
         _check_base_tensors(wrapped, base_copies, cfg, path)
-        _fill(wrapped, name, conv, layers, shared, head, cfg, path)
+        _fill(wrapped, name, conv, layers, shared, head, cfg, path, bias_deltas)
     except InteropError:
         wrapped.delete_adapter(name)
         if fresh:
@@ -239,6 +259,47 @@ def _pop_base_tensors(conv: type[Converter], tensors: dict[str, Tensor], cfg: di
     return out
 
 
+def _own_tensor(root: nn.Module, key: str, path: Any) -> Tensor | None:
+    """Module m's own ``p`` for file key ``<m>[.base_layer|.original_module].<p>`` (None: no such tensor)."""
+    from ..core.tree import get_user_submodule
+
+    rest = key[len(LAYER_PREFIX):]
+    for part in _BASE_PARTS:
+        rest = rest.replace(part, ".")
+    module_path, _, param = rest.rpartition(".")
+    try:
+        module = get_user_submodule(root, module_path, unwrap=True)
+    except (AttributeError, KeyError):
+        raise InteropError(f"{path}: base tensor {key} names a module this model lacks") from None
+    own = getattr(module, param, None)
+    return own if isinstance(own, Tensor) else None
+
+
+def _layer_bias_deltas(root: nn.Module, base: dict[str, Tensor], layers: dict[str, Any], path: Any
+                       ) -> dict[str, Tensor]:
+    """Remove each adapted layer's saved ``<m>.base_layer.bias`` from ``base``; ``Δb = b_file − b₀`` per layer."""
+    deltas = {}
+    for layer in layers:
+        key = f"{LAYER_PREFIX}{layer}.base_layer.bias"
+        if key in base:
+            value, own = base.pop(key), _own_tensor(root, key, path)
+            if own is None or tuple(own.shape) != tuple(value.shape):
+                raise InteropError(f"{path}: {layer}.base_layer.bias {tuple(value.shape)} does not fit this model's "
+                                   f"bias ({None if own is None else tuple(own.shape)})")
+            deltas[layer] = value.float() - own.detach().to("cpu", torch.float32)
+    return deltas
+
+
+def _trained_module_biases(root: nn.Module, base: dict[str, Tensor], path: Any) -> dict[str, Tensor]:
+    """Remove from ``base`` the saved ``<m>.bias`` of modules that are not adapted layers and whose value
+    differs from the model's (``bias="all"``); those values by user key (``<m>.bias``)."""
+    out = {}
+    for key in [k for k in base if k.endswith(".bias") and not any(p in k for p in _BASE_PARTS)]:
+        if not _equals_own_in(root, key, base[key], path):
+            out[key[len(LAYER_PREFIX):]] = base.pop(key)
+    return out
+
+
 def _check_base_tensors(model: AdaptedModel, base: dict[str, Tensor], cfg: dict[str, Any], path: Any) -> None:
     """The file's base-model tensors must equal the model's own: then they carry no information."""
     differ = [key for key, value in base.items() if not _equals_own(model, key, value, path)]
@@ -257,18 +318,12 @@ def _check_base_tensors(model: AdaptedModel, base: dict[str, Tensor], cfg: dict[
 
 def _equals_own(model: AdaptedModel, key: str, value: Tensor, path: Any) -> bool:
     """Whether file tensor ``key`` (``<m>[.base_layer|.original_module].<p>``) equals module m's own ``p``."""
-    from ..core.tree import get_user_submodule
+    return _equals_own_in(model.model, key, value, path)
 
-    rest = key[len(LAYER_PREFIX):]
-    for part in _BASE_PARTS:
-        rest = rest.replace(part, ".")
-    module_path, _, param = rest.rpartition(".")
-    try:
-        module = get_user_submodule(model.model, module_path, unwrap=True)
-    except (AttributeError, KeyError):
-        raise InteropError(f"{path}: base tensor {key} names a module this model lacks") from None
-    own = getattr(module, param, None)
-    return isinstance(own, Tensor) and tuple(own.shape) == tuple(value.shape) and torch.equal(
+
+def _equals_own_in(root: nn.Module, key: str, value: Tensor, path: Any) -> bool:
+    own = _own_tensor(root, key, path)
+    return own is not None and tuple(own.shape) == tuple(value.shape) and torch.equal(
         own.detach().to("cpu", value.dtype), value)
 
 
@@ -285,7 +340,8 @@ def _head_names(cfg: dict[str, Any], head: dict[str, Tensor]) -> list[str] | Non
 
 
 def _fill(model: AdaptedModel, name: str, conv: type[Converter], layers: dict[str, dict[str, Tensor]],
-          shared: dict[str, Tensor], head: dict[str, Tensor], cfg: dict[str, Any], path: Any) -> None:
+          shared: dict[str, Tensor], head: dict[str, Tensor], cfg: dict[str, Any], path: Any,
+          bias_deltas: dict[str, Tensor] | None = None) -> None:
     adapted = model.adapted_layers()
     missing_layers = sorted(n for n in layers if n not in adapted or name not in adapted[n].adapters)
     if missing_layers:
@@ -305,6 +361,8 @@ def _fill(model: AdaptedModel, name: str, conv: type[Converter], layers: dict[st
         base = adapted[layer_name].base
         conv.check_layer_type(layer_name, base)
         ours = conv.layer_from_peft(conv.from_layer_layout(layer_tensors, base), adapter)
+        if "bias_delta" in adapter.state_dict():  # a trained bias (Δb = 0 where PEFT saved none)
+            ours["bias_delta"] = (bias_deltas or {}).get(layer_name, torch.zeros_like(adapter.bias_delta))
         want = adapter.state_dict(keep_vars=True)
         missing = sorted(set(want) - set(ours))
         if missing:

@@ -57,6 +57,9 @@ class Converter:
     peft_compatible: ClassVar[dict[str, Any]] = {}
     # Layer types converted (PEFT stores Linear and GPT-2 Conv1D adapters alike).
     peft_layer_types: ClassVar[tuple[str, ...]] = (LINEAR, GPT2_CONV1D)
+    # Our config field that trains a per-layer bias change ``bias_delta`` (PEFT's ``bias="<tuner>_only"``:
+    # the adapted layers' trained biases); None: the method keeps base biases frozen.
+    bias_field: ClassVar[str | None] = None
 
     # --- config -----------------------------------------------------------------------------------
     @classmethod
@@ -70,7 +73,10 @@ class Converter:
         if options:
             raise InteropError(f"{cls.method}: unknown export option(s) {sorted(options)}")
         ours = config_to_dict(cfg)
-        return {**cls.fixed, **cls.export_only, **{peft: ours[mine] for peft, mine in cls.fields.items()}}
+        out = {**cls.fixed, **cls.export_only, **{peft: ours[mine] for peft, mine in cls.fields.items()}}
+        if cls.bias_field is not None and ours.get(cls.bias_field):
+            out["bias"] = f"{cls.peft_type.lower()}_only"  # the trained biases are saved as <m>.base_layer.bias
+        return out
 
     @classmethod
     def model_config_to_peft(cls, model: Any, name: str, **options: Any) -> dict[str, Any]:

@@ -7,6 +7,8 @@ Pseudocode::
     A ~ KaimingUniform(r × d_in);  B ← 0 (d_out × r);  s = α / r   (rsLoRA: α / √r)
     y = W0 x + s · B (A dropout(x))
     merge: W ← W0 + s · B A
+    with bias=True (PEFT's bias="lora_only"), on a layer that has a bias b0:
+        Δb ← 0 (d_out);  y = W0 x + b0 + Δb + s · B (A dropout(x));  merge: b ← b0 + Δb
     per layer (PEFT's rank_pattern / alpha_pattern): r, α of the first pattern P whose
     regex matches the layer name as ``(.*\.)?P$``; the adapter-wide r, α otherwise
 
@@ -71,10 +73,11 @@ def add_lowrank(y: Tensor, h: Tensor, B: Tensor, *, reuse_y: bool = False) -> Te
 class LoRA(LayerAdapter):
     family = "low-rank"
     summary = "ΔW = s·BA with rank r; B=0 at init."
-    formula = "r·(d_in + d_out)"
+    formula = "r·(d_in + d_out) (+ d_out per biased layer with bias=True)"
     size_knob: ClassVar[str | None] = "r"
     rank_within_width = True
     test_config: ClassVar[dict[str, Any]] = {"r": 4, "alpha": 8}
+    test_variants: ClassVar[dict[str, dict[str, Any]]] = {"bias": {"bias": True}}
 
     @dataclasses.dataclass
     class Config:
@@ -84,6 +87,7 @@ class LoRA(LayerAdapter):
         rslora: bool = False
         rank_pattern: dict[str, int] = dataclasses.field(default_factory=dict)  # layer-name regex → r
         alpha_pattern: dict[str, float] = dataclasses.field(default_factory=dict)  # layer-name regex → α
+        bias: bool = False  # also train Δb on each adapted layer that has a bias (PEFT's bias="lora_only")
 
     @classmethod
     def validate_config(cls, cfg: Config) -> None:
@@ -109,6 +113,16 @@ class LoRA(LayerAdapter):
         self.lora_B = nn.Parameter(torch.zeros(d_out, cfg.r))
         self.scale = cfg.alpha / (math.sqrt(cfg.r) if cfg.rslora else cfg.r)
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        self.bias_delta = nn.Parameter(torch.zeros(d_out)) if self.trains_bias(base, cfg) else None
+
+    @staticmethod
+    def trains_bias(base: nn.Module, cfg: Config) -> bool:
+        """Whether this layer gets a trained ``Δb``: ``bias=True`` and the layer has a bias."""
+        return cfg.bias and getattr(base, "bias", None) is not None
+
+    def _add_bias(self, y: Tensor) -> Tensor:
+        """``y + Δb`` (``y`` unchanged without a trained bias)."""
+        return y if self.bias_delta is None else y + self.bias_delta.to(y.dtype)
 
     def _h(self, x: Tensor) -> Tensor:
         """``s · A dropout(x)`` in the compute dtype: (..., r)."""
@@ -116,25 +130,37 @@ class LoRA(LayerAdapter):
         return F.linear(self.dropout(x.to(dt)), self.lora_A.to(dt)) * self.scale
 
     def forward(self, x: Tensor, base_fn: BaseFn) -> Tensor:
-        return add_lowrank(base_fn(x), self._h(x), self.lora_B, reuse_y=True)
+        return self._add_bias(add_lowrank(base_fn(x), self._h(x), self.lora_B, reuse_y=True))
 
     def delta_output(self, x: Tensor) -> Tensor:
         h = self._h(x)
-        return F.linear(h, self.lora_B.to(h.dtype))
+        return self._add_bias(F.linear(h, self.lora_B.to(h.dtype)))
 
     def delta_weight(self, weight: Tensor) -> Tensor:
         return (self.lora_B @ self.lora_A * self.scale).to(weight.dtype)
 
+    def merged_params(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``W0 + s·B A`` and, with a trained bias, ``b0 + Δb`` (both added in fp32, cast back)."""
+        merged = super().merged_params(params)
+        if self.bias_delta is not None:
+            b = params["bias"]
+            merged["bias"] = (b.float() + self.bias_delta.detach().float()).to(b.dtype)
+        return merged
+
     def reference_forward(self, x: Tensor, base: nn.Module) -> Tensor:
-        """Dense oracle: ``(W0 + s·B A) x + b`` with ``ΔW`` built explicitly in fp32."""
+        """Dense oracle: ``(W0 + s·B A) x + b0 (+ Δb)`` with ``ΔW`` built explicitly in fp64."""
         delta = self.lora_B.detach().double() @ self.lora_A.detach().double() * self.scale
-        bias = None if base.bias is None else base.bias.detach().float()
-        return F.linear(x.float(), (base.weight.detach().double() + delta).float(), bias)
+        bias = None if base.bias is None else base.bias.detach().double()
+        if self.bias_delta is not None:
+            bias = bias + self.bias_delta.detach().double()
+        return F.linear(x.float(), (base.weight.detach().double() + delta).float(),
+                        None if bias is None else bias.float())
 
     @classmethod
     def param_count(cls, base: nn.Module, cfg: Config) -> int:
+        """``r·(d_in + d_out)``, plus ``d_out`` where a bias is trained."""
         d_out, d_in = cls.dims(base)
-        return cfg.r * (d_in + d_out)
+        return cfg.r * (d_in + d_out) + (d_out if cls.trains_bias(base, cfg) else 0)
 
     @staticmethod
     def mixed_batch_forward(layer: nn.Module, x: Tensor, rows: list[str], present: list[str]) -> Tensor:
@@ -145,8 +171,21 @@ class LoRA(LayerAdapter):
         adapters = [layer.adapters[n] for n in present]
         layout = serving.groups(rows, present)
         if serving.strategy(layout, len(rows)) == "grouped":
-            return _mixed_grouped(layer, present, adapters, x, layout)
-        return _mixed_gather(layer, present, adapters, x, rows)
+            y = _mixed_grouped(layer, present, adapters, x, layout)
+        else:
+            y = _mixed_gather(layer, present, adapters, x, rows)
+        return _add_row_biases(y, adapters, rows, present)
+
+
+def _add_row_biases(y: Tensor, adapters: list[LoRA], rows: list[str], present: list[str]) -> Tensor:
+    """Row ``i`` of ``y`` plus the trained ``Δb`` of its adapter (zero for base rows and for adapters
+    without one); ``y`` itself when no adapter trains a bias."""
+    if all(a.bias_delta is None for a in adapters):
+        return y
+    d_out = y.shape[-1]
+    deltas = [y.new_zeros(d_out) if a.bias_delta is None else a.bias_delta for a in adapters]
+    per_row = serving.bank(deltas, y.dtype).index_select(0, serving.row_index(rows, present, y.device))
+    return (serving.as_rows(y, len(rows)) + per_row.unsqueeze(1)).view(y.shape)
 
 
 def _banks(layer: nn.Module, present: list[str], adapters: list[LoRA], dt: torch.dtype) -> tuple[Tensor, Tensor]:

@@ -29,7 +29,7 @@ from .lora import LoRA
 class LoRAFA(LoRA):
     family = "low-rank"
     summary = "LoRA with A frozen at its random init; only B (d_out × r) trains."
-    formula = "r·d_out"
+    formula = "r·d_out (+ d_out per biased layer with bias=True)"
     size_knob: ClassVar[str | None] = "r"
     test_config: ClassVar[dict[str, Any]] = {"r": 4, "alpha": 8}
 
@@ -41,4 +41,5 @@ class LoRAFA(LoRA):
 
     @classmethod
     def param_count(cls, base: nn.Module, cfg: LoRA.Config) -> int:
-        return cfg.r * cls.dims(base)[0]
+        """``r·d_out`` (B only), plus ``d_out`` where a bias is trained."""
+        return cfg.r * cls.dims(base)[0] + (cls.dims(base)[0] if cls.trains_bias(base, cfg) else 0)

@@ -31,3 +31,40 @@ def test_resume_from_a_missing_or_corrupt_folder_is_one_line_and_creates_no_stor
         assert out.returncode != 0
         assert len(out.stderr.strip().splitlines()) == 1 and "--resume-from" in out.stderr, out.stderr
         assert not store.exists()
+
+
+def _ship(tmp_path, name: str, records) -> object:
+    db = put(tmp_path / f"{name}.sqlite", records)
+    with ResultsStore(db) as store:
+        shipped.export(store, tmp_path / name)
+    return tmp_path / name
+
+
+def test_several_shipped_folders_render_one_atlas_and_conflicts_are_refused(tmp_path):
+    """One folder per profile renders together (the shipped atlas of three settings); the same key with
+    another record in a second folder is refused in one line; the CLI takes several folders."""
+    import dataclasses
+
+    import pytest
+
+    from peftatlas.report import build_report
+
+    enc = _ship(tmp_path, "enc", [record("lora", s, 0.8) for s in range(3)])
+    other = _ship(tmp_path, "other", [record("lora", s, 0.8, task="other_task") for s in range(3)]
+                  + [dataclasses.replace(record("lora", 0, 0.8), created=5.0)])  # enc's run, shipped again: fine
+    with shipped.as_store(enc, other) as db, ResultsStore(db) as store:
+        assert len(store.records()) == 6
+    result = build_report([enc, other], tmp_path / "atlas")
+    assert result.index_html.is_file() and "enc + other" in result.index_md.read_text()
+
+    changed = dataclasses.replace(record("lora", 0, 0.8), lr=0.5)
+    clash = _ship(tmp_path, "clash", [changed])
+    with pytest.raises(shipped.ShippedError, match="differs from the one another folder holds") as info, \
+            shipped.as_store(enc, clash):
+        pass
+    assert "\n" not in str(info.value)
+
+    out = subprocess.run([sys.executable, "-m", "peftatlas.cli", "report", "--shipped", str(enc), str(other),
+                          "--out", str(tmp_path / "cli")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "cli" / "index.html").read_bytes() == (tmp_path / "atlas" / "index.html").read_bytes()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import tempfile
 from collections.abc import Iterator
@@ -102,15 +103,29 @@ def is_shipped(path: str | os.PathLike) -> bool:
 
 
 @contextlib.contextmanager
-def as_store(folder: str | os.PathLike) -> Iterator[Path]:
-    """A temporary SQLite store with every record of ``folder`` (removed on exit); the path inside."""
-    records = read(folder)
+def as_store(*folders: str | os.PathLike) -> Iterator[Path]:
+    """A temporary SQLite store with every record of each of ``folders`` (e.g. one per profile: the
+    catalog and the other settings' CPU profiles), removed on exit; the path inside. A key present in
+    two folders must be the same record there (else :class:`ShippedError`)."""
+    if not folders:
+        raise ShippedError("as_store() needs at least one shipped folder")
+    records = [(folder, read(folder)) for folder in folders]  # every folder checked before the store exists
     with tempfile.TemporaryDirectory(prefix="peftatlas-shipped-") as tmp:
         path = Path(tmp) / "results.sqlite"
         with ResultsStore(path) as store:
-            for r in records:
-                store.put(r)
+            for folder, recs in records:
+                for r in recs:
+                    held = store.get(r.key)
+                    if held is None:
+                        store.put(r)
+                    elif _unstamped(held) != _unstamped(r):
+                        raise ShippedError(f"{folder}: record {r.key} differs from the one another folder holds")
         yield path
+
+
+def _unstamped(r: RunRecord) -> str:
+    """A record's JSON without when it was made (the same run shipped twice differs only there)."""
+    return dataclasses.replace(r, created=0.0).to_json()
 
 
 def main(argv: list[str] | None = None) -> int:

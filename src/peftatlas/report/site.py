@@ -19,6 +19,7 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -582,13 +583,18 @@ def _latest(records: list) -> str:
     return "latest run " + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(stamp))
 
 
-def build_report(store_path: str | Path, out_dir: str | Path, source: str | None = None) -> ReportResult:
-    """Render the atlas of a results database, or of a shipped results folder (``records.jsonl``: loaded into a
-    temporary store), into ``out_dir`` (HTML + Markdown + PNG + grades.json). Deterministic: the same
-    records give byte-identical files."""
-    from ..evidence.shipped import as_store, is_shipped
+def build_report(store_path: str | Path | Sequence[str | Path], out_dir: str | Path,
+                 source: str | None = None) -> ReportResult:
+    """Render the atlas of a results database, or of shipped results folders (``records.jsonl``; several,
+    e.g. one per profile, are loaded together into a temporary store), into ``out_dir`` (HTML + Markdown +
+    PNG + grades.json). Deterministic: the same records give byte-identical files."""
+    from ..evidence.shipped import ShippedError, as_store, is_shipped
 
-    if is_shipped(store_path):
-        with as_store(store_path) as db:
-            return build_report(db, out_dir, source or Path(store_path).name)
-    return Site(Evidence.from_store(store_path), Path(out_dir), source).build()
+    folders = [store_path] if isinstance(store_path, (str, Path)) else list(store_path)
+    if len(folders) > 1 or is_shipped(folders[0]):
+        not_shipped = [str(f) for f in folders if not is_shipped(f)]
+        if not_shipped:
+            raise ShippedError(f"not a shipped results folder (no records.jsonl): {', '.join(not_shipped)}")
+        with as_store(*folders) as db:
+            return build_report(db, out_dir, source or " + ".join(Path(f).name for f in folders))
+    return Site(Evidence.from_store(folders[0]), Path(out_dir), source).build()

@@ -16,7 +16,7 @@ from peftatlas.evidence.settings import vision as vi
 from peftatlas.evidence.store import ResultsStore, decode_items
 
 LM_TINY = dataclasses.replace(
-    LM_CPU, name="lm-tiny", methods=("lora", "head_only"), lr_factors=(1.0,), seeds=(0,), sweep_seeds=1,
+    LM_CPU, name="lm-tiny", methods=("full", "lora", "head_only"), lr_factors=(1.0,), seeds=(0,), sweep_seeds=1,
     lr_extend=0, matched_lora=False, train={**LM_CPU.train, "eval_batch_size": 16, "evals_per_epoch": 1},
     train_size=16, val_size=4, test_size=4, ood_size=4, learning_curve_sizes=(8,), learning_curve_methods=("lora",),
     learning_curve_seeds=1)
@@ -101,10 +101,13 @@ def resume_trains_nothing(profile, store_path) -> None:
 
 
 @pytest.mark.realmodel
-@pytest.mark.timeout(1200)  # ≈ 2 min of CPU at most; niced on the loaded machine its wall was 463–660 s
-def test_lm_profile_runs_end_to_end_and_resumes(tmp_path):
-    """LoRA (LR sweep → main completed from its adapter → a learning-curve point) and the frozen LM (head-only's
-    place: nothing trains) on 16 questions; exact match and held-out loss on test and both shifted formats."""
+@pytest.mark.timeout(1500)  # ≈ 3 min of CPU at most; niced on the loaded machine its wall was 463–660 s (w/o full FT)
+def test_lm_profile_runs_end_to_end_resumes_and_probes_full_fine_tuning(tmp_path):
+    """Full FT, LoRA (LR sweep → main completed from its adapter → a learning-curve point) and the frozen LM
+    (head-only's place: nothing trains) on 16 questions; exact match and held-out loss on test and both shifted
+    formats; the full-FT update of the probed matrices (the artifact keeps only those) is probed against nulls."""
+    from peftatlas.geometry.runner import ProbeConfig, probe_store
+
     path = tmp_path / "lm.sqlite"
     records = run_profile(LM_TINY, path, progress=False, executor="sequential")
     check_records(path, records, {"lowercase", "reworded"})
@@ -117,6 +120,10 @@ def test_lm_profile_runs_end_to_end_and_resumes(tmp_path):
         model, tokenizer = load_run(store, by["lora", MAIN])  # rebuilt from its saved adapter
     assert tokenizer is not None and not model.count_parameters().head
     resume_trains_nothing(LM_TINY, path)
+    jobs = probe_store(path, ProbeConfig(draws=2, max_matrices=2), log=None)
+    single = [j for j in jobs if j.kind == "single"]
+    assert len(single) == 1 and single[0].status == "done" and single[0].n_matrices == 2, [j.error for j in jobs]
+    assert any(j.kind == "method" and j.method == "lora" and j.status == "done" for j in jobs)
 
 
 @pytest.mark.realmodel

@@ -68,3 +68,39 @@ def test_several_shipped_folders_render_one_atlas_and_conflicts_are_refused(tmp_
                           "--out", str(tmp_path / "cli")], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "cli" / "index.html").read_bytes() == (tmp_path / "atlas" / "index.html").read_bytes()
+
+
+def test_probe_jobs_travel_with_the_records_nan_included(tmp_path):
+    """Finished probe jobs and their rows are exported to probes.jsonl, loaded back (a NaN stays NaN), included
+    by as_store (so the shipped atlas shows geometry), unfinished jobs stay home; a corrupt line is one line."""
+    import math
+
+    import pytest
+
+    from peftatlas.geometry.probe import ProbeRow
+    from peftatlas.geometry.store import ProbeJob, ProbeStore
+
+    db = put(tmp_path / "a.sqlite", [record("full", 0, 0.8)])
+    rows = [ProbeRow("layer.0.q", "spectrum", "k90", 12.0, "gaussian", 30.0, 2.0, -9.0, 100, False, {"d": 64}),
+            ProbeRow("layer.0.q", "spectrum", "censored", math.nan)]
+    with ProbeStore(db) as probes:
+        probes.put_rows("job-done", rows)
+        probes.put_job(ProbeJob("job-done", "single", ["k"], "m", "t", "full", {"draws": 100}, status="done",
+                                n_matrices=1, created=1.0))
+        probes.put_job(ProbeJob("job-running", "single", ["k"], "m", "t", "full", {}, created=2.0))
+    with ResultsStore(db) as store:
+        shipped.export(store, tmp_path / "ship")
+    assert len((tmp_path / "ship" / shipped.PROBES).read_text().splitlines()) == 1
+    with ResultsStore(tmp_path / "b.sqlite") as fresh:
+        shipped.load(tmp_path / "ship", fresh)
+    with ProbeStore(tmp_path / "b.sqlite") as back:
+        assert [j.job_key for j in back.jobs()] == ["job-done"] and back.job("job-done").config == {"draws": 100}
+        got = back.rows("job-done")
+    assert got[1].detail == {"d": 64} and got[1].z == -9.0 and math.isnan(got[0].value)  # rows sorted by stat
+    with shipped.as_store(tmp_path / "ship") as path, ProbeStore(path) as inside:
+        assert len(inside.rows("job-done")) == 2
+
+    (tmp_path / "ship" / shipped.PROBES).write_text('{"job": {}}\n')
+    with pytest.raises(shipped.ShippedError, match="probes.jsonl:1: not a probe job") as info:
+        shipped.read_probes(tmp_path / "ship")
+    assert "\n" not in str(info.value)

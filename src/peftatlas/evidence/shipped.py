@@ -4,6 +4,8 @@ A SQLite store is a binary that changes wholesale; the shipped form is text that
 the committed history of a long sweep stays small and each commit shows which runs it added::
 
     FOLDER/records.jsonl   every record, ``RunRecord.to_json`` per line, in key order
+    FOLDER/probes.jsonl    every finished geometry probe job with its rows (``peftatlas probe``), one job
+                           per line, in job-key order (absent when nothing was probed)
     FOLDER/plans/*.json    the plan cache beside the store (solved budgets; named by everything they
                            depend on, so a stale one is never used)
 
@@ -27,11 +29,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+from ..geometry.probe import ProbeRow
+from ..geometry.store import ProbeJob, ProbeStore
 from .store import ResultsStore, RunRecord
 
 
@@ -40,7 +47,9 @@ class ShippedError(ValueError):
 
 
 RECORDS = "records.jsonl"
+PROBES = "probes.jsonl"
 PLANS = "plans"
+_ROW_NUMBERS = ("value", "null_mean", "null_sd", "z")  # NaN ↔ null in JSON
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -58,9 +67,70 @@ def export(store: ResultsStore, folder: str | os.PathLike) -> int:
     out = Path(folder)
     records = sorted(store.records(), key=lambda r: r.key)
     _write_atomic(out / RECORDS, "".join(r.to_json() + "\n" for r in records).encode())
+    lines = [_probe_line(job, rows) for job, rows in _finished_probes(store.path)]
+    if lines or (out / PROBES).exists():
+        _write_atomic(out / PROBES, "".join(line + "\n" for line in lines).encode())
     for plan in sorted((store.root / PLANS).glob("*.json")):
         _write_atomic(out / PLANS / plan.name, plan.read_bytes())
     return len(records)
+
+
+def _finished_probes(store_path: Path) -> list[tuple[ProbeJob, list[ProbeRow]]]:
+    """The store's finished probe jobs (key order), each with its rows."""
+    with ProbeStore(store_path) as probes:
+        jobs = sorted((j for j in probes.jobs() if j.status == "done"), key=lambda j: j.job_key)
+        return [(j, probes.rows(j.job_key)) for j in jobs]
+
+
+def _probe_line(job: ProbeJob, rows: list[ProbeRow]) -> str:
+    def row(r: ProbeRow) -> dict[str, Any]:
+        d = r.as_dict()
+        for k in _ROW_NUMBERS:
+            if d[k] is not None and math.isnan(d[k]):
+                d[k] = None
+        return d
+
+    return json.dumps({"job": dataclasses.asdict(job), "rows": [row(r) for r in rows]}, sort_keys=True,
+                      default=float, allow_nan=False)
+
+
+def read_probes(folder: str | os.PathLike) -> list[tuple[ProbeJob, list[ProbeRow]]]:
+    """The probe jobs of a shipped folder with their rows (none when it has no probes file); a one-line
+    :class:`ShippedError` naming the first bad line."""
+    path = Path(folder) / PROBES
+    if not path.is_file():
+        return []
+    out = []
+    with path.open() as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                rows = [ProbeRow(**{**r, "value": math.nan if r["value"] is None else r["value"]})
+                        for r in obj["rows"]]
+                out.append((ProbeJob(**obj["job"]), rows))
+            except (ValueError, TypeError, KeyError) as e:
+                raise ShippedError(f"{path}:{n}: not a probe job ({type(e).__name__}: {e})") from None
+    return out
+
+
+def _load_probes(probes: list[tuple[ProbeJob, list[ProbeRow]]], store_path: Path) -> int:
+    """Put each finished probe job (and its rows) into the store where it is not finished there; the number added."""
+    added = 0
+    with ProbeStore(store_path) as store:
+        for job, rows in probes:
+            held = store.job(job.job_key)
+            if held is not None and held.status == "done":
+                continue
+            by_matrix: dict[str, list[ProbeRow]] = {}
+            for r in rows:
+                by_matrix.setdefault(r.matrix, []).append(r)
+            for matrix_rows in by_matrix.values():
+                store.put_rows(job.job_key, matrix_rows)
+            store.put_job(job)
+            added += 1
+    return added
 
 
 def read(folder: str | os.PathLike) -> list[RunRecord]:
@@ -86,11 +156,13 @@ def load(folder: str | os.PathLike, store: ResultsStore, records: list[RunRecord
 
     Everything is read and checked before the first record is written, so a corrupt file adds nothing."""
     records = read(folder) if records is None else records  # already read (and checked) by the caller
+    probes = read_probes(folder)
     added = 0
     for r in records:
         if store.get(r.key) is None:
             store.put(r)
             added += 1
+    _load_probes(probes, store.path)
     for plan in sorted((Path(folder) / PLANS).glob("*.json")):
         if not (store.root / PLANS / plan.name).exists():
             _write_atomic(store.root / PLANS / plan.name, plan.read_bytes())
@@ -110,6 +182,7 @@ def as_store(*folders: str | os.PathLike) -> Iterator[Path]:
     if not folders:
         raise ShippedError("as_store() needs at least one shipped folder")
     records = [(folder, read(folder)) for folder in folders]  # every folder checked before the store exists
+    probes = [p for folder in folders for p in read_probes(folder)]
     with tempfile.TemporaryDirectory(prefix="peftatlas-shipped-") as tmp:
         path = Path(tmp) / "results.sqlite"
         with ResultsStore(path) as store:
@@ -120,6 +193,7 @@ def as_store(*folders: str | os.PathLike) -> Iterator[Path]:
                         store.put(r)
                     elif _unstamped(held) != _unstamped(r):
                         raise ShippedError(f"{folder}: record {r.key} differs from the one another folder holds")
+        _load_probes(probes, path)
         yield path
 
 

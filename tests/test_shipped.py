@@ -104,3 +104,27 @@ def test_probe_jobs_travel_with_the_records_nan_included(tmp_path):
     with pytest.raises(shipped.ShippedError, match="probes.jsonl:1: not a probe job") as info:
         shipped.read_probes(tmp_path / "ship")
     assert "\n" not in str(info.value)
+
+
+def test_periodic_export_ships_while_the_store_grows_and_once_more_at_the_end(tmp_path):
+    import time
+
+    db = put(tmp_path / "a.sqlite", [record("lora", 0, 0.8)])
+    logged: list[str] = []
+    with shipped.PeriodicExport(db, tmp_path / "ship", every=0.05, log=logged.append) as ship:
+        time.sleep(0.3)
+        assert len(shipped.read(tmp_path / "ship")) == 1  # shipped while the sweep runs
+        put(db, [record("lora", 1, 0.8)])
+    assert len(shipped.read(tmp_path / "ship")) == 2 and ship.exports >= 2  # the last export after the end
+    (tmp_path / "blocked").write_text("a file where the folder should be")
+    failed: list[str] = []
+    with shipped.PeriodicExport(db, tmp_path / "blocked", every=10, log=failed.append):
+        pass
+    assert len(failed) == 1 and "failed" in failed[0] and "\n" not in failed[0]  # logged, the sweep goes on
+
+
+def test_run_ship_every_must_be_positive(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "peftatlas.cli", "run", "--profile", "smoke", "--store",
+                          str(tmp_path / "s.sqlite"), "--ship", str(tmp_path / "ship"), "--ship-every", "0"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "--ship-every must be positive" in out.stderr

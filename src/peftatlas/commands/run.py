@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import time
 
@@ -29,14 +30,26 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit(f"peftatlas run: --resume-from: {e}") from None
         print(f"resume: {added} record(s) from {args.resume_from} added to {store}")
     t0 = time.time()
-    records = run_profile(profile, store, methods=methods, progress=not args.quiet, jobs=args.jobs,
-                          executor=args.executor, address=args.address, artifacts=args.artifacts)
+    with _shipping(store, args.ship, args.ship_every):
+        records = run_profile(profile, store, methods=methods, progress=not args.quiet, jobs=args.jobs,
+                              executor=args.executor, address=args.address, artifacts=args.artifacts)
     print(format_table(records))
     failed = [r for r in records if r.status == "failed"]
     print(f"\n{len(records)} record(s) in {store}; {len(failed)} failed; wall {time.time() - t0:.0f} s")
     for r in failed:
         print(f"  failed: {r.method} lr={r.lr:g} seed={r.seed} ({r.experiment}): {r.error}")
     return 1 if failed and not args.allow_failures else 0
+
+
+def _shipping(store: str, folder: str | None, minutes: float) -> contextlib.AbstractContextManager:
+    """With ``--ship FOLDER``: export the store to FOLDER every ``minutes`` and at the end; else nothing."""
+    if folder is None:
+        return contextlib.nullcontext()
+    if minutes <= 0:
+        raise SystemExit(f"peftatlas run: --ship-every must be positive, got {minutes:g}")
+    from ..evidence.shipped import PeriodicExport
+
+    return PeriodicExport(store, folder, every=60.0 * minutes)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -66,6 +79,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume-from", metavar="FOLDER",
                    help="first load a shipped results folder (records.jsonl + plans/, as written by "
                         "`python -m peftatlas.evidence.shipped export`) into the store; finished runs are skipped")
+    p.add_argument("--ship", metavar="FOLDER",
+                   help="while running, export the store to this shipped folder (records, plans, probes) every "
+                        "--ship-every minutes and at the end, so an interrupted window keeps its results "
+                        "(commit the folder; resume with --resume-from FOLDER)")
+    p.add_argument("--ship-every", type=float, default=15.0, metavar="MINUTES",
+                   help="minutes between exports with --ship (default 15)")
     p.add_argument("--quiet", action="store_true", help="no per-run log lines or progress bars")
     p.add_argument("--allow-failures", action="store_true", help="exit 0 even if some runs failed")
     p.set_defaults(func=run)

@@ -33,7 +33,8 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +201,45 @@ def as_store(*folders: str | os.PathLike) -> Iterator[Path]:
 def _unstamped(r: RunRecord) -> str:
     """A record's JSON without when it was made (the same run shipped twice differs only there)."""
     return dataclasses.replace(r, created=0.0).to_json()
+
+
+class PeriodicExport:
+    """Export the store at ``store_path`` to ``folder`` every ``every`` seconds from a background thread while
+    a sweep writes it, and once more on exit (also after an error or Ctrl-C), so a window that ends abruptly
+    loses at most ``every`` seconds of records (``peftatlas run --ship FOLDER``)."""
+
+    def __init__(self, store_path: str | os.PathLike, folder: str | os.PathLike, every: float = 900.0,
+                 log: Callable[[str], None] = print) -> None:
+        if every <= 0:
+            raise ValueError(f"export interval must be positive, got {every}")
+        self.store_path, self.folder, self.every, self.log = Path(store_path), Path(folder), every, log
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="peftatlas-ship", daemon=True)
+        self.exports = 0
+
+    def __enter__(self) -> PeriodicExport:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.export_once()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self.export_once()
+
+    def export_once(self) -> None:
+        """One export; a failure is logged, never raised (the sweep goes on)."""
+        try:
+            with ResultsStore(self.store_path) as store:
+                n = export(store, self.folder)
+        except Exception as e:  # a failed export must not stop the sweep
+            self.log(f"ship: export to {self.folder} failed: {type(e).__name__}: {e}")
+            return
+        self.exports += 1
+        self.log(f"ship: {n} record(s) → {self.folder}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -106,3 +106,16 @@ def test_profiles_of_one_model_are_separate_settings(tmp_path):
     (["not measured"], "not measured"), (["supported", "contradicted"], "disagree")])
 def test_agreement(statuses, expected):
     assert agreement(statuses) == expected
+
+
+def test_primary_setting_is_the_one_that_grades_the_most_entries(tmp_path):
+    """A setting with more full fine-tuning seeds but nothing else graded (first by name, too) does not
+    displace the one that grades every compared method."""
+    from atlas_fixtures import record
+    from peftatlas.grading.settings import primary_key
+
+    recs = [_on("encoder", r) for r in comparison_records()]
+    recs += [_on("aaa_model", record("full", s, 0.9)) for s in range(6)]
+    ev = Evidence.from_store(put(tmp_path / "p.sqlite", recs))
+    assert primary_key(ev) == SettingKey("encoder", "mr", "quick")
+    assert any(g.method == "vera" and g.measured_dims == 5 for g in grade_store(str(tmp_path / "p.sqlite")))

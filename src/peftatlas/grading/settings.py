@@ -48,18 +48,22 @@ def setting_keys(ev: Evidence) -> list[SettingKey]:
     return sorted({SettingKey(r.model, r.task, getattr(r, "profile", "") or "") for r in ev.done()})
 
 
-def primary_key(ev: Evidence) -> SettingKey | None:
-    """The setting the index page grades: the evidence's primary (model, task), and within it the profile
-    with the most full fine-tuning seeds (ties: the first by name)."""
-    setting = ev.primary_setting()
-    if setting is None:
+def primary_key(ev: Evidence, by_setting: dict[SettingKey, list[Grade]] | None = None) -> SettingKey | None:
+    """The setting the index page grades: the one that grades the most entries (≥ 1 dimension measured),
+    then the one with the most full fine-tuning seeds, then the first by name. ``by_setting``: the grades
+    of every setting when already computed (:func:`grades_by_setting`)."""
+    keys = setting_keys(ev)
+    if not keys:
         return None
-    keys = [k for k in setting_keys(ev) if (k.model, k.task) == setting]
+    by_setting = grades_by_setting(ev) if by_setting is None else by_setting
+
+    def graded(k: SettingKey) -> int:
+        return sum(g.outcome == "graded" for g in by_setting.get(k, []))
 
     def full_seeds(k: SettingKey) -> int:
         return len({r.seed for r in restrict(ev, k).done() if r.method == "full"})
 
-    return min(keys, key=lambda k: (-full_seeds(k), k))
+    return min(keys, key=lambda k: (-graded(k), -full_seeds(k), k))
 
 
 def restrict(ev: Evidence, key: SettingKey) -> Evidence:

@@ -144,7 +144,7 @@ class Site:
         self.all = ev
         self.source = source or (ev.path.name if ev.path else "memory")
         self.by_setting = grades_by_setting(ev)
-        self.key = primary_key(ev)
+        self.key = primary_key(ev, self.by_setting)
         self.ev = restrict(ev, self.key) if self.key else ev
         self.out = out
         self.setting = self.ev.primary_setting()
@@ -333,8 +333,9 @@ class Site:
     def _rubric(self) -> list[Block]:
         rows = [[d, DIMENSION_NAMES[d], f"{SCALE[d]:g}", RULES[d]] for d in SCALE]
         return [Table(["dim", "meaning", "points", "test on stored results"], rows),
-                UL(["Primary setting: the (model, task) with the most full fine-tuning seeds; a method's primary "
-                    "budget is its budget label with the most seeds (ties: the smallest).",
+                UL(["Primary setting: the (model, task, profile) that grades the most entries (then the most full "
+                    "fine-tuning seeds); every other setting's grades are under 'Grades by setting'; a method's "
+                    "primary budget is its budget label with the most seeds (ties: the smallest).",
                     "Statistics: each dimension is a one-sided test (α = 0.025) of a contrast of accuracies in a "
                     "crossed seeds × test-items model (items shared by the arms are paired; Student t with "
                     "Satterthwaite df), then Holm's correction over a grade's measured dimensions. Every arm needs "

@@ -36,7 +36,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..geometry.probe import ProbeRow
 from ..geometry.store import ProbeJob, ProbeStore
@@ -51,6 +51,7 @@ RECORDS = "records.jsonl"
 PROBES = "probes.jsonl"
 PLANS = "plans"
 _ROW_NUMBERS = ("value", "null_mean", "null_sd", "z")  # NaN ↔ null in JSON
+T = TypeVar("T")
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -95,25 +96,31 @@ def _probe_line(job: ProbeJob, rows: list[ProbeRow]) -> str:
                       default=float, allow_nan=False)
 
 
-def read_probes(folder: str | os.PathLike) -> list[tuple[ProbeJob, list[ProbeRow]]]:
-    """The probe jobs of a shipped folder with their rows (none when it has no probes file); a one-line
-    :class:`ShippedError` naming the first bad line."""
-    path = Path(folder) / PROBES
-    if not path.is_file():
-        return []
+def _parse_lines(path: Path, parse: Callable[[str], T], what: str) -> list[T]:
+    """``parse`` of each non-empty line of ``path``; a one-line :class:`ShippedError` naming the first bad line."""
     out = []
     with path.open() as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
-                rows = [ProbeRow(**{**r, "value": math.nan if r["value"] is None else r["value"]})
-                        for r in obj["rows"]]
-                out.append((ProbeJob(**obj["job"]), rows))
+                out.append(parse(line))
             except (ValueError, TypeError, KeyError) as e:
-                raise ShippedError(f"{path}:{n}: not a probe job ({type(e).__name__}: {e})") from None
+                raise ShippedError(f"{path}:{n}: not {what} ({type(e).__name__}: {e})") from None
     return out
+
+
+def _probe_from_line(line: str) -> tuple[ProbeJob, list[ProbeRow]]:
+    obj = json.loads(line)
+    rows = [ProbeRow(**{**r, "value": math.nan if r["value"] is None else r["value"]}) for r in obj["rows"]]
+    return ProbeJob(**obj["job"]), rows
+
+
+def read_probes(folder: str | os.PathLike) -> list[tuple[ProbeJob, list[ProbeRow]]]:
+    """The probe jobs of a shipped folder with their rows (none when it has no probes file); a one-line
+    :class:`ShippedError` naming the first bad line."""
+    path = Path(folder) / PROBES
+    return _parse_lines(path, _probe_from_line, "a probe job") if path.is_file() else []
 
 
 def _load_probes(probes: list[tuple[ProbeJob, list[ProbeRow]]], store_path: Path) -> int:
@@ -139,16 +146,7 @@ def read(folder: str | os.PathLike) -> list[RunRecord]:
     path = Path(folder) / RECORDS
     if not path.is_file():
         raise ShippedError(f"{folder}: no {RECORDS} (not a shipped results folder)")
-    records = []
-    with path.open() as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(RunRecord.from_json(line))
-            except (ValueError, TypeError) as e:
-                raise ShippedError(f"{path}:{n}: not a run record ({type(e).__name__}: {e})") from None
-    return records
+    return _parse_lines(path, RunRecord.from_json, "a run record")
 
 
 def load(folder: str | os.PathLike, store: ResultsStore, records: list[RunRecord] | None = None) -> int:

@@ -119,3 +119,28 @@ def test_primary_setting_is_the_one_that_grades_the_most_entries(tmp_path):
     ev = Evidence.from_store(put(tmp_path / "p.sqlite", recs))
     assert primary_key(ev) == SettingKey("encoder", "mr", "quick")
     assert any(g.method == "vera" and g.measured_dims == 5 for g in grade_store(str(tmp_path / "p.sqlite")))
+
+
+def test_older_code_versions_of_a_method_are_superseded_not_pooled(tmp_path):
+    """A method file changed mid-profile: its old seeds stay in the store, but the arm holds only the new
+    code's runs (never a mix of two programs), probe jobs that read old runs drop out, and the report says so."""
+    from peftatlas.geometry.store import ProbeJob, ProbeStore
+    from peftatlas.report import build_report
+
+    old = [dataclasses.replace(r, code_version="0.1.0+old", created=1.0) for r in comparison_records()]
+    new = [dataclasses.replace(r, key=r.key + "-new", code_version="0.1.0+new", created=2.0)
+           for r in comparison_records(seeds=(0, 1)) if r.method == "vera"]
+    db = put(tmp_path / "s.sqlite", old + new)
+    old_vera = [r.key for r in old if r.method == "vera"]
+    with ProbeStore(db) as probes:
+        probes.put_job(ProbeJob("reads-old", "method", old_vera[:2], old[0].model, old[0].task, "vera", {},
+                                status="done", created=1.0))
+    ev = Evidence.from_store(db)
+    vera = [r for r in ev.records if r.method == "vera"]
+    assert vera and {r.code_version for r in vera} == {"0.1.0+new"} and ev.superseded == len(old_vera)
+    assert {r.code_version for r in ev.records if r.method == "lora"} == {"0.1.0+old"}  # other methods untouched
+    assert not ev.jobs
+    g = next(g for g in grade_store(str(db)) if g.method == "vera")
+    assert g.measured_dims == 0  # 2 seeds of the new code: not measured, rather than 5 old + 2 new pooled
+    index = build_report(db, tmp_path / "site").index_md.read_text()
+    assert f"{len(old_vera)} older-code runs ignored (superseded)" in index

@@ -180,14 +180,39 @@ class Arm:
         return sorted({k[len(OOD_PREFIX):] for r in self.records for k in r.metrics if k.startswith(OOD_PREFIX)})
 
 
+def current_records(records: list[Any]) -> tuple[list[Any], set[str]]:
+    """The records made by each method's latest code, and the keys of the superseded ones.
+
+    A results store can hold two code versions of one method in one setting (a method file was changed
+    and the profile resumed: the new runs have new keys, the old ones stay). Pooling their seeds would mix
+    two programs in one arm, so per (model, task, profile, method) only the code version of the newest
+    record counts; the others are kept in the store but ignored by grades and reports."""
+    newest: dict[tuple, tuple[float, str]] = {}
+    for r in records:
+        group = (r.model, r.task, getattr(r, "profile", "") or "", r.method)
+        stamp = (r.created or 0.0, r.code_version or "")
+        if group not in newest or stamp > newest[group]:
+            newest[group] = stamp
+    kept, superseded = [], set()
+    for r in records:
+        group = (r.model, r.task, getattr(r, "profile", "") or "", r.method)
+        if (r.code_version or "") == newest[group][1]:
+            kept.append(r)
+        else:
+            superseded.add(r.key)
+    return kept, superseded
+
+
 @dataclasses.dataclass
 class Evidence:
-    """Runs and probe results of one results database."""
+    """Runs and probe results of one results database (each method's latest code version only:
+    :func:`current_records`; ``superseded`` counts the older records left out)."""
 
     path: Path | None
     records: list[Any]
     jobs: list[ProbeJob]
     rows: dict[str, list[ProbeRow]]
+    superseded: int = 0
 
     @classmethod
     def from_store(cls, path: str | Path) -> Evidence:
@@ -197,11 +222,11 @@ class Evidence:
         if not p.is_file():
             raise FileNotFoundError(f"results database {p} does not exist; run `peftatlas run` or `peftatlas atlas`")
         with ResultsStore(p) as store:
-            records = store.records()
-        with ProbeStore(p) as probes:
-            jobs = [j for j in probes.jobs() if j.status == "done"]
+            records, superseded = current_records(store.records())
+        with ProbeStore(p) as probes:  # a probe job that read a superseded run is superseded too
+            jobs = [j for j in probes.jobs() if j.status == "done" and not superseded.intersection(j.run_keys)]
             rows = {j.job_key: probes.rows(j.job_key) for j in jobs}
-        return cls(p, records, jobs, rows)
+        return cls(p, records, jobs, rows, len(superseded))
 
     # --- settings and arms ----------------------------------------------------------------------
     def done(self, experiment: str | None = "main") -> list[Any]:

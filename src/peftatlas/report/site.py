@@ -184,7 +184,10 @@ class Site:
                     ", profile ", Mono(self.key.profile or "—"), ". "] if self.setting and self.key
                    else ["No finished runs yet. "])
         blocks.append(P([f"Built from {self.source} ({_latest(self.all.records)}) by peftatlas {__version__}: "
-                         f"{len(done)} finished runs, {len(failed)} failed, {len(self.all.jobs)} probe jobs, "
+                         f"{len(done)} finished runs, {len(failed)} failed, "
+                         + (f"{self.all.superseded} older-code runs ignored (superseded), " if self.all.superseded
+                            else "")
+                         + f"{len(self.all.jobs)} probe jobs, "
                          f"{len(self.by_setting)} setting(s). ", *setting,
                          f"{len(ENTRIES)} catalog entries. Grades use the seed catalog's point scale (PE 1, BL 1, "
                          f"BF 1.5, DE 1.5, OOD 2, WA 1; max {MAX_POINTS:g}): the measured grade comes from the rubric "

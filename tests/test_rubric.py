@@ -155,6 +155,24 @@ def test_matched_lora_arms_are_told_apart_and_found_by_their_record(tmp_path):
     assert bl.status == "pass" and "196 params" in bl.derivation  # GOFT 0.96 vs its matched LoRA 0.93
 
 
+def test_a_lora_arm_on_its_default_targets_matches_an_all_linear_arm(tmp_path):
+    """A LoRA arm planned with ``targets=None`` (LoRA's default, every linear layer) is the same target set as
+    a VeRA arm planned as ``"all-linear"``: within ±10% it is VeRA's matched LoRA (on the ViT this was missed)."""
+    recs = [r for r in comparison_records() if r.method != "lora"]
+    for s in SEEDS:
+        rec = record("lora", s, 0.93, budget="matched", params=480, ood=ood(0.93, 0.9))
+        recs.append(dataclasses.replace(rec, key=rec.key + "default", arm={"targets": None}))
+        v = record("vera", s, 0.96, params=500, ood=ood(0.96, 0.9))
+        recs = [r for r in recs if r.key != v.key] + [dataclasses.replace(v, arm={"targets": "all-linear"})]
+    ev = Evidence.from_store(put(tmp_path / "t.sqlite", recs))
+    setting = ev.primary_setting()
+    vera = next(a for a in ev.arms(setting, "vera"))
+    lora = next(a for a in ev.arms(setting, "lora"))
+    assert lora.targets == "all-linear" == vera.targets
+    matched = ev.matched_lora(setting, vera)
+    assert matched is not None and (matched.budget, matched.adapter_params) == ("matched", 480)
+
+
 def test_unmeasured_entries_say_so_and_rank_below_failures(grades, db):
     every = grade_all(Evidence.from_store(db))
     dora = next(g for g in every if g.entry.id == "dora")

@@ -80,6 +80,18 @@ def _targets(hp: dict[str, Any]) -> tuple[str, ...] | str | None:
     return tuple(sorted(t))
 
 
+def _default_targets(method: str) -> tuple[str, ...] | str | None:
+    """What ``targets=None`` meant for ``method``: its class's default targets (so a LoRA arm planned with
+    its defaults and a VeRA arm planned as ``"all-linear"`` count as the same target modules)."""
+    from ..core.method import MethodError, get_method
+
+    try:
+        default = get_method(method).default_targets
+    except MethodError:
+        return None
+    return _targets({"targets": default})
+
+
 @dataclasses.dataclass
 class Arm:
     """The finished main-experiment seeds of one method at one budget in one setting.
@@ -121,7 +133,8 @@ class Arm:
         if not self.records:
             return None
         arm = getattr(self.records[0], "arm", None) or {}
-        return _targets(arm if "targets" in arm else self.records[0].hyperparameters)
+        recorded = _targets(arm if "targets" in arm else self.records[0].hyperparameters)
+        return recorded if recorded is not None else _default_targets(self.method)
 
     @property
     def matches(self) -> dict[str, bool]:

@@ -24,7 +24,7 @@ def test_task_has_fifty_answer_types_disjoint_splits_and_shifted_formats():
     q = "What year did the Titanic sink?"
     assert lm.prompt(q) == "Question: What year did the Titanic sink?\nAnswer type:"
     assert lm.lowercase_prompt(q) == "Question: what year did the titanic sink\nAnswer type:"
-    assert q in lm.reworded_prompt(q) and "Answer type" not in lm.reworded_prompt(q)
+    assert lm.reworded_prompt(q) == "Q: What year did the Titanic sink?\nType of answer:"  # other words, same cue
     assert task.label_names[lm.FINE_LABELS.index("NUM:date")] == "date"
 
 

@@ -19,8 +19,11 @@ Scores (higher is better unless noted):
 
 Out of distribution, the same test questions in two shifted formats the model never trains on:
 ``lowercase`` (lower-cased, punctuation stripped, like a search query) and ``reworded`` (another
-prompt: ``"{question}\\nWhat kind of thing is the answer?"``). No second labelled question source
-ships offline, so the shift is one of surface form and prompt, not of text source.
+prompt with other cue words: ``"Q: {question}\\nType of answer:"``). The reworded prompt keeps a cue
+that ends in a colon: a prompt without one (``"{question}\\nWhat kind of thing is the answer?"``, used
+until 2026-12-04) made the fine-tuned models stop at once, so every arm, full fine-tuning included,
+scored 0 and the set measured nothing. No second labelled question source ships offline, so the shift
+is one of surface form and prompt, not of text source.
 
 Training is the arena's loop (AdamW, linear warm-up and decay, clipping, seeded length-grouped
 batches, evaluation points with restoration of the best validation state; pieces imported from
@@ -99,7 +102,7 @@ def prompt(question: str) -> str:
 
 
 def reworded_prompt(question: str) -> str:
-    return f"{question}\nWhat kind of thing is the answer?"
+    return f"Q: {question}\nType of answer:"
 
 
 def lowercase_prompt(question: str) -> str:

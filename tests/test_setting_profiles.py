@@ -13,6 +13,8 @@ def test_cpu_profiles_grade_seed_methods_and_references_with_five_seeds(name):
     assert set(p.methods) >= {"full", "head_only", "lora", "vera", "surm_circulant", "goft", "dora", "oft", "ia3"}
     assert len(p.seeds) >= 5 and len(p.lr_factors) >= 3 and p.budgets
     assert p.learning_curve_sizes and p.learning_curve_seeds >= 5  # the rubric grades arms with ≥ 5 seeds
+    # DE compares each curve with full fine-tuning's: every curved seed method needs full FT's curve too
+    assert {"full", "lora", "vera", "surm_circulant", "goft"} <= set(p.learning_curve_methods)
 
 
 @pytest.mark.parametrize("name", ["lm_gpu", "vit_gpu"])

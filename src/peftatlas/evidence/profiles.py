@@ -210,7 +210,9 @@ PROFILES: dict[str, Profile] = {
 
 # --- the causal-LM and vision settings (evidence/settings/; rationale and cost model in settings/profiles.py) ---
 SETTING_CPU_METHODS = ("full", "head_only", "lora", "vera", "surm_circulant", "goft", "dora", "oft", "ia3")
-CURVE_METHODS = ("lora", "vera", *SEED_METHODS)
+# Learning curves for the seed methods, LoRA and full fine-tuning: DE compares a method's curve with full
+# fine-tuning's (and the matched LoRA's), so without full FT's curve no arm's DE can be measured.
+CURVE_METHODS = ("full", "lora", "vera", *SEED_METHODS)
 
 LM_CPU = Profile(
     name="lm_cpu", model="smollm2", task="trec_answer_type", methods=SETTING_CPU_METHODS,

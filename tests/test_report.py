@@ -144,3 +144,25 @@ def test_atlas_runs_probe_grade_and_report_in_one_go(tmp_path, monkeypatch, caps
     assert "atlas: 4/4 report" in text and "vera" in text
     assert (out / "index.html").is_file() and (out / "methods" / "lora.html").is_file()
     assert "probe_overview.png" in (out / "index.md").read_text()
+
+
+def test_sweep_table_shows_every_sweep_seed_and_marks_the_chosen_rate_per_arm():
+    """Two LoRA arms (r = 1, r = 5) swept at two rates on two seeds: one row per (arm, rate) with both
+    seeds' validation accuracy and their mean, ✓ only on the rate each arm's main runs use."""
+    from types import SimpleNamespace
+
+    from peftatlas.grading.evidence import Arm
+    from peftatlas.report.site import sweep_rows
+
+    def run(r, lr, seed, val):
+        return SimpleNamespace(method="lora", budget="0.1%", hyperparameters={"r": r, "targets": ["q", "v"]},
+                               lr=lr, seed=seed, metrics={"val_acc": val})
+
+    sweep = [run(1, 1e-3, 1, 0.70), run(1, 1e-3, 0, 0.60), run(1, 3e-3, 0, 0.80), run(1, 3e-3, 1, 0.82),
+             run(5, 1e-3, 0, 0.90), run(5, 1e-3, 1, 0.88), run(5, 3e-3, 0, 0.50), run(5, 3e-3, 1, 0.52)]
+    arms = [Arm("lora", "0.1%", [run(1, 3e-3, s, 0.8) for s in range(5)]),
+            Arm("lora", "0.1%", [run(5, 1e-3, s, 0.9) for s in range(5)])]
+    rows = sweep_rows(sweep, arms)
+    assert [(row[2], row[3], row[-1]) for row in rows] == [("r=1", "0.001", ""), ("r=1", "0.003", "✓"),
+                                                             ("r=5", "0.001", "✓"), ("r=5", "0.003", "")]
+    assert rows[0][4] == "0.600 / 0.700 (seeds 0, 1)" and rows[0][5] == "0.650"

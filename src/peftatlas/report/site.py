@@ -27,7 +27,7 @@ import numpy as np
 from .. import __version__
 from ..catalog import DIMENSION_NAMES, ENTRIES, FAMILIES, MAX_POINTS, SCALE, Entry, registration
 from ..grading import RULES, Evidence, GeometryVerdict, Grade, grade_all
-from ..grading.evidence import Arm
+from ..grading.evidence import Arm, hp_key
 from ..grading.rubric import MEASURED_MAX, Z_SIGNIFICANT, effective_robustness, matching_rows
 from ..grading.settings import SettingKey, claim_rows, entry_grades, grades_by_setting, overview, primary_key, restrict
 from . import plots
@@ -69,6 +69,25 @@ figcaption { font-size: 0.85em; color: #57606a; }
 .note.missing { border-color: #8c959f; } .note.warn { border-color: #cf222e; background: #fff5f5; }
 .note.info { border-color: #0969da; }
 """
+
+
+def sweep_rows(sweep: Sequence, arms: Sequence[Arm]) -> list[list[str]]:
+    """One row per (method, budget, hyperparameters, lr) of the LR sweep: validation accuracy per seed (seed
+    order), their mean, and ✓ where the arm's main runs use that rate."""
+    chosen = {(a.method, a.budget, a.hp, r.lr) for a in arms for r in a.records}
+    groups: dict[tuple, list] = {}
+    for r in sweep:
+        groups.setdefault((r.method, r.budget, hp_key(r), r.lr), []).append(r)
+    rows = []
+    for (method, budget, hp, lr), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], str(kv[0][1]),
+                                                                                   kv[0][2], kv[0][3])):
+        runs = sorted(runs, key=lambda r: r.seed)
+        vals = [float(r.metrics.get("val_acc", float("nan"))) for r in runs]
+        size = ", ".join(f"{k}={v}" for k, v in sorted(json.loads(hp).items()) if k != "targets") or "—"
+        rows.append([method, budget or "—", size, f"{lr:.3g}",
+                     " / ".join(f"{v:.3f}" for v in vals) + f" (seeds {', '.join(str(r.seed) for r in runs)})",
+                     f"{float(np.mean(vals)):.3f}", "✓" if (method, budget, hp, lr) in chosen else ""])
+    return rows
 
 
 @dataclasses.dataclass
@@ -481,13 +500,10 @@ class Site:
         blocks.append(self._arms_table(mine + refs))
         sweep = [r for r in self.ev.done("lr_sweep") if r.method in names and (r.model, r.task) == self.setting]
         if sweep:
-            chosen = {(a.method, a.budget, r.lr) for a in self.arms for r in a.records}
-            rows = [[r.method, r.budget or "—", f"{r.lr:.3g}", f"{r.metrics.get('val_acc', float('nan')):.3f}",
-                     "✓" if (r.method, r.budget, r.lr) in chosen else ""]
-                    for r in sorted(sweep, key=lambda r: (r.method, r.lr))]
-            blocks += [P("Learning-rate sweep (first seed; the rate is chosen on validation accuracy, and test "
-                         "data is never evaluated for the rates not chosen):"),
-                       Table(["method", "budget", "lr", "val acc", "chosen"], rows)]
+            blocks += [P("Learning-rate sweep (every sweep seed; the rate is chosen on the mean validation "
+                         "accuracy over these seeds, and test data is never evaluated for the rates not chosen):"),
+                       Table(["method", "budget", "arm", "lr", "val acc by seed", "mean", "chosen"],
+                             sweep_rows(sweep, self.arms))]
         hl = names[0] if names else None
         blocks.append(self._plot(plots.pareto(self.arms, self.out / "plots" / f"pareto_{entry.id}.png", hl,
                                               f"{entry.name} among all methods") if mine else None,

@@ -61,6 +61,11 @@ def _force(monkeypatch, path: str) -> dict[str, int]:
     monkeypatch.setattr(vera_mod, "dense_is_cheaper", lambda *a, **k: path != "per_token")
     if path == "dense_additive":
         monkeypatch.setattr(VeRA, "_merges_on_the_fly", lambda self, base_fn: False)
+    return _count_dense_forwards(monkeypatch)
+
+
+def _count_dense_forwards(monkeypatch) -> dict[str, int]:
+    """Wrap ``VeRA._dense_forward`` to count its calls (the count is read from the returned dict)."""
     calls = {"dense": 0}
     original = VeRA._dense_forward
 
@@ -204,14 +209,7 @@ def test_cost_rule_picks_dense_for_wide_ranks_on_many_tokens_only():
 
 def test_wide_rank_takes_the_dense_path_without_forcing(monkeypatch):
     """The property suite's ``vera+wide`` case (r above the tiny models' width) reaches the dense path."""
-    calls = {"dense": 0}
-    original = VeRA._dense_forward
-
-    def spy(self, x, base_fn, merged):
-        calls["dense"] += 1
-        return original(self, x, base_fn, merged)
-
-    monkeypatch.setattr(VeRA, "_dense_forward", spy)
+    calls = _count_dense_forwards(monkeypatch)
     from peftatlas.testing import tiny_model
 
     tm = tiny_model("bert")

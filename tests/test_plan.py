@@ -250,3 +250,37 @@ def test_progress_counts_runs_and_estimates_the_time_left_from_this_sessions_pac
     for _ in range(5):
         p.step()
     assert p.line().startswith("[10/10+, ETA 0m")  # extensions ran past the plan's count
+
+
+def test_a_budget_solved_arm_that_misses_its_budget_gets_matched_lora_arms_too():
+    """OFT on the ViT lands 17.5 % above its budget: the budget's LoRA arm is not at its size, so the plan
+    adds LoRA on its targets around its own count — as for a fixed-size method. Arms within budget, LoRA
+    itself and references get none."""
+    from peftatlas.evidence.plan import Arm, matched_lora_arms, needs_matched_lora
+
+    missed = Arm("mr", "oft", "0.2%", {"block_size": 2, "targets": ["query", "value"]}, "method", 3000,
+                 budget_target=2000, budget_met=False)
+    met = dataclasses.replace(missed, budget_met=True)
+    assert needs_matched_lora(missed) and not needs_matched_lora(met)
+    assert not needs_matched_lora(dataclasses.replace(missed, method="lora"))
+    assert not needs_matched_lora(dataclasses.replace(missed, role="reference", budget=None))
+    assert needs_matched_lora(dataclasses.replace(met, budget="fixed"))
+    arms = matched_lora_arms(SMOKE, [missed], 2)
+    assert arms and all(a.hyperparameters["targets"] == ["query", "value"] and "oft" in a.matches for a in arms)
+    below = [a for a in arms if a.adapter_params < 3000]
+    above = [a for a in arms if a.adapter_params > 3000]
+    within = [a for a in arms if abs(a.adapter_params - 3000) <= 300]
+    assert within or (below and above)  # a rank within ±10 %, else the nearest rank on each side
+
+
+def test_matched_lora_on_all_linear_shares_the_default_target_arm():
+    """LoRA's default targets are every linear layer: a method on "all-linear" and one on its own defaults
+    (IA³-style, targets None) are matched by one LoRA arm, not two arms that train the same model."""
+    from peftatlas.evidence.plan import Arm, matched_lora_arms
+
+    oft = Arm("mr", "oft", "0.2%", {"block_size": 2, "targets": "all-linear"}, "method", 5000,
+              budget_target=4000, budget_met=False)
+    ia3 = Arm("mr", "ia3", "fixed", {}, "method", 5000)
+    arms = matched_lora_arms(SMOKE, [oft, ia3], 2)
+    assert arms and all("targets" not in a.hyperparameters for a in arms)
+    assert all(set(a.matches) == {"oft", "ia3"} for a in arms)

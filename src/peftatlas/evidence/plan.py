@@ -22,9 +22,10 @@ same records always give the same next runs, whichever executor ran them and in 
 
 Arms: every method at each of the profile's budgets (solved size knob), fixed-size methods at their
 size (budget ``"fixed"``), references (full fine-tuning, head-only; budget None), and — for each
-fixed-size method — **matched LoRA arms** on the same target modules: every LoRA rank whose count is
-within ±10 % of the method's, or, when no rank lands there, the nearest rank below and above it
-(``budget_met`` false). Identical matched arms are shared: ``arm["matches"]`` lists every method an
+fixed-size method, and each budget-solved method whose closest size misses the budget (OFT on the ViT:
+103,680 for a 0.4 % budget of 88,226) — **matched LoRA arms** on the same target modules: every LoRA
+rank whose count is within ±10 % of the method's, or, when no rank lands there, the nearest rank below
+and above it (``budget_met`` false). Identical matched arms are shared: ``arm["matches"]`` lists every method an
 arm matches. What a record says about its arm is documented on :class:`~.store.RunRecord`.
 
 Models: the plan builds what the runs build — data through the model's
@@ -162,10 +163,19 @@ def solve_arms(profile: Profile, task: str, method: str, num_labels: int) -> lis
     return arms
 
 
+def needs_matched_lora(arm: Arm) -> bool:
+    """Whether BL needs LoRA arms at this arm's own size: a fixed-size method, or a budget-solved one that
+    missed the budget (the budget's LoRA arm is then not at its parameter count)."""
+    if arm.role != "method" or arm.method == "lora":
+        return False
+    return arm.budget == "fixed" or arm.budget_met is False
+
+
 def matched_lora_arms(profile: Profile, fixed: list[Arm], num_labels: int) -> list[Arm]:
     """LoRA arms with the parameter count of each fixed-size arm on its targets (module docstring)."""
     lora = get_method("lora")
     model = counting_model(profile, num_labels)
+    defaults = target_modules(model, lora, None)
     found: dict[tuple, Arm] = {}
     for arm in fixed:
         targets = arm.hyperparameters.get("targets")
@@ -175,6 +185,8 @@ def matched_lora_arms(profile: Profile, fixed: list[Arm], num_labels: int) -> li
             continue
         if not modules:
             continue
+        if targets is not None and set(modules) == set(defaults):
+            targets = None  # LoRA's own defaults ("all-linear" on these models): one arm, not two identical ones
         counts = {r: count_params(lora, modules, {"r": r}) for r in range(1, MAX_LORA_RANK + 1)}
         n = arm.adapter_params
         ranks = [r for r, c in counts.items() if abs(c - n) <= MATCH_TOLERANCE * n]
@@ -434,8 +446,8 @@ def _solve_all(profile: Profile, names: list[str], tasks: dict[str, Any]) -> tup
             except (ValueError, NotImplementedError) as e:
                 skipped.append(f"{method}: skipped, cannot configure it for {profile.model}: {e}")
         if profile.matched_lora and "lora" in {get_method(m).name for m in _registered_safe()}:
-            fixed = [a for a in task_arms if a.budget == "fixed"]
-            task_arms += matched_lora_arms(profile, fixed, data.num_labels)
+            task_arms += matched_lora_arms(profile, [a for a in task_arms if needs_matched_lora(a)],
+                                           data.num_labels)
         arms += task_arms
     return arms, skipped
 

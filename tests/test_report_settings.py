@@ -144,3 +144,23 @@ def test_older_code_versions_of_a_method_are_superseded_not_pooled(tmp_path):
     assert g.measured_dims == 0  # 2 seeds of the new code: not measured, rather than 5 old + 2 new pooled
     index = build_report(db, tmp_path / "site").index_md.read_text()
     assert f"{len(old_vera)} older-code runs ignored (superseded)" in index
+
+
+def test_an_entry_measured_only_outside_the_primary_setting_shows_that_grade_and_its_evidence(tmp_path):
+    """The encoder grades the most entries (primary); BitFit runs only on the LM. Its scorecard row and
+    page carry the LM grade, say so, and show the LM's runs — never 'not measured yet' beside real runs."""
+    enc = [_on("encoder", r) for r in comparison_records() if r.method != "bitfit"]
+    lm = [_on("lm", r) for r in comparison_records()
+          if r.method in ("full", "head_only", "lora", "bitfit") and r.experiment == "main"]
+    db = put(tmp_path / "two.sqlite", enc + lm)
+    res = build_report(db, tmp_path / "site")
+    index = res.index_md.read_text()
+    assert "model `encoder`" in index  # the primary setting
+    row = next(line for line in index.split("## Scorecard")[1].splitlines() if "methods/bitfit.md" in line)
+    assert "graded" in row and "lm · mr" in row and "not measured yet" not in row
+    page = (res.out / "methods" / "bitfit.md").read_text()
+    assert "Nothing of this entry is measured in the primary setting (encoder · mr · quick)" in page
+    assert "come from lm · mr · quick" in page and "has no finished runs" not in page.split("## Evidence")[1]
+    assert "| bitfit | 2,000 | 0, 1, 2, 3, 4 |" in page.split("## Evidence")[1]  # the LM runs
+    vera = (res.out / "methods" / "vera.md").read_text()  # measured in the primary: unchanged
+    assert "Nothing of this entry is measured in the primary setting" not in vera

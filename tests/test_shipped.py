@@ -128,3 +128,23 @@ def test_run_ship_every_must_be_positive(tmp_path):
                           str(tmp_path / "s.sqlite"), "--ship", str(tmp_path / "ship"), "--ship-every", "0"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and "--ship-every must be positive" in out.stderr
+
+
+def test_export_ships_only_the_plans_of_the_records_profiles(tmp_path):
+    """Every profile's store sits beside one plan cache (runs/plans): a shipped folder takes the plans
+    solved for its records' profiles, not the other profiles' (nor unlabelled ones from before)."""
+    import dataclasses
+    import json
+
+    recs = [dataclasses.replace(record("lora", s, 0.8), profile="quick") for s in range(2)]
+    db = put(tmp_path / "a.sqlite", recs)
+    plans = tmp_path / "plans"
+    plans.mkdir()
+    for name, body in {"arms-q": {"profile": "quick", "arms": [], "skipped": []},
+                       "arms-c": {"profile": "catalog", "arms": [], "skipped": []},
+                       "arms-old": {"arms": [], "skipped": []}}.items():
+        (plans / f"{name}.json").write_text(json.dumps(body))
+    (plans / "arms-bad.json").write_text("{not json")
+    with ResultsStore(db) as store:
+        shipped.export(store, tmp_path / "ship")
+    assert sorted(p.name for p in (tmp_path / "ship" / "plans").iterdir()) == ["arms-q.json"]

@@ -427,7 +427,7 @@ def build_plan(profile: Profile, methods: list[str] | None = None, artifacts: st
         arms, skipped = _solve_all(profile, names, tasks)
         skipped = [f"{m}: not a registered method; skipped (see `peftatlas methods`)" for m in missing] + skipped
         if cache is not None:
-            _write_arms(cache / f"arms-{ident[:24]}.json", arms, skipped)
+            _write_arms(cache / f"arms-{ident[:24]}.json", arms, skipped, profile.name)
     for line in skipped:
         say(line)
     return Plan(profile, arms, tasks, versions, artifacts, skipped)
@@ -460,11 +460,13 @@ def _read_arms(path: Path) -> tuple[list[Arm], list[str]] | None:
         return None  # absent or unreadable: solve again
 
 
-def _write_arms(path: Path, arms: list[Arm], skipped: list[str]) -> None:
-    """Atomically (a temporary file renamed into place)."""
+def _write_arms(path: Path, arms: list[Arm], skipped: list[str], profile: str) -> None:
+    """Atomically (a temporary file renamed into place); ``profile`` names the profile the arms were solved
+    for, so that a shipped folder takes only its own profile's plans (:func:`~.shipped.export`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps({"arms": [dataclasses.asdict(a) for a in arms], "skipped": skipped}, indent=1))
+    tmp.write_text(json.dumps({"profile": profile, "arms": [dataclasses.asdict(a) for a in arms],
+                               "skipped": skipped}, indent=1))
     os.replace(tmp, path)
 
 

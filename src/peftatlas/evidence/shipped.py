@@ -6,8 +6,8 @@ the committed history of a long sweep stays small and each commit shows which ru
     FOLDER/records.jsonl   every record, ``RunRecord.to_json`` per line, in key order
     FOLDER/probes.jsonl    every finished geometry probe job with its rows (``peftatlas probe``), one job
                            per line, in job-key order (absent when nothing was probed)
-    FOLDER/plans/*.json    the plan cache beside the store (solved budgets; named by everything they
-                           depend on, so a stale one is never used)
+    FOLDER/plans/*.json    the plan cache beside the store, for the records' profiles only (solved budgets;
+                           named by everything they depend on, so a stale one is never used)
 
     export(store, folder)  write both (each file atomically: a temporary file, then a rename)
     load(folder, store)    put every record into ``store`` unless one of that key is there; copy the
@@ -72,9 +72,20 @@ def export(store: ResultsStore, folder: str | os.PathLike) -> int:
     lines = [_probe_line(job, rows) for job, rows in _finished_probes(store.path)]
     if lines or (out / PROBES).exists():
         _write_atomic(out / PROBES, "".join(line + "\n" for line in lines).encode())
+    profiles = {r.profile for r in records}
     for plan in sorted((store.root / PLANS).glob("*.json")):
-        _write_atomic(out / PLANS / plan.name, plan.read_bytes())
+        if _plan_profile(plan) in profiles:
+            _write_atomic(out / PLANS / plan.name, plan.read_bytes())
     return len(records)
+
+
+def _plan_profile(path: Path) -> str | None:
+    """The profile a cached plan was solved for (None: unreadable, or written before plans named it)."""
+    try:
+        profile = json.loads(path.read_text()).get("profile")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return profile if isinstance(profile, str) else None
 
 
 def _finished_probes(store_path: Path) -> list[tuple[ProbeJob, list[ProbeRow]]]:

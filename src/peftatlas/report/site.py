@@ -15,11 +15,12 @@ Missing data is said as such ("not measured yet"), never filled in.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from .. import __version__
 from ..catalog import DIMENSION_NAMES, ENTRIES, FAMILIES, MAX_POINTS, SCALE, Entry, registration
 from ..grading import RULES, Evidence, GeometryVerdict, Grade, grade_all
 from ..grading.evidence import Arm, hp_key
-from ..grading.rubric import MEASURED_MAX, Z_SIGNIFICANT, effective_robustness, matching_rows
+from ..grading.rubric import MEASURED_MAX, Z_SIGNIFICANT, effective_robustness, matching_rows, sort_grades
 from ..grading.settings import SettingKey, claim_rows, entry_grades, grades_by_setting, overview, primary_key, restrict
 from . import plots
 from .doc import UL, Badge, Block, Code, H, Img, Inline, Link, Mono, Note, P, Strong, Table, page_html, page_md
@@ -167,13 +168,53 @@ class Site:
         self.ev = restrict(ev, self.key) if self.key else ev
         self.out = out
         self.setting = self.ev.primary_setting()
-        self.grades = self.by_setting[self.key] if self.key else grade_all(ev)
+        self.home: dict[str, SettingKey] = {}  # entry id → the setting its headline grade comes from
+        self.grades = self._headline_grades() if self.key else grade_all(ev)
         self.by_entry: dict[str, list[Grade]] = {}
         for g in self.grades:
             self.by_entry.setdefault(g.entry.id, []).append(g)
-        self.arms = ev.arms(self.setting) if self.setting else []
+        self.arms = self.ev.arms(self.setting) if self.setting else []
         self.plots: list[Path] = []
         self.pages: list[Path] = []
+
+    def _headline_grades(self) -> list[Grade]:
+        """Each entry's grade in the primary setting; an entry with nothing measured there takes its grades
+        from the setting that measures the most of its dimensions (then the first by name), and its page
+        and scorecard row say which setting that is."""
+        assert self.key is not None
+        out: list[Grade] = []
+        primary = self.by_setting[self.key]
+        for entry_id in dict.fromkeys(g.entry.id for g in primary):
+            mine = [g for g in primary if g.entry.id == entry_id]
+            if any(g.outcome != "not measured" for g in mine):
+                out += mine
+                continue
+            elsewhere = {k: [g for g in gs if g.entry.id == entry_id and g.outcome == "graded"]
+                         for k, gs in self.by_setting.items() if k != self.key}
+            best = min((k for k, gs in elsewhere.items() if gs), default=None,
+                       key=lambda k: (-max(g.measured_dims for g in elsewhere[k]), k))
+            if best is None:
+                out += mine
+            else:
+                self.home[entry_id] = best
+                out += elsewhere[best]
+        return sort_grades(out)
+
+    @contextlib.contextmanager
+    def _in_setting(self, key: SettingKey | None) -> Iterator[None]:
+        """Render with ``key``'s records, arms and probes in place of the primary setting's (an entry page
+        whose headline grade comes from another setting shows that setting's evidence beside it)."""
+        if key is None or key == self.key:
+            yield
+            return
+        saved = self.ev, self.setting, self.arms
+        self.ev = restrict(self.all, key)
+        self.setting = self.ev.primary_setting()
+        self.arms = self.ev.arms(self.setting) if self.setting else []
+        try:
+            yield
+        finally:
+            self.ev, self.setting, self.arms = saved
 
     # --- helpers --------------------------------------------------------------------------------------
     def _plot(self, path: Path | None, alt: str, caption: str, rel: str) -> Block:
@@ -413,12 +454,17 @@ class Site:
             o = entry.override
             blocks.append(Note("warn", [Strong(f"{o.kind.capitalize()} override: "), f"claim “{o.claim}”: {o.finding}. "
                                         f"Check: {o.check}. Grade capped at {o.cap:g}."]))
-        for g in grades or []:
-            blocks += self._grade_blocks(g)
-        blocks += [H(2, "Grade by setting", "settings"), *self._entry_settings(entry)]
-        blocks += [H(2, "Geometry: full fine-tuning's and the method's own update", "geometry"),
-                   *self._geometry_blocks(entry, grades)]
-        blocks += [H(2, "Evidence", "evidence"), *self._evidence_blocks(entry, grades)]
+        home = self.home.get(entry.id)
+        if home is not None and self.key is not None:
+            blocks.append(Note("info", f"Nothing of this entry is measured in the primary setting ({self.key.label}): "
+                                       f"the grade, geometry and evidence below come from {home.label}."))
+        with self._in_setting(home):
+            for g in grades or []:
+                blocks += self._grade_blocks(g)
+            blocks += [H(2, "Grade by setting", "settings"), *self._entry_settings(entry)]
+            blocks += [H(2, "Geometry: full fine-tuning's and the method's own update", "geometry"),
+                       *self._geometry_blocks(entry, grades)]
+            blocks += [H(2, "Evidence", "evidence"), *self._evidence_blocks(entry, grades)]
         blocks += [H(2, "Literature", "literature"), *self._literature_blocks(entry)]
         dis = [d for g in grades for d in g.disagreements]
         blocks += [H(2, "Literature vs measurement"),

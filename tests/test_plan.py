@@ -284,3 +284,28 @@ def test_matched_lora_on_all_linear_shares_the_default_target_arm():
     arms = matched_lora_arms(SMOKE, [oft, ia3], 2)
     assert arms and all("targets" not in a.hyperparameters for a in arms)
     assert all(set(a.matches) == {"oft", "ia3"} for a in arms)
+
+
+def test_learning_curves_go_to_curved_methods_and_the_matched_lora_arms_de_reads():
+    """A matched-LoRA arm runs curves only when a curved method sits within ±10 % of it on its targets (DE
+    compares curves at equal size): on the ViT plan, r = 1 on q, v (SURM's size) and r = 1 on every linear
+    layer (VeRA's 88,200 all-linear, −6 %) are curved; r = 2 on every linear layer (OFT's, uncurved) is not."""
+    from peftatlas.evidence.plan import Arm, gets_learning_curves
+
+    profile = dataclasses.replace(SMOKE, task="mnist_fewshot", learning_curve_methods=("full", "lora", "vera",
+                                                                                       "surm_circulant"))
+
+    def arm(method, params, role="method", targets=None, **hp):
+        return Arm("mnist_fewshot", method, "x", {**hp, **({"targets": targets} if targets else {})}, role, params)
+
+    surm = arm("surm_circulant", 18432, targets=["q_proj", "v_proj"])
+    vera = arm("vera", 88200, targets="all-linear", r=649)
+    oft = arm("oft", 103680, targets="all-linear", block_size=6)
+    qv1 = arm("lora", 18432, "matched_lora", ["q_proj", "v_proj"], r=1)
+    all1 = arm("lora", 82944, "matched_lora", r=1)
+    all2 = arm("lora", 165888, "matched_lora", r=2)
+    arms = [arm("full", 22_000_000), surm, vera, oft, qv1, all1, all2]
+    curved = {id(a) for a in arms if gets_learning_curves(profile, a, arms)}
+    assert curved == {id(arms[0]), id(surm), id(vera), id(qv1), id(all1)}
+    assert not gets_learning_curves(profile, all1, [a for a in arms if a is not vera])  # only OFT near it
+    assert not gets_learning_curves(dataclasses.replace(profile, task="other"), surm, arms)

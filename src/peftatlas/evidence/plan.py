@@ -43,7 +43,7 @@ import dataclasses
 import json
 import os
 import statistics
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +208,34 @@ def matched_lora_arms(profile: Profile, fixed: list[Arm], num_labels: int) -> li
     return list(found.values())
 
 
+def _target_spec(arm: Arm) -> Any:
+    """The arm's target modules as configured: its ``targets``, else its method's defaults (LoRA's are
+    "all-linear", so a default-target LoRA arm and a VeRA arm on "all-linear" adapt the same modules)."""
+    targets = arm.hyperparameters.get("targets")
+    if targets is None:
+        targets = get_method(arm.method).default_targets
+    return targets if isinstance(targets, str) else tuple(targets)
+
+
+def gets_learning_curves(profile: Profile, arm: Arm, arms: Sequence[Arm]) -> bool:
+    """Whether ``arm`` runs the profile's learning curves: an arm of a curved method (every method when the
+    profile names none) on the profile's main task. A matched-LoRA arm is curved only when a curved
+    method's arm among ``arms`` has its target modules and a count within ±10 % of it — DE compares a
+    curve with the matched LoRA's at equal size only, so a curve at another size would never be read."""
+    if arm.task != profile.task:
+        return False
+
+    def curved(method: str) -> bool:
+        return not profile.learning_curve_methods or method in profile.learning_curve_methods
+
+    if arm.role != "matched_lora":
+        return curved(arm.method)
+    return curved("lora") and any(
+        a.role == "method" and a.method != "lora" and a.task == arm.task and curved(a.method)
+        and _target_spec(a) == _target_spec(arm)
+        and abs(arm.adapter_params - a.adapter_params) <= MATCH_TOLERANCE * a.adapter_params for a in arms)
+
+
 # --- the plan ------------------------------------------------------------------------------------------
 class Plan:
     """The runs of a profile (see the module docstring). Build with :func:`build_plan`."""
@@ -308,7 +336,7 @@ class Plan:
         twins = {self.spec(arm, SWEEP, lr, s).train_key: self.spec(arm, SWEEP, lr, s).key for s in self.sweep_seeds()}
         follow = [self.spec(arm, MAIN, lr, s, lr_info=choice) for s in self.profile.seeds]
         p = self.profile
-        if arm.task == p.task and (not p.learning_curve_methods or arm.method in p.learning_curve_methods):
+        if gets_learning_curves(p, arm, self.arms):
             for spec in follow:
                 twins.setdefault(spec.train_key, spec.key)
             follow += [self.spec(arm, CURVE, lr, s, n, lr_info=choice) for n in p.learning_curve_sizes
@@ -349,7 +377,7 @@ class Plan:
                 lr = choice["lr"]
                 keys += [self.spec(arm, MAIN, lr, s).key for s in self.profile.seeds]
                 p = self.profile
-                if arm.task == p.task and (not p.learning_curve_methods or arm.method in p.learning_curve_methods):
+                if gets_learning_curves(p, arm, self.arms):
                     keys += [self.spec(arm, CURVE, lr, s, n).key for n in p.learning_curve_sizes
                              for s in p.seeds[: p.learning_curve_seeds]]
         seen: set[str] = set()
@@ -492,7 +520,7 @@ def run_counts(plan: Plan) -> dict[str, int]:
         out["extension_max"] += p.lr_extend * len(seeds)
         out["main"] += len([s for s in p.seeds if s not in seeds])
         out["completions"] += len([s for s in p.seeds if s in seeds])
-        if arm.task == p.task and (not p.learning_curve_methods or arm.method in p.learning_curve_methods):
+        if gets_learning_curves(p, arm, plan.arms):
             out["curve"] += sum(1 for n in p.learning_curve_sizes for s in p.seeds[: p.learning_curve_seeds]
                                 if not (n is None or (p.train_size is not None and n >= p.train_size)))
     return out

@@ -138,3 +138,15 @@ def _build_tiny_model(kind: str, seed: int, hidden: int) -> TinyModel:
         return TinyModel(kind, LlamaForCausalLM(cfg).eval(), _ids(96, 8), lambda o: o.logits,
                          targets=["embed_tokens", "lm_head"], layer_types=("Embedding", "Linear"))
     raise ValueError(f"unknown tiny model kind {kind!r}; choose from {TINY_KINDS}")
+
+
+def bf16_autocast_output(model: nn.Module, x: Tensor, tol: float = 0.03) -> Tensor:
+    """``model(x)`` under CPU bf16 autocast, checked against the fp32 output: the result is bf16 and
+    max |y16 − y32| / max |y32| < ``tol``. Returns the bf16 output (for a backward pass)."""
+    y32 = model(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y16 = model(x)
+    assert y16.dtype == torch.bfloat16, y16.dtype
+    err = float(((y16.float() - y32).abs().max() / y32.abs().max()).detach())
+    assert err < tol, f"bf16 autocast output differs from fp32 by {err:.3g} (relative), over {tol}"
+    return y16

@@ -119,9 +119,12 @@ def test_matched_lora_arms_for_fixed_size_methods():
     for method, arm in fixed.items():
         mine = [a for a in matched if method in a.matches]
         assert mine, method
+        own = set(target_modules(model, lora, arm.hyperparameters["targets"]))
         for m in mine:
             assert m.method == "lora" and m.budget == "matched"
-            assert m.hyperparameters["targets"] == arm.hyperparameters["targets"]  # the same target modules
+            chosen = set(target_modules(model, lora, m.hyperparameters["targets"]))
+            if m.hyperparameters["targets"] != arm.hyperparameters["targets"]:  # a subset of the layers
+                assert chosen < own and "blocks" in m.note
             built = count_params(lora, target_modules(model, lora, m.hyperparameters["targets"]),
                                  {"r": m.hyperparameters["r"]})
             assert m.adapter_params == built
@@ -280,10 +283,51 @@ def test_matched_lora_on_all_linear_shares_the_default_target_arm():
 
     oft = Arm("mr", "oft", "0.2%", {"block_size": 2, "targets": "all-linear"}, "method", 5000,
               budget_target=4000, budget_met=False)
-    ia3 = Arm("mr", "ia3", "fixed", {}, "method", 5000)
-    arms = matched_lora_arms(SMOKE, [oft, ia3], 2)
+    hra = Arm("mr", "hra", "fixed", {}, "method", 5000)  # HRA's default targets are "all-linear"
+    arms = matched_lora_arms(SMOKE, [oft, hra], 2)
     assert arms and all("targets" not in a.hyperparameters for a in arms)
-    assert all(set(a.matches) == {"oft", "ia3"} for a in arms)
+    assert all(set(a.matches) == {"oft", "hra"} for a in arms)
+
+
+def test_matched_lora_targets_the_methods_own_default_modules():
+    """(IA)³ with no ``targets`` adapts keys, values and the feed-forward output: its matched LoRA adapts
+    those (not LoRA's every linear layer, as before 2026-12-04)."""
+    from peftatlas.evidence.budget import target_modules
+    from peftatlas.evidence.models import load_classifier
+    from peftatlas.evidence.plan import Arm, matched_lora_arms
+
+    lora, ia3 = (__import__("peftatlas").get_method(m) for m in ("lora", "ia3"))
+    model, _ = load_classifier(SMOKE.model, 2)
+    own = set(target_modules(model, ia3, None))
+    arms = matched_lora_arms(SMOKE, [Arm("mr", "ia3", "fixed", {}, "method", 3 * len(own) * 64)], 2)
+    assert arms
+    for a in arms:
+        chosen = set(target_modules(model, lora, a.hyperparameters.get("targets")))
+        assert chosen <= own and a.matches["ia3"]["budget_met"]
+
+
+def test_layer_subset_match_lands_within_tolerance_on_the_most_blocks():
+    """When even rank 1 on every block is too big (GOFT: about half of LoRA r = 1), the matched arm is
+    LoRA on an evenly spaced subset of the blocks, the most blocks that land within ±10 %, named by a
+    regex that selects exactly those modules; a size below one block's rank-1 count has no match."""
+    from peftatlas.evidence.budget import count_params, target_modules
+    from peftatlas.evidence.models import load_classifier
+    from peftatlas.evidence.plan import _layer_index, layer_subset_match
+
+    lora = __import__("peftatlas").get_method("lora")
+    model, _ = load_classifier(SMOKE.model, 2)
+    modules = target_modules(model, lora, ["query", "value"])
+    blocks = sorted({_layer_index(n)[1] for n in modules})
+    per_block = count_params(lora, modules, {"r": 1}) // len(blocks)
+    for k in range(1, len(blocks)):
+        n = k * per_block
+        r, regex, count, where = layer_subset_match(model, lora, modules, n)
+        chosen = target_modules(model, lora, regex)
+        assert set(chosen) < set(modules) and count == count_params(lora, chosen, {"r": r}) == n
+        assert r == 1 and where == f"{k} of {len(blocks)} blocks"
+    assert layer_subset_match(model, lora, modules, per_block // 3) is None
+    assert _layer_index("model.layers.12.self_attn.q_proj") == ("model.layers", 12, "self_attn.q_proj")
+    assert _layer_index("classifier") is None
 
 
 def test_learning_curves_go_to_curved_methods_and_the_matched_lora_arms_de_reads():

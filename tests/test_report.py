@@ -166,3 +166,25 @@ def test_sweep_table_shows_every_sweep_seed_and_marks_the_chosen_rate_per_arm():
     assert [(row[2], row[3], row[-1]) for row in rows] == [("r=1", "0.001", ""), ("r=1", "0.003", "✓"),
                                                              ("r=5", "0.001", "✓"), ("r=5", "0.003", "")]
     assert rows[0][4] == "0.600 / 0.700 (seeds 0, 1)" and rows[0][5] == "0.650"
+
+
+def test_a_layer_subset_matched_arm_reads_as_its_modules_and_blocks():
+    """The plan names a layer-subset matched LoRA by a regex; grades and tables show "query, value on 3 of
+    6 blocks" and the rank, so two matched arms of one method stay told apart."""
+    from types import SimpleNamespace
+
+    from peftatlas.grading.evidence import Arm
+    from peftatlas.report.site import _arm_label
+
+    regex = r"bert\.encoder\.layer\.(0|2|5)\.(attention\.self\.query|attention\.self\.value)"
+    rec = SimpleNamespace(method="lora", budget="matched", hyperparameters={"r": 1, "targets": regex},
+                          arm={"note": "matched LoRA for goft (4,596); r=1 on 3 of 6 blocks, 4,608 parameters"},
+                          metrics={}, trainable_params=4608, seed=0)
+    arm = Arm("lora", "matched", [rec])
+    assert arm.targets_label == "query, value on 3 of 6 blocks"
+    assert _arm_label(arm) == "lora @matched (r=1; query, value on 3 of 6 blocks)"
+    plain = Arm("lora", "matched", [SimpleNamespace(**{**vars(rec), "arm": {},
+                                                       "hyperparameters": {"r": 2, "targets": ["query", "value"]}})])
+    assert plain.targets_label == "('query', 'value')" and _arm_label(plain).startswith("lora @matched (r=2;")
+    assert Arm("lora", "matched", [SimpleNamespace(**{**vars(rec), "arm": {}})]).targets_label == \
+        "query, value on blocks 0,2,5"

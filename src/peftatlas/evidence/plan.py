@@ -24,9 +24,13 @@ Arms: every method at each of the profile's budgets (solved size knob), fixed-si
 size (budget ``"fixed"``), references (full fine-tuning, head-only; budget None), and — for each
 fixed-size method, and each budget-solved method whose closest size misses the budget (OFT on the ViT:
 103,680 for a 0.4 % budget of 88,226) — **matched LoRA arms** on the same target modules: every LoRA
-rank whose count is within ±10 % of the method's, or, when no rank lands there, the nearest rank below
-and above it (``budget_met`` false). Identical matched arms are shared: ``arm["matches"]`` lists every method an
-arm matches. What a record says about its arm is documented on :class:`~.store.RunRecord`.
+rank whose count is within ±10 % of the method's; when no rank lands there (rank 1 is already too big
+for GOFT: 4,596 parameters on MiniLM's q, v against 9,216 for LoRA r = 1), LoRA on the same module
+types in an evenly spaced subset of the layers, the most layers that land within ±10 % (GOFT: r = 1 on
+q, v of 3 of the 6 layers, 4,608); failing that, the nearest rank below and above (``budget_met``
+false). Targets are the method's own (its ``targets``, else its default targets, e.g. (IA)³'s keys,
+values and feed-forward outputs). Identical matched arms are shared: ``arm["matches"]`` lists every
+method an arm matches. What a record says about its arm is documented on :class:`~.store.RunRecord`.
 
 Models: the plan builds what the runs build — data through the model's
 :class:`~.execute.Setting` (``setting_for(profile.model).task``), the model that budgets are counted
@@ -42,6 +46,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -171,14 +176,57 @@ def needs_matched_lora(arm: Arm) -> bool:
     return arm.budget == "fixed" or arm.budget_met is False
 
 
+def _layer_index(name: str) -> tuple[str, int, str] | None:
+    """``"model.layers.12.self_attn.q_proj"`` → ``("model.layers", 12, "self_attn.q_proj")``: the first
+    dotted integer is the block index. None for a module outside the stack of blocks."""
+    parts = name.split(".")
+    for i, p in enumerate(parts):
+        if p.isdigit():
+            return ".".join(parts[:i]), int(p), ".".join(parts[i + 1:])
+    return None
+
+
+def layer_subset_match(model: nn.Module, lora: Any, modules: dict[str, nn.Module], n: int
+                       ) -> tuple[int, str, int, str] | None:
+    """LoRA on ``modules`` restricted to an evenly spaced subset of the blocks, within ±10 % of ``n``
+    parameters: ``(rank, targets regex, count, "k of L blocks")`` with the most blocks (ties: the count
+    closest to ``n``), or None. Blocks ``round(linspace(0, L - 1, k))``; the regex names exactly the chosen modules."""
+    parsed = {name: _layer_index(name) for name in modules}
+    if not parsed or any(v is None for v in parsed.values()) or len({v[0] for v in parsed.values()}) != 1:  # type: ignore[index]
+        return None
+    stack = next(iter(parsed.values()))[0]  # type: ignore[index]
+    layers = sorted({v[1] for v in parsed.values()})  # type: ignore[index]
+    suffixes = sorted({v[2] for v in parsed.values()})  # type: ignore[index]
+    best: tuple[tuple[int, float], tuple[int, str, int, str]] | None = None
+    for k in range(len(layers) - 1, 0, -1):
+        picked = sorted({layers[round(i * (len(layers) - 1) / max(k - 1, 1))] for i in range(k)})
+        chosen = {name: m for name, m in modules.items() if parsed[name][1] in picked}  # type: ignore[index]
+        for r in range(1, MAX_LORA_RANK + 1):
+            c = count_params(lora, chosen, {"r": r})
+            if c > n * (1 + MATCH_TOLERANCE):
+                break
+            if abs(c - n) <= MATCH_TOLERANCE * n:
+                regex = (re.escape(stack) + r"\.(" + "|".join(map(str, picked)) + r")\.(" +
+                         "|".join(map(re.escape, suffixes)) + ")")
+                if set(target_modules(model, lora, regex)) != set(chosen):
+                    continue
+                score = (len(picked), -abs(c - n))
+                if best is None or score > best[0]:
+                    best = (score, (r, regex, c, f"{len(picked)} of {len(layers)} blocks"))
+        if best is not None:
+            return best[1]
+    return None
+
+
 def matched_lora_arms(profile: Profile, fixed: list[Arm], num_labels: int) -> list[Arm]:
     """LoRA arms with the parameter count of each fixed-size arm on its targets (module docstring)."""
     lora = get_method("lora")
     model = counting_model(profile, num_labels)
     defaults = target_modules(model, lora, None)
     found: dict[tuple, Arm] = {}
+    where: dict[str, str] = {}  # a layer-subset arm's targets → "k of L blocks"
     for arm in fixed:
-        targets = arm.hyperparameters.get("targets")
+        targets = arm.hyperparameters.get("targets", get_method(arm.method).default_targets)
         try:
             modules = target_modules(model, lora, targets)
         except (ValueError, BudgetError):
@@ -189,13 +237,20 @@ def matched_lora_arms(profile: Profile, fixed: list[Arm], num_labels: int) -> li
             targets = None  # LoRA's own defaults ("all-linear" on these models): one arm, not two identical ones
         counts = {r: count_params(lora, modules, {"r": r}) for r in range(1, MAX_LORA_RANK + 1)}
         n = arm.adapter_params
-        ranks = [r for r, c in counts.items() if abs(c - n) <= MATCH_TOLERANCE * n]
-        if not ranks:
+        choices: list[tuple[int, Any]] = [(r, targets) for r, c in counts.items()
+                                          if abs(c - n) <= MATCH_TOLERANCE * n]
+        if not choices:
+            subset = layer_subset_match(model, lora, modules, n)
+            if subset is not None:
+                counts[subset[0]] = subset[2]
+                choices = [(subset[0], subset[1])]
+                where[subset[1]] = subset[3]
+        if not choices:
             below = [r for r, c in counts.items() if c < n]
             above = [r for r, c in counts.items() if c > n]
-            ranks = ([max(below)] if below else []) + ([min(above)] if above else [])
-        for r in ranks:
-            hp = {"r": r, **({"targets": targets} if targets is not None else {})}
+            choices = [(r, targets) for r in ([max(below)] if below else []) + ([min(above)] if above else [])]
+        for r, arm_targets in choices:
+            hp = {"r": r, **({"targets": arm_targets} if arm_targets is not None else {})}
             ident = (arm.task, repr(hp))
             prev = found.get(ident)
             within = abs(counts[r] - n) <= MATCH_TOLERANCE * n
@@ -203,6 +258,8 @@ def matched_lora_arms(profile: Profile, fixed: list[Arm], num_labels: int) -> li
             met = all(m["budget_met"] for m in matches.values())
             note = "matched LoRA for " + ", ".join(f"{k} ({v['params']:,}{'' if v['budget_met'] else ', outside ±10%'})"
                                                   for k, v in sorted(matches.items()))
+            if isinstance(arm_targets, str) and arm_targets in where:
+                note += f"; r={r} on {where[arm_targets]}, {counts[r]:,} parameters"
             found[ident] = Arm(arm.task, "lora", "matched", hp, "matched_lora", counts[r], n, met,
                                dict(sorted(matches.items())), note)
     return list(found.values())
@@ -219,8 +276,9 @@ def _target_spec(arm: Arm) -> Any:
 
 def gets_learning_curves(profile: Profile, arm: Arm, arms: Sequence[Arm]) -> bool:
     """Whether ``arm`` runs the profile's learning curves: an arm of a curved method (every method when the
-    profile names none) on the profile's main task. A matched-LoRA arm is curved only when a curved
-    method's arm among ``arms`` has its target modules and a count within ±10 % of it — DE compares a
+    profile names none) on the profile's main task. A matched-LoRA arm is curved only when it was matched
+    within ±10 % to a curved method, or a curved method's arm among ``arms`` has its target modules and a
+    count within ±10 % of it — DE compares a
     curve with the matched LoRA's at equal size only, so a curve at another size would never be read."""
     if arm.task != profile.task:
         return False
@@ -230,6 +288,8 @@ def gets_learning_curves(profile: Profile, arm: Arm, arms: Sequence[Arm]) -> boo
 
     if arm.role != "matched_lora":
         return curved(arm.method)
+    if curved("lora") and any(curved(m) and v.get("budget_met") for m, v in arm.matches.items()):
+        return True  # matched within ±10 % to a curved method (on a subset of its layers, say)
     return curved("lora") and any(
         a.role == "method" and a.method != "lora" and a.task == arm.task and curved(a.method)
         and _target_spec(a) == _target_spec(arm)

@@ -137,6 +137,20 @@ class Arm:
         return recorded if recorded is not None else _default_targets(self.method)
 
     @property
+    def targets_label(self) -> str:
+        """The targets for people: a layer-subset regex (``…\\.(0|2|5)\\.(attention\\.query|…)``, from the
+        plan's matched arms) reads "query, value on 3 of 6 blocks"; anything else as recorded."""
+        t = self.targets
+        m = re.fullmatch(r".+?\\\.\(([\d|]+)\)\\\.\((.+)\)", t) if isinstance(t, str) else None
+        if m is None:
+            return str(t)
+        names = sorted({part.replace("\\", "").split(".")[-1] for part in m.group(2).split("|")})
+        arm = (getattr(self.records[0], "arm", None) or {}) if self.records else {}
+        where = re.search(r"on (\d+ of \d+ blocks)", str(arm.get("note", "")))
+        blocks = where.group(1) if where else f"blocks {m.group(1).replace('|', ',')}"
+        return f"{', '.join(names)} on {blocks}"
+
+    @property
     def matches(self) -> dict[str, bool]:
         """For a matched-LoRA arm: each method it was added for → whether it is within ±10% of it."""
         arm = (getattr(self.records[0], "arm", None) or {}) if self.records else {}

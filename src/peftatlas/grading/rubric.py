@@ -597,10 +597,11 @@ def decide_all(ev: Evidence, setting: tuple[str, str], arm: Arm) -> dict[str, Ve
     lora = None if is_lora else ev.matched_lora(setting, arm)
     s = arm.scores("test")
     fraction = arm.adapter_params / full.adapter_params if full and full.adapter_params > 0 else float("nan")
-    lora_label = f"LoRA @{lora.budget} ({lora.adapter_params:,.0f} params, targets {lora.targets})" if lora else ""
+    lora_label = (f"LoRA @{lora.budget} ({lora.adapter_params:,.0f} params, targets {lora.targets_label})"
+                  if lora else "")
     larger = None if (is_lora or lora is not None) else ev.larger_lora(setting, arm)
     larger_label = (f"LoRA @{larger.budget} ({larger.adapter_params:,.0f} params = "
-                    f"{larger.adapter_params / max(arm.adapter_params, 1):.1f}×, targets {larger.targets})"
+                    f"{larger.adapter_params / max(arm.adapter_params, 1):.1f}×, targets {larger.targets_label})"
                     if larger else "")
     verdicts = {
         "PE": decide_pe(s, full.scores("test") if full else None, head.scores("test") if head else None, fraction),

@@ -110,6 +110,11 @@ def _badge(status: str, short: bool = False) -> Badge:
 
 
 def _arm_label(a: Arm) -> str:
+    """``lora @0.2%``; a matched-LoRA arm adds its size and targets, since several share the label
+    (``lora @matched (r=1; query, value on 3 of 6 blocks)``)."""
+    if a.budget == "matched":
+        size = ", ".join(f"{k}={v}" for k, v in sorted(json.loads(a.hp or "{}").items()) if k != "targets")
+        return f"{a.method} @matched ({size}; {a.targets_label})"
     return f"{a.method} @{a.budget}" if a.budget not in (None, "fixed") else a.method
 
 

@@ -353,3 +353,36 @@ def test_learning_curves_go_to_curved_methods_and_the_matched_lora_arms_de_reads
     assert curved == {id(arms[0]), id(surm), id(vera), id(qv1), id(all1)}
     assert not gets_learning_curves(profile, all1, [a for a in arms if a is not vera])  # only OFT near it
     assert not gets_learning_curves(dataclasses.replace(profile, task="other"), surm, arms)
+
+
+def test_data_identity_is_the_same_on_every_cpu():
+    """The ViT task's rotated OOD set comes from a matrix product whose last bits differ between CPUs (AMD
+    without AVX-512, Intel with it): a one-ulp change there must not change a run's key, while any change
+    to a set hashed by its pixels (or to the rotated set's labels or length) must. Text tasks keep their
+    own fingerprint."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from peftatlas.evidence.plan import data_identity
+    from peftatlas.evidence.settings.vision import ImageSplit, ImageTask, rotate
+
+    g = torch.Generator().manual_seed(0)
+
+    def split(n):
+        return ImageSplit(torch.rand(n, 8, 8, generator=g), torch.arange(n) % 10)
+
+    test = split(20)
+    rotated = ImageSplit(rotate(test.images, 30.0), test.labels)
+    task = ImageTask("mnist_fewshot", 2, split(20), split(10), test, {"rotated": rotated, "digits": split(5)})
+    key = data_identity(task)
+    nudged = ImageSplit(torch.nextafter(rotated.images, torch.full_like(rotated.images, 2.0)), rotated.labels)
+    assert not torch.equal(nudged.images, rotated.images)
+    assert data_identity(ImageTask(**{**vars(task), "ood": {**task.ood, "rotated": nudged}})) == key
+    bumped = test.images.clone()
+    bumped[0, 0, 0] += 1e-3
+    assert data_identity(ImageTask(**{**vars(task), "test": ImageSplit(bumped, test.labels)})) != key
+    short = ImageSplit(rotated.images[:10], rotated.labels[:10])
+    assert data_identity(ImageTask(**{**vars(task), "ood": {**task.ood, "rotated": short}})) != key
+    assert data_identity(task.subset(1)) != key
+    assert data_identity(SimpleNamespace(fingerprint=lambda: "abc")) == "abc"

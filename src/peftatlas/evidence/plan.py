@@ -44,6 +44,7 @@ backbone); target candidates are the method plan's (:func:`arena_plan`, renamed 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -123,6 +124,32 @@ def model_source(model: str) -> str:
 
         return source_label(model)
     return model_info(model)["source"]
+
+
+def data_identity(data: Any) -> str:
+    """The data part of a run's key, the same on every CPU: ``data.fingerprint()``, except that a set
+    computed by floating-point code whose last bits depend on the CPU enters by what it is computed from.
+
+    The ViT task's ``rotated`` set is ``rotate(test, 30°)``, and ``affine_grid``'s matrix product rounds
+    differently on an Intel CPU with AVX-512 than on an AMD one without (2026-12-04: every vit_cpu key of
+    the AMD machine changed on an Intel one; ``MKL_CBWR=AVX2`` restored them). It enters as (its length,
+    the angle, its labels); its source, the test set, is hashed pixel by pixel and the rotation's code is
+    in the run's code version. Token ids and the other image sets (integer pixels ÷ 255 or ÷ 16) are exact.
+    """
+    from .settings.vision import ROTATION_DEGREES, ImageTask
+
+    if not isinstance(data, ImageTask):
+        return data.fingerprint()
+    h = hashlib.sha256(f"{data.name}:{data.shots}:{data.split_seed}:{data.image_size}px".encode())
+    for tag, split in [("train", data.train), ("val", data.val), ("test", data.test),
+                       *[(f"ood/{k}", data.ood[k]) for k in sorted(data.ood)]]:
+        h.update(tag.encode())
+        if tag == "ood/rotated":
+            h.update(f"rotate(test[:{len(split)}], {ROTATION_DEGREES} degrees)".encode())
+        else:
+            h.update(split.images.numpy().tobytes())
+        h.update(split.labels.numpy().tobytes())
+    return "portable:" + h.hexdigest()
 
 
 def arena_plan(model: str, method: str) -> MethodPlan:
@@ -331,7 +358,7 @@ class Plan:
         head_lr = None if arm.method == "head_only" else p.head_lr
         train = {"lr": lr, "head_lr": head_lr, "seed": seed, "target_acc": p.target_for(arm.task), **p.train}
         identity = {
-            "model": self._model_source, "task": task.name, "data": data.fingerprint(),
+            "model": self._model_source, "task": task.name, "data": data_identity(data),
             "split_seed": task.split_seed, "method": arm.method, "hyperparameters": arm.hyperparameters,
             "budget": arm.budget, "train": _train_identity(train), "train_size": train_size, "profile": p.name,
             "code_version": self.code_versions[arm.method],

@@ -35,8 +35,11 @@ def test_disable_and_base_rows_give_the_pretrained_model_after_head_training():
         with model.disable():
             torch.testing.assert_close(model(**x).logits, pretrained, atol=0, rtol=0)
         mixed = model(**x, adapter_names=["__base__", "default", "__base__"]).logits
-    torch.testing.assert_close(mixed[0], pretrained[0], atol=0, rtol=0)
-    torch.testing.assert_close(mixed[2], pretrained[2], atol=0, rtol=0)
+    # Mixed rows run the head on their own sub-batch (rows 0 and 2 here): MKL on an Intel CPU with AVX-512
+    # rounds a 2-row GEMM differently from a 3-row one (9.3e-10 measured 2026-12-04; exact on AMD AVX2), so
+    # "__base__" rows equal the pretrained head to float32 rounding, far inside the trained head's distance.
+    torch.testing.assert_close(mixed[0], pretrained[0], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(mixed[2], pretrained[2], atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(mixed[1], adapted[1], atol=1e-5, rtol=1e-5)
 
 

@@ -49,6 +49,7 @@ import json
 import os
 import re
 import statistics
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -136,10 +137,10 @@ def data_identity(data: Any) -> str:
     the angle, its labels); its source, the test set, is hashed pixel by pixel and the rotation's code is
     in the run's code version. Token ids and the other image sets (integer pixels ÷ 255 or ÷ 16) are exact.
     """
-    from .settings.vision import ROTATION_DEGREES, ImageTask
-
-    if not isinstance(data, ImageTask):
+    vision = sys.modules.get("peftatlas.evidence.settings.vision")  # not imported here: an encoder run never loads it
+    if vision is None or not isinstance(data, vision.ImageTask):
         return data.fingerprint()
+    ROTATION_DEGREES = vision.ROTATION_DEGREES
     h = hashlib.sha256(f"{data.name}:{data.shots}:{data.split_seed}:{data.image_size}px".encode())
     for tag, split in [("train", data.train), ("val", data.val), ("test", data.test),
                        *[(f"ood/{k}", data.ood[k]) for k in sorted(data.ood)]]:

@@ -45,3 +45,37 @@ def test_full_ft_artifacts_hold_only_the_probed_updates(tmp_path):
         assert {r.key: r for r in store.records()} == {r.key: r for r in records}
     jobs = probe_store(path, ProbeConfig(draws=2, max_matrices=LIGHT.probe_matrices, methods=False), log=None)
     assert sorted((j.kind, j.status, j.n_matrices) for j in jobs) == [("pair", "done", 4), ("single", "done", 4)]
+
+
+def test_probed_updates_gone_are_trained_again_bit_for_bit(tmp_path):
+    """Records resumed without their folders: ``restore_probed`` retrains exactly the two probed full-FT main
+    seeds from their own specs, cuts them to the probed matrices, and changes nothing in the records but
+    ``artifact``; a second call finds nothing to do."""
+    import shutil
+
+    from peftatlas.evidence.artifacts import missing_probed, restore_probed
+    from peftatlas.evidence.plan import build_plan
+
+    path = tmp_path / "light.sqlite"
+    records = run_profile(dataclasses.replace(LIGHT, seeds=(0, 1)), path, progress=False)
+    probed = sorted((r for r in records if r.method == "full" and r.experiment == "main"), key=lambda r: r.seed)
+    before = {r.key: load_file(str(path.parent / r.artifact / "adapter.safetensors")) for r in probed}
+    for r in probed:
+        shutil.rmtree(path.parent / r.artifact)
+    plan = build_plan(dataclasses.replace(LIGHT, seeds=(0, 1)), methods=["full"])
+    with ResultsStore(path) as store:
+        done = {r.key: r for r in store.records()}
+        assert sorted(rec.key for _, rec in missing_probed(plan, done, store.root)) == sorted(before)
+        lines: list[str] = []
+        restored = restore_probed(plan, store, log=lines.append)
+        assert sorted(r.key for r in restored) == sorted(before)
+        assert sum("metrics reproduce exactly" in line for line in lines) == 2
+        for rec in restored:
+            old = done[rec.key]
+            assert dataclasses.replace(rec, artifact=old.artifact) == old  # only the folder pointer changed
+            again = load_file(str(path.parent / rec.artifact / "adapter.safetensors"))
+            assert again.keys() == before[rec.key].keys()
+            assert all(again[k].equal(before[rec.key][k]) for k in again)
+        assert restore_probed(plan, store, log=lines.append) == []
+    jobs = probe_store(path, ProbeConfig(draws=2, max_matrices=LIGHT.probe_matrices, methods=False), log=None)
+    assert sorted((j.kind, j.status) for j in jobs) == [("pair", "done"), ("single", "done")]

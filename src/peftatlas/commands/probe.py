@@ -22,7 +22,26 @@ def config_from_args(args: argparse.Namespace) -> ProbeConfig:
                        seed=args.seed, methods=not args.no_methods, jobs=probe_jobs(getattr(args, "jobs", 1)))
 
 
+def restore(store_path: str, log) -> int:
+    """Train again the probed full fine-tuning runs whose folders are gone (``--retrain-missing``); how many."""
+    from ..evidence.artifacts import restore_probed
+    from ..evidence.plan import build_plan
+    from ..evidence.profiles import get_profile
+    from ..evidence.store import ResultsStore
+
+    with ResultsStore(store_path) as store:
+        profiles = sorted({r.profile for r in store.records(method="full", experiment="main") if r.profile})
+        restored = 0
+        for name in profiles:
+            plan = build_plan(get_profile(name), methods=["full"], log=log)
+            restored += len(restore_probed(plan, store, log=log))
+    return restored
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.retrain_missing:
+        log = print if not args.quiet else (lambda s: None)
+        print(f"probe: {restore(args.store, log)} full fine-tuning update(s) trained again for the probes")
     jobs = probe_store(args.store, config_from_args(args), log=None if args.quiet else print)
     failed = [j for j in jobs if j.status != "done"]
     print(f"probe: {len(jobs)} job(s), {sum(j.n_matrices for j in jobs)} matrices, {len(failed)} failed "
@@ -50,6 +69,9 @@ def add_arguments(p: argparse.ArgumentParser, draws: int | None = 100) -> None:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("probe", help="geometry probes of the full fine-tuning updates in a results database")
     p.add_argument("--store", required=True, help="results database (SQLite) written by `peftatlas run`")
+    p.add_argument("--retrain-missing", action="store_true",
+                   help="first train again the probed full fine-tuning main runs (two lowest seeds) whose saved "
+                        "update is gone, e.g. after resuming from shipped records; their records keep their metrics")
     p.add_argument("--jobs", default="auto", help="processes sharing the matrices of a job (default auto: one "
                                                   "per core, at most 4; results do not depend on it)")
     add_arguments(p)

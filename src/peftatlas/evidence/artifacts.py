@@ -24,6 +24,7 @@ import json
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from safetensors.torch import load_file
 
@@ -118,3 +119,56 @@ def apply_disposals(plan: Plan, store: ResultsStore, done: dict[str, RunRecord])
 
 def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def missing_probed(plan: Plan, done: Mapping[str, RunRecord], root: Path) -> list[tuple[Any, RunRecord]]:
+    """(main spec, record) of the full fine-tuning main runs the probes read (the two lowest seeds at the
+    chosen LR) that finished but whose folder is gone — e.g. records resumed from a shipped folder."""
+    out = []
+    for arm in plan.arms:
+        if arm.method != "full":
+            continue
+        _, choice = plan.choose_lr(arm, done)
+        if choice is None:
+            continue
+        lr = choice.pop("lr")
+        for seed in plan.profile.seeds[:PROBE_SEEDS]:
+            spec = plan.spec(arm, MAIN, lr, seed, lr_info=choice)
+            rec = done.get(spec.key)
+            if rec is None or rec.status != "done":
+                continue
+            if rec.artifact and (root / rec.artifact / "adapter.json").is_file():
+                continue
+            out.append((spec, rec))
+    return out
+
+
+def restore_probed(plan: Plan, store: ResultsStore, log: Any = print) -> list[RunRecord]:
+    """Train again the full fine-tuning main runs :func:`missing_probed` finds, from their own run specs, keep
+    what the probes read (:func:`cut_folder`) and point their records at the folders; the updated records.
+
+    Only ``artifact`` changes in a record: its metrics stay those of the original run. The retrained run's
+    validation/test accuracy is compared with the record's and the difference logged (bit-equal on the CPU
+    that trained it; another CPU's float rounding can move an item or two, and the probes then read an update
+    of the same configuration, not the same bits).
+    """
+    from .execute import RunContext, train_run
+
+    done = {r.key: r for r in store.records()}
+    todo = missing_probed(plan, done, store.root)
+    ctx = RunContext(store.root)
+    out = []
+    for i, (spec, rec) in enumerate(todo, 1):
+        log(f"restore [{i}/{len(todo)}] full fine-tuning {spec.model}/{spec.task} seed {spec.seed} "
+            f"lr={spec.lr:g}: training again for the probes (the record's folder is gone)")
+        again = train_run(dataclasses.replace(spec, evaluate_test=True), ctx, artifact=spec.artifact)
+        diffs = {m: again.metrics.get(m, float("nan")) - rec.metrics[m] for m in ("val_acc", "test_acc")
+                 if m in rec.metrics}
+        same = all(abs(d) < 1e-12 for d in diffs.values())
+        log("   " + ("metrics reproduce exactly" if same else "metrics differ from the record: " +
+                     ", ".join(f"{m} {d:+.4f}" for m, d in diffs.items())) + f" ({again.wall_seconds:.0f} s)")
+        cut_folder(store.root / spec.artifact, plan.profile.model, plan.profile.probe_matrices)
+        updated = dataclasses.replace(rec, artifact=spec.artifact)
+        store.put(updated)
+        out.append(updated)
+    return out

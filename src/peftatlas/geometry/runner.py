@@ -187,7 +187,8 @@ class ProbeRunner:
         for (model, task), recs in sorted(groups.items()):
             full = _unique_seeds([r for r in recs if r.method == "full"])
             if not full:
-                self.log(f"probe: {model}/{task}: no full fine-tuning run with a saved update; nothing to probe")
+                self.log(f"probe: {model}/{task}: no full fine-tuning run with a saved update; nothing to probe "
+                         "(`peftatlas probe --retrain-missing` trains the probed ones again)")
                 continue
             jobs.append(self._job("single", [full[0]], model, task, "full"))
             if len(full) >= 2:

@@ -29,6 +29,10 @@ def restore(store_path: str, log) -> int:
     from ..evidence.profiles import get_profile
     from ..evidence.store import ResultsStore
 
+    from pathlib import Path
+
+    if not Path(store_path).is_file():
+        raise SystemExit(f"peftatlas probe: results database {store_path} does not exist")
     with ResultsStore(store_path) as store:
         profiles = sorted({r.profile for r in store.records(method="full", experiment="main") if r.profile})
         restored = 0

@@ -24,12 +24,12 @@ def config_from_args(args: argparse.Namespace) -> ProbeConfig:
 
 def restore(store_path: str, log) -> int:
     """Train again the probed full fine-tuning runs whose folders are gone (``--retrain-missing``); how many."""
+    from pathlib import Path
+
     from ..evidence.artifacts import restore_probed
     from ..evidence.plan import build_plan
     from ..evidence.profiles import get_profile
     from ..evidence.store import ResultsStore
-
-    from pathlib import Path
 
     if not Path(store_path).is_file():
         raise SystemExit(f"peftatlas probe: results database {store_path} does not exist")

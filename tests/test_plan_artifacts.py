@@ -79,3 +79,36 @@ def test_probed_updates_gone_are_trained_again_bit_for_bit(tmp_path):
         assert restore_probed(plan, store, log=lines.append) == []
     jobs = probe_store(path, ProbeConfig(draws=2, max_matrices=LIGHT.probe_matrices, methods=False), log=None)
     assert sorted((j.kind, j.status) for j in jobs) == [("pair", "done"), ("single", "done")]
+
+
+def test_a_retrain_that_fails_is_one_line_and_leaves_its_record(tmp_path, monkeypatch):
+    """A training failure during ``restore_probed`` is logged in one line, the record keeps its (missing)
+    folder pointer, no folder is written, and the other probed seed is still restored."""
+    import shutil
+
+    from peftatlas.evidence import execute
+    from peftatlas.evidence.artifacts import restore_probed
+    from peftatlas.evidence.plan import build_plan
+
+    profile = dataclasses.replace(LIGHT, seeds=(0, 1))
+    path = tmp_path / "light.sqlite"
+    records = run_profile(profile, path, progress=False)
+    probed = sorted((r for r in records if r.method == "full" and r.experiment == "main"), key=lambda r: r.seed)
+    for r in probed:
+        shutil.rmtree(path.parent / r.artifact)
+    real = execute.train_run
+
+    def fail_seed_0(spec, ctx, artifact=None):
+        if spec.seed == 0:
+            raise RuntimeError("out of memory\nsecond line of the message")
+        return real(spec, ctx, artifact=artifact)
+
+    monkeypatch.setattr(execute, "train_run", fail_seed_0)
+    with ResultsStore(path) as store:
+        lines: list[str] = []
+        restored = restore_probed(build_plan(profile, methods=["full"]), store, log=lines.append)
+        assert [r.seed for r in restored] == [1]
+        failed = [line for line in lines if "failed" in line]
+        assert len(failed) == 1 and "RuntimeError: out of memory" in failed[0] and "second line" not in failed[0]
+        after = {r.key: r for r in store.records()}
+        assert after[probed[0].key] == probed[0] and not (path.parent / probed[0].artifact).exists()

@@ -164,3 +164,32 @@ def test_an_entry_measured_only_outside_the_primary_setting_shows_that_grade_and
     assert "| bitfit | 2,000 | 0, 1, 2, 3, 4 |" in page.split("## Evidence")[1]  # the LM runs
     vera = (res.out / "methods" / "vera.md").read_text()  # measured in the primary: unchanged
     assert "Nothing of this entry is measured in the primary setting" not in vera
+
+
+@pytest.mark.parametrize("statuses, decided", [
+    (["pass", "pass", "pass"], (3, 3)), (["fail", "inconclusive", "not measured"], (1, 2)),
+    (["not significant", "supported"], (1, 2)), (["not measured"], (0, 0))])
+def test_a_claim_says_how_many_measuring_settings_decided_it(statuses, decided):
+    from peftatlas.grading.settings import ClaimRow
+
+    row = ClaimRow("BL", {SettingKey(f"m{i}", "t", "p"): s for i, s in enumerate(statuses)})
+    assert row.decided == decided
+
+
+def test_the_index_shows_the_probes_of_every_setting_that_has_them(tmp_path):
+    """Probes measured only outside the primary setting still reach the index, under that setting's heading
+    with their own plots; the settings without probes are named as not measured."""
+    from atlas_fixtures import MODEL, synthetic_probes
+
+    enc = [_on("encoder", r) for r in comparison_records()]
+    other = [_on(MODEL, r) for r in comparison_records() if r.method in ("full", "head_only", "lora")
+             and r.experiment == "main"]
+    db = put(tmp_path / "two.sqlite", enc + other)
+    synthetic_probes(db)
+    res = build_report(db, tmp_path / "site")
+    geometry = res.index_md.read_text().split("## Geometry of full fine-tuning's update")[1].split("## Themes")[0]
+    assert f"### {MODEL} · mr · quick" in geometry and "spectral/energy_top8" in geometry
+    assert "Probes not measured yet in: encoder · mr · quick." in geometry
+    assert (res.out / "plots" / f"probe_overview_{MODEL}_mr_quick.png").is_file()
+    lora = (res.out / "methods" / "lora.md").read_text()
+    assert "of 2 decided)" in lora or "of 1 decided)" in lora  # an agreeing claim says how many decided it

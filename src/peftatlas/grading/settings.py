@@ -109,6 +109,13 @@ class ClaimRow:
     def agreement(self) -> str:
         return agreement(list(self.statuses.values()))
 
+    @property
+    def decided(self) -> tuple[int, int]:
+        """(settings that decided the claim, settings that measured it): "agree" from one decided setting of
+        three is a weaker reading than from three of three, and the report says which."""
+        measured = [s for s in self.statuses.values() if s in HOLDS + FAILS + UNDECIDED]
+        return sum(s in HOLDS + FAILS for s in measured), len(measured)
+
 
 def entry_grades(by_setting: dict[SettingKey, list[Grade]], entry_id: str, method: str | None = None
                  ) -> dict[SettingKey, Grade]:

@@ -164,6 +164,14 @@ def _mean_sd(vals: list[float]) -> str:
     return f"{np.mean(vals):.3f} ± {np.std(vals, ddof=1):.3f}" if len(vals) > 1 else f"{vals[0]:.3f}"
 
 
+def _agreement_label(row) -> str:
+    """A claim's cross-setting reading, with how many measuring settings decided it where it agrees."""
+    decided, measured = row.decided
+    if row.agreement.startswith("agree"):
+        return f"{row.agreement} ({decided} of {measured} decided)"
+    return row.agreement
+
+
 class Site:
     def __init__(self, ev: Evidence, out: Path, source: str | None = None) -> None:
         self.all = ev
@@ -283,17 +291,7 @@ class Site:
         blocks.append(self._plot(plots.learning_curves(ev, self.setting, sorted({r.method for r in ev.done(
             "learning_curve")}), self.out / "plots" / "learning_curves.png") if self.setting else None,
             "Learning curves", "Test accuracy against the number of training examples.", ""))
-        blocks += [H(2, "Geometry of full fine-tuning's update", "geometry")]
-        single = ev.probe_rows(self.setting, "single") if self.setting else []
-        pair = ev.probe_rows(self.setting, "pair") if self.setting else []
-        blocks.append(self._plot(plots.z_overview(single, self.out / "plots" / "probe_overview.png"),
-                                 "Probe z-scores", "Median z over matrices of each statistic against its null model; "
-                                 "|z| < 3 (grey band) means the update shows no more of the structure than the null.",
-                                 ""))
-        blocks.append(self._plot(plots.seed_overlap(pair, self.out / "plots" / "seed_overlap.png"),
-                                 "Seed overlap", "Overlap of the top-k update directions of two full fine-tuning "
-                                 "seeds, against random subspaces (k/d).", ""))
-        blocks += self._probe_summary(single, pair)
+        blocks += [H(2, "Geometry of full fine-tuning's update", "geometry"), *self._geometry_by_setting()]
         blocks += [H(2, "Themes", "themes"), *self._themes()]
         blocks += [H(2, "Literature vs measurement", "disagreements"), *self._disagreements()]
         blocks += [H(2, "How grades are computed", "rubric"), *self._rubric()]
@@ -318,6 +316,40 @@ class Site:
         return Table(["#", "method", "family", "registered", "measured", "outcome", "dimensions measured",
                       "setting (model · task · budget · steps)", "literature", "WA (literature, beside)", *DIMS,
                       "geometry", "flags"], rows, "scorecard")
+
+    def _geometry_by_setting(self) -> list[Block]:
+        """The probes of full fine-tuning's update in every setting that has them (the primary one first, each
+        under its own heading and with its own plots); one note when no setting has any."""
+        keys = [self.key] if self.key else [None]
+        keys += [k for k in self.by_setting if k != self.key]
+        probed = []
+        for key in keys:
+            with self._in_setting(key):
+                if self.setting and (self.ev.probe_rows(self.setting, "single") or
+                                     self.ev.probe_rows(self.setting, "pair")):
+                    probed.append(key)
+        if not probed:
+            return self._probe_summary([], [])
+        blocks: list[Block] = []
+        for key in probed:
+            suffix = "" if key == self.key else f"_{key.model}_{key.task}_{key.profile}"
+            with self._in_setting(key):
+                single = self.ev.probe_rows(self.setting, "single")
+                pair = self.ev.probe_rows(self.setting, "pair")
+                if key is not None:
+                    blocks.append(H(3, key.label, f"geometry-{key.model}"))
+                blocks.append(self._plot(plots.z_overview(single, self.out / "plots" / f"probe_overview{suffix}.png"),
+                                         "Probe z-scores", "Median z over matrices of each statistic against its "
+                                         "null model; |z| < 3 (grey band) means the update shows no more of the "
+                                         "structure than the null.", ""))
+                blocks.append(self._plot(plots.seed_overlap(pair, self.out / "plots" / f"seed_overlap{suffix}.png"),
+                                         "Seed overlap", "Overlap of the top-k update directions of two full "
+                                         "fine-tuning seeds, against random subspaces (k/d).", ""))
+                blocks += self._probe_summary(single, pair)
+        missing = [k.label for k in keys if k is not None and k not in probed]
+        if missing:
+            blocks.append(Note("missing", "Probes not measured yet in: " + "; ".join(missing) + "."))
+        return blocks
 
     def _probe_summary(self, single: list, pair: list) -> list[Block]:
         if not single and not pair:
@@ -608,11 +640,12 @@ class Site:
                 continue
             keys = list(per)
             rows = [[c.claim, *[_badge(c.statuses.get(k, "not measured"), short=True) for k in keys],
-                     Badge(c.agreement, AGREEMENT_BADGE[c.agreement])] for c in claim_rows(per)]
+                     Badge(_agreement_label(c), AGREEMENT_BADGE[c.agreement])] for c in claim_rows(per)]
             blocks.append(Table(["claim", *[k.label for k in keys], "across settings"], rows))
-        blocks.append(P("Across settings: agree = every setting that decided the claim decided it the same way; "
-                        "disagree = it passed in one setting and failed in another; undecided = measured but never "
-                        "decided; not measured = measured nowhere."))
+        blocks.append(P("Across settings: agree = every setting that decided the claim decided it the same way "
+                        "(\"n of m decided\": how many of the settings that measured it decided it); disagree = it "
+                        "passed in one setting and failed in another; undecided = measured but never decided; not "
+                        "measured = measured nowhere."))
         return blocks
 
     def _settings_overview(self) -> list[Block]:

@@ -148,8 +148,8 @@ def restore_probed(plan: Plan, store: ResultsStore, log: Any = print) -> list[Ru
     what the probes read (:func:`cut_folder`) and point their records at the folders; the updated records.
 
     Only ``artifact`` changes in a record: its metrics stay those of the original run. A retrain that raises
-    is logged in one line and skipped; its record is not touched (the saved adapter is written atomically). The retrained run's
-    validation/test accuracy is compared with the record's and the difference logged (bit-equal on the CPU
+    is logged in one line and skipped; its record is not touched (the saved adapter is written atomically).
+    The retrained run's validation/test accuracy is compared with the record's and the difference logged (bit-equal on the CPU
     that trained it; another CPU's float rounding can move an item or two, and the probes then read an update
     of the same configuration, not the same bits).
     """
@@ -164,7 +164,7 @@ def restore_probed(plan: Plan, store: ResultsStore, log: Any = print) -> list[Ru
             f"lr={spec.lr:g}: training again for the probes (the record's folder is gone)")
         try:
             again = train_run(dataclasses.replace(spec, evaluate_test=True), ctx, artifact=spec.artifact)
-        except Exception as e:  # noqa: BLE001 - one line, the record untouched, the next run still tried
+        except Exception as e:  # one line, the record untouched, the next run still tried
             log(f"   training again failed, the record is unchanged and its probes stay unmeasured: "
                 f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
             continue

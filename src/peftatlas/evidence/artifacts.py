@@ -149,9 +149,9 @@ def restore_probed(plan: Plan, store: ResultsStore, log: Any = print) -> list[Ru
 
     Only ``artifact`` changes in a record: its metrics stay those of the original run. A retrain that raises
     is logged in one line and skipped; its record is not touched (the saved adapter is written atomically).
-    The retrained run's validation/test accuracy is compared with the record's and the difference logged (bit-equal on the CPU
-    that trained it; another CPU's float rounding can move an item or two, and the probes then read an update
-    of the same configuration, not the same bits).
+    The retrained run's validation/test accuracy is compared with the record's and the difference logged
+    (bit-equal on the CPU that trained it; another CPU's float rounding can move an item or two, and the
+    probes then read an update of the same configuration, not the same bits).
     """
     from .execute import RunContext, train_run
 

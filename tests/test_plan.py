@@ -386,3 +386,26 @@ def test_data_identity_is_the_same_on_every_cpu():
     assert data_identity(ImageTask(**{**vars(task), "ood": {**task.ood, "rotated": short}})) != key
     assert data_identity(task.subset(1)) != key
     assert data_identity(SimpleNamespace(fingerprint=lambda: "abc")) == "abc"
+
+
+def test_a_method_within_budget_on_other_modules_than_loras_budget_arm_gets_matched_lora_arms():
+    """VeRA on every linear layer at 0.1 % meets its budget, but LoRA's 0.1 % arm adapts other modules, so
+    BL would have no comparator: the plan adds LoRA on VeRA's modules at VeRA's count. When LoRA's budget
+    arm adapts the same modules within ±10 %, that arm is the comparator and nothing is added."""
+    from peftatlas.evidence.plan import Arm, matched_lora_arms, may_need_matched_lora
+
+    vera = Arm("mr", "vera", "0.1%", {"r": 8, "targets": "all-linear"}, "method", 3000, budget_target=3000,
+               budget_met=True)
+    lora_qv = Arm("mr", "lora", "0.1%", {"r": 1, "targets": ["query", "value"]}, "method", 3000,
+                  budget_target=3000, budget_met=True)
+    assert may_need_matched_lora(vera) and not may_need_matched_lora(lora_qv)
+    assert not may_need_matched_lora(dataclasses.replace(vera, role="reference", budget=None))
+    arms = matched_lora_arms(SMOKE, [vera], 2, [lora_qv])
+    assert arms and all("vera" in a.matches for a in arms)  # every linear layer, or a subset of its blocks
+    assert any(abs(a.adapter_params - 3000) <= 300 for a in arms) or len(arms) == 2
+    same = dataclasses.replace(lora_qv, hyperparameters={"r": 1, "targets": "all-linear"})
+    assert matched_lora_arms(SMOKE, [vera], 2, [same]) == []  # LoRA's budget arm already matches
+    far = dataclasses.replace(same, adapter_params=4000)  # same modules, 1.33×: not a comparator
+    assert matched_lora_arms(SMOKE, [vera], 2, [far]) != []
+    other_budget = dataclasses.replace(same, budget="0.2%")
+    assert matched_lora_arms(SMOKE, [vera], 2, [other_budget]) != []

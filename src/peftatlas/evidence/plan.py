@@ -22,8 +22,10 @@ same records always give the same next runs, whichever executor ran them and in 
 
 Arms: every method at each of the profile's budgets (solved size knob), fixed-size methods at their
 size (budget ``"fixed"``), references (full fine-tuning, head-only; budget None), and — for each
-fixed-size method, and each budget-solved method whose closest size misses the budget (OFT on the ViT:
-103,680 for a 0.4 % budget of 88,226) — **matched LoRA arms** on the same target modules: every LoRA
+fixed-size method, each budget-solved method whose closest size misses the budget (OFT on the ViT:
+103,680 for a 0.4 % budget of 88,226), and each budget-solved method whose target modules differ from
+LoRA's arm at that budget or whose count is more than ±10 % from it (VeRA on every linear layer against
+LoRA on the value projections) — **matched LoRA arms** on the same target modules: every LoRA
 rank whose count is within ±10 % of the method's; when no rank lands there (rank 1 is already too big
 for GOFT: 4,596 parameters on MiniLM's q, v against 9,216 for LoRA r = 1), LoRA on the same module
 types in an evenly spaced subset of the layers, the most layers that land within ±10 % (GOFT: r = 1 on
@@ -197,11 +199,20 @@ def solve_arms(profile: Profile, task: str, method: str, num_labels: int) -> lis
 
 
 def needs_matched_lora(arm: Arm) -> bool:
-    """Whether BL needs LoRA arms at this arm's own size: a fixed-size method, or a budget-solved one that
-    missed the budget (the budget's LoRA arm is then not at its parameter count)."""
+    """Whether BL needs LoRA arms at this arm's own size whatever LoRA's budget arm is: a fixed-size method,
+    or a budget-solved one that missed the budget (the budget's LoRA arm is then not at its parameter count).
+    A budget-solved arm within its budget may need them too (:func:`may_need_matched_lora`)."""
     if arm.role != "method" or arm.method == "lora":
         return False
     return arm.budget == "fixed" or arm.budget_met is False
+
+
+def may_need_matched_lora(arm: Arm) -> bool:
+    """A method arm other than LoRA that BL compares with LoRA: it needs matched arms unless LoRA's own arm
+    at the same budget adapts the same modules within ±10 % of its count (VeRA on every linear layer at
+    0.1 % does not match LoRA's budget arm on the value projections: it gets LoRA on every linear layer at
+    its own count). :func:`matched_lora_arms` decides, given LoRA's budget arms."""
+    return arm.role == "method" and arm.method != "lora" and arm.budget is not None
 
 
 def _layer_index(name: str) -> tuple[str, int, str] | None:
@@ -246,8 +257,19 @@ def layer_subset_match(model: nn.Module, lora: Any, modules: dict[str, nn.Module
     return None
 
 
-def matched_lora_arms(profile: Profile, fixed: list[Arm], num_labels: int) -> list[Arm]:
-    """LoRA arms with the parameter count of each fixed-size arm on its targets (module docstring)."""
+def _lora_modules(model: nn.Module, lora: Any, targets: Any) -> dict[str, nn.Module] | None:
+    try:
+        return target_modules(model, lora, targets)
+    except (ValueError, BudgetError):
+        return None
+
+
+def matched_lora_arms(profile: Profile, fixed: list[Arm], num_labels: int, budget_lora: Sequence[Arm] = ()
+                      ) -> list[Arm]:
+    """LoRA arms with the parameter count of each arm in ``fixed`` on its targets (module docstring). An arm
+    that :func:`needs_matched_lora` does not flag (a budget-solved one within budget) is skipped when one of
+    ``budget_lora`` (LoRA's own arms) at its task and budget adapts the same modules within ±10 % of its
+    count: that arm is already its comparator."""
     lora = get_method("lora")
     model = counting_model(profile, num_labels)
     defaults = target_modules(model, lora, None)
@@ -255,16 +277,18 @@ def matched_lora_arms(profile: Profile, fixed: list[Arm], num_labels: int) -> li
     where: dict[str, str] = {}  # a layer-subset arm's targets → "k of L blocks"
     for arm in fixed:
         targets = arm.hyperparameters.get("targets", get_method(arm.method).default_targets)
-        try:
-            modules = target_modules(model, lora, targets)
-        except (ValueError, BudgetError):
-            continue
+        modules = _lora_modules(model, lora, targets)
         if not modules:
+            continue
+        n = arm.adapter_params
+        if not needs_matched_lora(arm) and any(
+                (b.task, b.budget) == (arm.task, arm.budget) and abs(b.adapter_params - n) <= MATCH_TOLERANCE * n
+                and set(_lora_modules(model, lora, b.hyperparameters.get("targets")) or ()) == set(modules)
+                for b in budget_lora):
             continue
         if targets is not None and set(modules) == set(defaults):
             targets = None  # LoRA's own defaults ("all-linear" on these models): one arm, not two identical ones
         counts = {r: count_params(lora, modules, {"r": r}) for r in range(1, MAX_LORA_RANK + 1)}
-        n = arm.adapter_params
         choices: list[tuple[int, Any]] = [(r, targets) for r, c in counts.items()
                                           if abs(c - n) <= MATCH_TOLERANCE * n]
         if not choices:
@@ -562,8 +586,9 @@ def _solve_all(profile: Profile, names: list[str], tasks: dict[str, Any]) -> tup
             except (ValueError, NotImplementedError) as e:
                 skipped.append(f"{method}: skipped, cannot configure it for {profile.model}: {e}")
         if profile.matched_lora and "lora" in {get_method(m).name for m in _registered_safe()}:
-            task_arms += matched_lora_arms(profile, [a for a in task_arms if needs_matched_lora(a)],
-                                           data.num_labels)
+            task_arms += matched_lora_arms(profile, [a for a in task_arms if may_need_matched_lora(a)],
+                                           data.num_labels, [a for a in task_arms
+                                                             if a.role == "method" and a.method == "lora"])
         arms += task_arms
     return arms, skipped
 

@@ -140,7 +140,7 @@ class Profile:
     budget_tolerance: float = 0.10
     sweep_seeds: int = 2  # the LR is chosen on the mean validation accuracy over the first this-many seeds
     lr_extend: int = 2  # at most this many rates added beyond each edge of the grid while the best sits there
-    matched_lora: bool = True  # add LoRA arms matching each fixed-size method's count on its targets
+    matched_lora: bool = True  # add LoRA arms at the count and on the targets of each method BL has no LoRA arm for
     full_ft_artifacts: str = "all"  # "all" | "probed": keep only what the geometry probes read (see .artifacts)
     probe_matrices: int | None = None  # matrices the geometry probes read per full-FT update (None = all)
     description: str = ""
@@ -176,6 +176,7 @@ PROFILES: dict[str, Profile] = {
         train={"epochs": 1, "batch_size": 16, "evals_per_epoch": 2, "max_length": 32, "min_steps": 4},
         head_lr=3e-3, train_size=64, val_size=32, test_size=32, ood_size=16,
         learning_curve_sizes=(16,), learning_curve_methods=("lora",), target_acc=0.5, sweep_seeds=1, lr_extend=0,
+        matched_lora=False,  # CI's pipeline check: no comparator arms (VeRA's BL is "not measured" here)
         description="tiny config-built BERT on 64 real movie-review sentences: the pipeline end to end in seconds"),
     "quick": Profile(
         name="quick", model="minilm", task="mr",
@@ -185,7 +186,7 @@ PROFILES: dict[str, Profile] = {
         target_acc=0.75, full_ft_artifacts="probed", probe_matrices=12,
         description="pretrained MiniLM-L6 on movie-review sentiment (2,048 training sentences, one epoch, no dropout "
                     "inside the encoder), OOD on Amazon/tweets/NYT; budget 0.1% of the encoder, matched-LoRA arms "
-                    "for the fixed-size methods, LR chosen on 2 seeds, 5 seeds; fits a 2-core CPU"),
+                    "for the fixed-size methods and VeRA, LR chosen on 2 seeds, 5 seeds; fits a 2-core CPU"),
     "catalog": Profile(
         name="catalog", model="minilm", task="mr",
         methods=(),  # () = every registered method; those that cannot be configured for the encoder are skipped

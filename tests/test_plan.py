@@ -109,7 +109,8 @@ def test_matched_lora_arms_for_fixed_size_methods():
     from peftatlas.evidence.budget import count_params, target_modules
     from peftatlas.evidence.models import load_classifier
 
-    profile = dataclasses.replace(SMOKE, name="plan-match", methods=("goft", "surm_circulant", "lora"))
+    profile = dataclasses.replace(SMOKE, name="plan-match", methods=("goft", "surm_circulant", "lora"),
+                                  matched_lora=True)
     plan = build_plan(profile)
     fixed = {a.method: a for a in plan.arms if a.budget == "fixed"}
     matched = [a for a in plan.arms if a.role == "matched_lora"]

@@ -322,20 +322,19 @@ class Site:
         under its own heading and with its own plots); one note when no setting has any."""
         keys = [self.key] if self.key else [None]
         keys += [k for k in self.by_setting if k != self.key]
-        probed = []
+        probed = {}  # key → (single rows, pair rows), read once per setting
         for key in keys:
             with self._in_setting(key):
-                if self.setting and (self.ev.probe_rows(self.setting, "single") or
-                                     self.ev.probe_rows(self.setting, "pair")):
-                    probed.append(key)
+                if self.setting:
+                    rows = self.ev.probe_rows(self.setting, "single"), self.ev.probe_rows(self.setting, "pair")
+                    if rows[0] or rows[1]:
+                        probed[key] = rows
         if not probed:
             return self._probe_summary([], [])
         blocks: list[Block] = []
-        for key in probed:
+        for key, (single, pair) in probed.items():
             suffix = "" if key == self.key else f"_{key.model}_{key.task}_{key.profile}"
             with self._in_setting(key):
-                single = self.ev.probe_rows(self.setting, "single")
-                pair = self.ev.probe_rows(self.setting, "pair")
                 if key is not None:
                     blocks.append(H(3, key.label, f"geometry-{key.model}"))
                 blocks.append(self._plot(plots.z_overview(single, self.out / "plots" / f"probe_overview{suffix}.png"),

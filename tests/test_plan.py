@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from peftatlas.evidence.codeversion import ImportGraph, compute_code_versions, method_module, package_root
-from peftatlas.evidence.plan import MAIN, SWEEP, build_plan
+from peftatlas.evidence.plan import CURVE, MAIN, SWEEP, build_plan
 from peftatlas.evidence.profiles import PROFILES
 from peftatlas.evidence.runspec import RunSpec
 from peftatlas.evidence.store import RunRecord
@@ -91,6 +91,19 @@ def test_failed_sweep_runs_leave_the_mean_and_an_arm_without_any_ends(head_plan)
         done[s.key] = fake(s, 0.5, status="failed")
     assert head_plan.ready(done) == []  # nothing to choose from: no main runs
     assert {r.key for r in head_plan.covered(done)} == set(done)
+
+
+def test_every_arms_main_runs_come_before_any_learning_curve_run():
+    profile = dataclasses.replace(SMOKE, name="plan-order", methods=("lora", "head_only"), lr_factors=(1.0,),
+                                  seeds=(0, 1), sweep_seeds=1, lr_extend=0, learning_curve_sizes=(16,),
+                                  learning_curve_methods=(), matched_lora=False)
+    plan = build_plan(profile)
+    ready = settle(plan, {}, lambda lr, seed: 0.7)
+    kinds = [s.experiment for s in ready]
+    assert {s.method for s in ready if s.experiment == MAIN} == {"lora", "head_only"}
+    assert {s.method for s in ready if s.experiment == CURVE} == {"lora", "head_only"}
+    # an arm's curves no longer run before the next arm's main runs: a window that ends early leaves graded arms
+    assert kinds == sorted(kinds, key=lambda k: k == CURVE), kinds
 
 
 def test_run_specs_are_pure_and_serialisable(head_plan):

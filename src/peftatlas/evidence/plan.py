@@ -472,11 +472,13 @@ class Plan:
 
     def ready(self, done: Mapping[str, RunRecord]) -> list[RunSpec]:
         """Every run whose dependencies have settled in ``done`` (key → record, failed ones included) and that
-        is not in ``done`` itself, in a fixed order (reference arms' long runs first, head-only last)."""
+        is not in ``done`` itself, in a fixed order: every arm's LR sweep and main runs before any learning-curve
+        run (a window that ends early leaves graded arms whose DE waits, not arms half done), and within that,
+        reference arms' long runs first, head-only last."""
         out: list[RunSpec] = []
         for arm in sorted(self.arms, key=_cost_order):
             out += self.arm_runs(arm, done)[0]
-        return out
+        return sorted(out, key=lambda spec: spec.experiment == CURVE)  # stable: the arm order stays within each
 
     def covered(self, done: Mapping[str, RunRecord]) -> list[RunRecord]:
         """The records of ``done`` that belong to this plan, in plan order (arm by arm: sweep, main, curve)."""

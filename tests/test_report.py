@@ -113,6 +113,11 @@ def test_an_empty_store_renders_and_says_not_measured(tmp_path):
     assert md.count("not measured yet") >= len(ENTRIES) - 2
     assert "Not measured yet" in (tmp_path / "out" / "methods" / "lora.md").read_text()
     assert res.plots == []
+    # a method the arena never runs says so, with the reason, instead of waiting to be measured
+    row = next(line for line in md.splitlines() if "[Trainable tokens]" in line)
+    assert "does not apply" in row and "not measured yet" not in row
+    page = (tmp_path / "out" / "methods" / "trainable_tokens.md").read_text()
+    assert "does not apply" in page and "token ids" in page
 
 
 def test_report_cli(tmp_path, capsys):

@@ -145,6 +145,7 @@ class Grade:
     disagreements: list[str]
     uncapped_points: float | None = None  # the sum before an analytic cap (None: no cap applied)
     steps: int | None = None
+    not_applicable: str | None = None  # why the arena never runs this method (``MethodPlan.skip``); None: it does
 
     @property
     def measured_dims(self) -> int:
@@ -622,16 +623,28 @@ def decide_all(ev: Evidence, setting: tuple[str, str], arm: Arm) -> dict[str, Ve
     return apply_holm(verdicts)
 
 
+def _arena_skip(method: str | None) -> str | None:
+    """Why the arena never runs ``method`` (its ``MethodPlan.skip``), or None when it does or is unregistered."""
+    if not method:
+        return None
+    from ..core.method import registered_methods
+    from ..evidence.profiles import method_plan
+
+    return (method_plan(method).skip or None) if method in registered_methods() else None
+
+
 def grade_method(ev: Evidence, entry: Entry, method: str | None, setting: tuple[str, str] | None) -> Grade:
     lit = entry.literature_points
     arm = ev.primary_arm(setting, method) if (setting and method) else None
     if arm is None:
-        verdicts = {d: Verdict(d, "not measured", 0.0, "no finished runs of this method in the store")
-                    for d in MEASURED}
+        skip = _arena_skip(method)
+        why = (f"does not apply: the arena does not run it ({skip})" if skip
+               else "no finished runs of this method in the store")
+        verdicts = {d: Verdict(d, "not measured", 0.0, why) for d in MEASURED}
         verdicts["WA"] = _wa(entry)
         geo = [judge_prediction(ev, setting, p, method) for p in entry.predictions] if setting else []
         return Grade(entry, method, setting, None, verdicts, geo, geometry_modifier(geo), None, lit,
-                     ["not measured yet: no finished runs"], [])
+                     [why if skip else "not measured yet: no finished runs"], [], not_applicable=skip)
     if not entry.graded:
         verdicts = {d: Verdict(d, "reference", 0.0, "reference method: measured numbers shown, not graded")
                     for d in SCALE}

@@ -125,6 +125,8 @@ def grade_cell(g: Grade) -> Inline:
     """Measured points out of 7, with the uncapped sum beside an analytic cap."""
     if not g.entry.graded:
         return Badge("reference", "info")
+    if g.not_applicable:
+        return Badge("does not apply", "info")
     if g.measured_points is None:
         return Badge("not measured yet", "missing")
     cap = f" (uncapped {g.uncapped_points:g})" if g.uncapped_points is not None else ""
@@ -516,6 +518,8 @@ class Site:
                      f"{g.measured_dims} of 5 measured")
         elif not g.entry.graded:
             title = "Measured grade: reference (not graded)"
+        elif g.not_applicable:
+            title = "Measured grade: does not apply (the arena does not run this method)"
         else:
             title = "Measured grade: not measured yet"
         wa = "earned" if g.wa_literature else "not earned"
@@ -523,7 +527,10 @@ class Site:
                                  f"{g.literature_points:g} / {MAX_POINTS:g}"
                                  + (f" · method {g.method}" if g.method and len(g.entry.methods) > 1 else ""))]
         blocks.append(P([Strong("Measured in: "), g.where]))
-        if g.measured_points is None and g.entry.graded:
+        if g.not_applicable:
+            blocks.append(Note("info", f"The arena does not run {g.method}: {g.not_applicable}. The literature grade "
+                                       "stands alone."))
+        elif g.measured_points is None and g.entry.graded:
             why = ("No finished runs of " + (g.method or "this entry") + " in the store"
                    if g.budget is None and not any(v.derivation.startswith("needs") for v in g.verdicts.values())
                    else "No dimension could be measured (see the derivations)")

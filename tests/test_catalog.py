@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import numpy as np
@@ -20,6 +21,7 @@ from peftatlas.catalog import (
     get_entry,
     registered_names,
     registration,
+    validate,
 )
 from peftatlas.geometry import probe_matrix, probe_pair
 
@@ -122,13 +124,20 @@ MEASURED_DIMS = ("BL", "BF", "DE", "OOD")
 
 
 def test_marks_resting_only_on_unverified_claims_are_not_earned():
-    """A result-based mark (BL, BF, DE, OOD) needs a claim read in the paper or its abstract: an entry whose
-    headline is tagged MEM earns none of them, and says why."""
-    mem = [e for e in ENTRIES if e.headline.tag == "MEM"]
-    assert mem
-    for e in mem:
-        assert not any(e.literature[d].earned for d in MEASURED_DIMS), e.id
-    assert "MEM (unverified)" in get_entry("antipasto").literature["DE"].why
+    """A result-based mark (BL, BF, DE, OOD) needs a claim read in the paper or its abstract: the catalog
+    refuses an entry whose headline is only remembered (tag MEM) and earns one. Every headline has been read
+    (none is MEM since 2026-12-04); the readings that earn nothing say why."""
+    assert not [e.id for e in ENTRIES if e.headline.tag == "MEM"]
+    antipasto = get_entry("antipasto")
+    validate(ENTRIES)
+    remembered = dataclasses.replace(antipasto, headline=dataclasses.replace(antipasto.headline, tag="MEM"))
+    validate([remembered])  # a MEM headline that earns no result mark is allowed
+    earned = dict(remembered.literature, DE=Mark(True, "800 word pairs"))
+    with pytest.raises(CatalogError, match="MEM .unverified.*antipasto"):
+        validate([dataclasses.replace(remembered, literature=earned)])
+    assert antipasto.headline.tag == "ABS" and "2601.07473" in antipasto.headline.source
+    assert not antipasto.literature["DE"].earned and "only with prompting" in antipasto.literature["DE"].why
+    assert not antipasto.literature["OOD"].earned and "only with prompting" in antipasto.literature["OOD"].why
 
 
 def test_self_reported_wins_read_only_in_an_abstract_do_not_earn_bl():

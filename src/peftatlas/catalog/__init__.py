@@ -15,8 +15,10 @@ replications at 4 (:class:`Override`). These grades are provisional; the rubric
 Sources: entries 1–30 of the research draft (read in full text or abstracts, tags FT/ABS/CODE/CALC)
 and, for the methods it did not cover (RandLoRA, VB-LoRA, C3A, MiSS, SHiRA, OFTv2, BOFT, ETHER, RoAd,
 SSVD, PSOFT, CLOVER, AntiPaSTO, DeLoRA, trainable tokens, Poly, X-LoRA), paper metadata and claims
-partly from memory: every such claim is tagged ``MEM`` and should be checked before it is quoted; a
-result-based mark (BL, BF, DE, OOD) resting only on a MEM claim is not earned (:data:`UNVERIFIED`).
+partly from memory: every such claim was tagged ``MEM`` until it was read in the paper's abstract (tag ``ABS``;
+all of them by 2026-12-04, docs/evidence.md lists what was read). A result-based mark (BL, BF, DE, OOD)
+resting only on a MEM claim is not earned (:data:`UNVERIFIED`); :func:`validate` refuses an entry that
+breaks this.
 An equal-budget counter-result removes BL; OOD needs a shift between training and evaluation data.
 """
 
@@ -110,23 +112,32 @@ def entry_for_method(method: str) -> Entry | None:
     return next((e for e in ENTRIES if name in e.methods), None)
 
 
-def _validate() -> None:
-    ids = [e.id for e in ENTRIES]
+RESULT_DIMS = ("BL", "BF", "DE", "OOD")
+
+
+def validate(entries: list[Entry]) -> None:
+    """Raise :class:`CatalogError` for duplicate ids, unknown families, a method claimed by two entries, or a
+    result-based mark (BL, BF, DE, OOD) earned by an entry whose headline is only remembered (tag MEM)."""
+    ids = [e.id for e in entries]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
         raise CatalogError(f"duplicate catalog ids: {dup}")
-    bad = sorted(e.id for e in ENTRIES if e.family not in FAMILY_IDS)
+    bad = sorted(e.id for e in entries if e.family not in FAMILY_IDS)
     if bad:
         raise CatalogError(f"entries with an unknown family: {bad}")
     owners: dict[str, str] = {}
-    for e in ENTRIES:
+    for e in entries:
         for m in e.methods:
             if m in owners and owners[m] != e.id:
                 raise CatalogError(f"method {m!r} is claimed by entries {owners[m]} and {e.id}")
             owners.setdefault(m, e.id)
+    unverified = sorted(e.id for e in entries if e.headline.tag == "MEM" and any(e.literature[d].earned
+                                                                                for d in RESULT_DIMS))
+    if unverified:
+        raise CatalogError(f"entries earning a result-based mark from a MEM (unverified) headline: {unverified}")
 
 
-_validate()
+validate(ENTRIES)
 
 __all__ = [
     "DIMENSION_NAMES",
@@ -148,4 +159,5 @@ __all__ = [
     "get_entry",
     "registered_names",
     "registration",
+    "validate",
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .entries_lowrank import LOW_RANK_ENERGY
-from .model import ABSTRACT_ONLY, UNVERIFIED, Claim, Entry, Override, Paper, Prediction, marks
+from .model import ABSTRACT_ONLY, Claim, Entry, Override, Paper, Prediction, marks
 
 ROTATION = Prediction("null", "ΔW_FT is mostly a rotation of the neurons: its rotation fraction (skew share of "
                       "W0⁺ΔW, ≈ 0.5 for a random update) is ≥ 0.7 and above the spectrum-matched null",
@@ -292,19 +292,23 @@ ENTRIES = [
         notes="Acts on products of two matrices per head; single-matrix weight probes do not test it."),
     Entry(
         id="antipasto", name="AntiPaSTO", family="svd-basis", methods=("antipasto",),
-        paper=Paper("AntiPaSTO: antiparallel steering via SVD rotations", "Clark", "arXiv", 2026, "2601.07473"),
+        paper=Paper("AntiPaSTO: Self-Supervised Steering of Moral Reasoning", "Clark", "arXiv", 2026, "2601.07473"),
         hypothesis="W0's own top singular basis is the natural intervention manifold: Cayley rotations of the singular "
                    "vectors plus singular-value shifts, scaled by α = ±1, steer behaviour in both directions.",
         pseudocode="U, S, V = top-r svd(W0);  W_res = W0 − U S Vᵀ\nR_v(α) = cayley(α A / 2), A skew\n"
                    "W'(α) = U diag(S + α ΔS) R_v(α)ᵀ Vᵀ + W_res",
         measurements=("principal-block energy of ΔW_FT", "arena: in-distribution and OOD vs LoRA"),
-        headline=Claim("Beats prompting baselines 6.9× on DailyDilemmas honesty steering with Gemma-3-1B; transfers "
-                       "from template sentences to real dilemmas.", "seed catalog summary of Clark 2026", "MEM"),
+        headline=Claim("Trained on 800 pairs of contrasting words inserted into template sentences (no preference "
+                       "labels), Gemma-3-1B steers 6.9× better than prompting baselines on DailyDilemmas and keeps "
+                       "bidirectional control where prompting triggers refusal.",
+                       "Clark 2026, abstract (arXiv 2601.07473v2), read 2026-12-04", "ABS"),
         counter=(Claim("The seed catalog's author wrote this method (disclosed); high seed variance; one trait, one "
                        "benchmark.", "seed catalog github.com/wassname/adapters_as_hypotheses, entry 11", "ABS"),),
         literature=marks((True, "r + r(r−1)/2 parameters"), (False, "no LoRA comparison"), (False, "no"),
-                         (False, "800 contrastive word pairs; " + UNVERIFIED),
-                         (False, "template → real dilemma transfer (self, narrow); " + UNVERIFIED),
+                         (False, "800 word pairs and no labels, but the abstract compares only with prompting, "
+                                 "not with fine-tuning or another adapter at equal data"),
+                         (False, "template sentences → real dilemmas is a shift, but the abstract compares only "
+                                 "with prompting (self-reported, one trait, one benchmark)"),
                          (False, "no")),
         predictions=(PRINCIPAL,)),
     Entry(

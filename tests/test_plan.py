@@ -149,6 +149,10 @@ def test_matched_lora_arms_for_fixed_size_methods():
     spec = plan.spec(surm[0], SWEEP, 1e-3, 0)
     assert spec.arm["role"] == "matched_lora" and spec.arm["matches"] == surm[0].matches
     assert spec.key != plan.spec(next(a for a in plan.arms if a.budget == "0.2%"), SWEEP, 1e-3, 0).key
+    # the matched arms run before the methods they match: each one unlocks BL and OOD of those already run
+    order = [(s.arm["role"], s.method) for s in plan.ready({})]
+    last_matched = max(i for i, (role, _) in enumerate(order) if role == "matched_lora")
+    assert all(i > last_matched for i, (role, m) in enumerate(order) if role == "method" and m != "lora"), order
 
 
 # --- code versions ------------------------------------------------------------------------------------------

@@ -474,7 +474,7 @@ class Plan:
         """Every run whose dependencies have settled in ``done`` (key → record, failed ones included) and that
         is not in ``done`` itself, in a fixed order: every arm's LR sweep and main runs before any learning-curve
         run (a window that ends early leaves graded arms whose DE waits, not arms half done), and within that,
-        reference arms' long runs first, head-only last."""
+        reference arms' long runs first, then the matched-LoRA arms, head-only last."""
         out: list[RunSpec] = []
         for arm in sorted(self.arms, key=_cost_order):
             out += self.arm_runs(arm, done)[0]
@@ -509,9 +509,11 @@ def _round_lr(lr: float) -> float:
     return float(f"{lr:.3g}")
 
 
-def _cost_order(arm: Arm) -> tuple[bool, bool]:
-    """Full fine-tuning first (the longest runs), head-only last (seconds once its features are cached)."""
-    return (arm.method == "head_only", arm.method != "full")
+def _cost_order(arm: Arm) -> tuple[bool, bool, bool]:
+    """Full fine-tuning first (the longest runs), then the matched-LoRA arms (short; each one unlocks BL and
+    OOD of every method it matches, so the grades of arms already run do not wait for the end), head-only
+    last (seconds once its features are cached)."""
+    return (arm.method == "head_only", arm.method != "full", arm.role != "matched_lora")
 
 
 def data_sizes(profile: Profile, task: str, curve: int | None = None) -> dict[str, Any]:

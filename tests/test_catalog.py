@@ -13,6 +13,7 @@ from peftatlas.catalog import (
     ENTRIES,
     FAMILY_IDS,
     MAX_POINTS,
+    RESULT_DIMS,
     SCALE,
     CatalogError,
     Entry,
@@ -120,7 +121,7 @@ def test_every_prediction_names_a_statistic_the_probes_produce():
     assert n >= 25
 
 
-MEASURED_DIMS = ("BL", "BF", "DE", "OOD")
+MEASURED_DIMS = RESULT_DIMS  # the result-based marks, as the catalog defines them
 
 
 def test_marks_resting_only_on_unverified_claims_are_not_earned():

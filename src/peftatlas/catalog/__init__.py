@@ -145,6 +145,7 @@ __all__ = [
     "FAMILIES",
     "FAMILY_IDS",
     "MAX_POINTS",
+    "RESULT_DIMS",
     "SCALE",
     "UNVERIFIED",
     "CatalogError",

@@ -190,6 +190,25 @@ def test_a_layer_subset_matched_arm_reads_as_its_modules_and_blocks():
     assert _arm_label(arm) == "lora @matched (r=1; query, value on 3 of 6 blocks)"
     plain = Arm("lora", "matched", [SimpleNamespace(**{**vars(rec), "arm": {},
                                                        "hyperparameters": {"r": 2, "targets": ["query", "value"]}})])
-    assert plain.targets_label == "('query', 'value')" and _arm_label(plain).startswith("lora @matched (r=2;")
+    assert plain.targets_label == "query, value" and _arm_label(plain) == "lora @matched (r=2; query, value)"
     assert Arm("lora", "matched", [SimpleNamespace(**{**vars(rec), "arm": {}})]).targets_label == \
         "query, value on blocks 0,2,5"
+
+
+def test_targets_labels_keep_the_attention_output_apart_from_the_feed_forward_output():
+    """Two modules both called ``dense`` (BERT's attention output and feed-forward output) must not merge
+    into one "dense"; a name alternation over every block reads as its names."""
+    from types import SimpleNamespace
+
+    from peftatlas.grading.evidence import Arm
+
+    def label(targets: object) -> str:
+        rec = SimpleNamespace(method="lora", budget="matched", hyperparameters={"r": 2, "targets": targets},
+                              arm={}, metrics={}, trainable_params=1, seed=0)
+        return Arm("lora", "matched", [rec]).targets_label
+
+    assert label(r"enc\.layer\.(0|2|3|5)\.(attention\.output\.dense|output\.dense)") == \
+        "attention.output, output on blocks 0,2,3,5"
+    assert label(r"enc\.layer\.(1)\.(attention\.self\.key|intermediate\.dense)") == "intermediate, key on blocks 1"
+    assert label(r".*\.(q_proj|query|attention\.output\.dense)") == "any of: attention.output, q_proj, query"
+    assert label("all-linear") == "all-linear"

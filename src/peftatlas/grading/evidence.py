@@ -92,6 +92,16 @@ def _default_targets(method: str) -> tuple[str, ...] | str | None:
     return _targets({"targets": default})
 
 
+def _module_names(alternation: str) -> str:
+    """``attention\\.self\\.query|output\\.dense`` → "output, query": regex escapes removed, the
+    ``attention.self.`` prefix and a trailing ``.dense`` dropped, sorted, duplicates merged."""
+    names = set()
+    for part in alternation.split("|"):
+        name = part.replace("\\", "").removeprefix("attention.self.")
+        names.add(name.removesuffix(".dense") if name != "dense" else name)
+    return ", ".join(sorted(names))
+
+
 @dataclasses.dataclass
 class Arm:
     """The finished main-experiment seeds of one method at one budget in one setting.
@@ -138,17 +148,24 @@ class Arm:
 
     @property
     def targets_label(self) -> str:
-        """The targets for people: a layer-subset regex (``…\\.(0|2|5)\\.(attention\\.query|…)``, from the
-        plan's matched arms) reads "query, value on 3 of 6 blocks"; anything else as recorded."""
+        """The targets for people. A name list reads "query, value"; a layer-subset regex from the plan's
+        matched arms (``…\\.(0|2|5)\\.(attention\\.self\\.query|…)``) reads "query, value on 3 of 6 blocks";
+        a module path loses ``attention.self.`` and a trailing ``.dense``, so the attention output and the
+        feed-forward output stay told apart ("attention.output", "output"); a name alternation that matches
+        every block (``.*\\.(q_proj|…|query|…)``) reads "any of: q_proj, …"; anything else as recorded."""
         t = self.targets
-        m = re.fullmatch(r".+?\\\.\(([\d|]+)\)\\\.\((.+)\)", t) if isinstance(t, str) else None
-        if m is None:
+        if isinstance(t, tuple):
+            return ", ".join(t)
+        if not isinstance(t, str):
             return str(t)
-        names = sorted({part.replace("\\", "").split(".")[-1] for part in m.group(2).split("|")})
+        m = re.fullmatch(r".+?\\\.\(([\d|]+)\)\\\.\((.+)\)", t)
+        if m is None:
+            anywhere = re.fullmatch(r"\.\*\\\.\(([\w|\\.]+)\)", t)
+            return f"any of: {_module_names(anywhere.group(1))}" if anywhere else t
         arm = (getattr(self.records[0], "arm", None) or {}) if self.records else {}
         where = re.search(r"on (\d+ of \d+ blocks)", str(arm.get("note", "")))
         blocks = where.group(1) if where else f"blocks {m.group(1).replace('|', ',')}"
-        return f"{', '.join(names)} on {blocks}"
+        return f"{_module_names(m.group(2))} on {blocks}"
 
     @property
     def matches(self) -> dict[str, bool]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 
@@ -19,14 +20,14 @@ import peftatlas as pa
 from peftatlas.cli import main as cli_main
 from peftatlas.evidence import execute as execute_mod
 from peftatlas.evidence.arena import format_table, load_run, run_profile, summarize
-from peftatlas.evidence.execute import RunContext, execute
+from peftatlas.evidence.execute import RUNNING, RunContext, execute
 from peftatlas.evidence.executors import SequentialExecutor, drive
 from peftatlas.evidence.models import load_classifier
 from peftatlas.evidence.plan import build_plan
 from peftatlas.evidence.profiles import PROFILES, Profile, get_profile
 from peftatlas.evidence.store import ResultsStore
 from peftatlas.evidence.train import evaluate
-from record_checks import unchanged
+from record_checks import kill_first_run, unchanged
 
 SMOKE = PROFILES["smoke"]
 
@@ -201,17 +202,48 @@ PARALLEL = dataclasses.replace(SMOKE, name="smoke-parallel", methods=("head_only
 
 def test_processes_executor_gives_the_sequential_records_bit_for_bit(tmp_path):
     """`--jobs 2`: two worker processes run the plan; the driver writes the store; every record (keys,
-    metrics, curves, per-item results) equals the sequential executor's at one torch thread per run."""
+    metrics, curves, per-item results) equals the sequential executor's at one torch thread per run —
+    also when a worker is SIGKILLed mid-run (as the OS kills one that runs out of memory): the pool is
+    started again and the lost runs are retried, and the driver goes on."""
     from peftatlas.evidence.parallel import resolve_jobs
 
     want = sum(expected_counts(PARALLEL).values())
-    sequential = run_profile(PARALLEL, tmp_path / "seq.sqlite", progress=False, threads=1)
-    parallel = run_profile(PARALLEL, tmp_path / "par.sqlite", progress=False, jobs=2, threads=1)
+    sequential = run_profile(PARALLEL, tmp_path / "seq" / "s.sqlite", progress=False, threads=1)
+    killed: list[tuple[str, int]] = []
+    retried: list[str] = []
+    killer = threading.Thread(target=kill_first_run, daemon=True,
+                              args=(tmp_path / "par" / "artifacts" / RUNNING, killed, retried, time.time() + 300))
+    killer.start()
+    parallel = run_profile(PARALLEL, tmp_path / "par" / "s.sqlite", progress=False, jobs=2, threads=1)
+    killer.join(5)
+    assert killed and retried, "no worker was killed mid-run, or its run was not retried"
     assert len(sequential) == want and all(r.status == "done" for r in sequential)
     assert comparable(parallel) == comparable(sequential)
     assert resolve_jobs("auto", PARALLEL) == 1 and resolve_jobs(3) == 3  # tiny model: no workers by default
     with pytest.raises(ValueError, match="jobs"):
         resolve_jobs(0)
+
+
+def test_a_run_whose_worker_keeps_dying_becomes_a_failed_record_and_the_driver_goes_on(tmp_path):
+    """Past ``max_retries`` a run lost with its worker is a failed record that says why; the profile
+    finishes the runs that do not depend on it."""
+    from peftatlas.evidence.parallel import ProcessExecutor
+
+    plan = build_plan(PARALLEL, log=None, cache=tmp_path / "plans")
+    killed: list[tuple[str, int]] = []
+    killer = threading.Thread(target=kill_first_run, daemon=True,
+                              args=(tmp_path / "artifacts" / RUNNING, killed, [], time.time() + 300, 2))
+    killer.start()
+    with ResultsStore(tmp_path / "s.sqlite") as store:
+        counts = drive(plan, store, ProcessExecutor(tmp_path, 2, threads=1, max_retries=1))
+        records = {r.key: r for r in store.records()}
+    killer.join(5)
+    assert len(killed) == 2 and killed[0][0] == killed[1][0], killed
+    [dead] = [r for k, r in records.items() if k.startswith(killed[0][0])]
+    assert dead.status == "failed", dead
+    assert dead.error.startswith("WorkerDied: the worker process died 2 time(s)"), dead.error
+    assert counts["failed"] >= 1 and counts["trained"] >= 1
+    assert all(r.status == "done" or r.error.startswith("WorkerDied") for r in records.values())
 
 
 def test_evidence_has_no_import_circle():

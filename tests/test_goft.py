@@ -81,6 +81,32 @@ def test_in_place_edit_of_the_output_is_detected():
         z.sum().backward()
 
 
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("kind", ["tree", "rotation"])
+def test_a_finished_step_frees_its_graph_node(kind, transpose):
+    """A custom Function whose ctx keeps a view of its own output forms a reference cycle through the
+    output's grad_fn that neither refcounting nor gc frees: qGOFT leaked each adapted layer's
+    activations every training step (≈ 13 MB a call at 2,048 × 384, the catalog run's worker grew to
+    15 GB and was killed). After backward and ``del``, the node must be gone."""
+    import gc
+    import weakref
+
+    x = torch.randn(6, 9, requires_grad=True)
+    if kind == "tree":
+        y = givens_tree_apply(x, torch.randn(8, 2, 2, requires_grad=True), transpose)
+    else:
+        y = givens_rotation_apply(x, torch.randn(8, requires_grad=True), transpose)
+    node = y.grad_fn
+    while "Givens" not in type(node).__name__:  # under the reshape view
+        node = node.next_functions[0][0]
+    alive = weakref.ref(node)
+    del node
+    y.sum().backward()
+    del y
+    gc.collect()
+    assert alive() is None
+
+
 def test_tree_rejects_wrong_block_count():
     with pytest.raises(ValueError, match="R\\^8 has 7 blocks"):
         givens_tree_apply(torch.randn(2, 8), torch.randn(6, 2, 2))

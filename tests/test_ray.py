@@ -37,7 +37,7 @@ from peftatlas.evidence.plan import build_plan
 from peftatlas.evidence.profiles import PROFILES
 from peftatlas.evidence.ray_executor import SHIP_LIMIT, RayExecutor, _execute_json, _mentions_auth, pack, start_local
 from peftatlas.evidence.store import ResultsStore, RunRecord
-from record_checks import unchanged
+from record_checks import kill_first_run, unchanged
 
 # one xdist worker for the module under `--dist loadgroup` (it shares one cluster and one sequential baseline)
 pytestmark = pytest.mark.xdist_group("ray")
@@ -89,32 +89,10 @@ def test_ray_gives_the_sequential_records(cluster, sequential, tmp_path):
     assert comparable(via_ray) == comparable(sequential.records)
 
 
-def _kill_first_run(running: Path, killed: list[tuple[str, int]], retried: list[str], deadline: float) -> None:
-    """SIGKILL the process named by the first ``<key>.pid`` marker of a run in progress, then wait for a
-    retry of that run: the marker rewritten by another process, or removed (only a run of it removes it)."""
-    while time.time() < deadline and not killed:
-        for marker in sorted(running.glob("*.pid")) if running.is_dir() else []:
-            try:
-                pid = int(marker.read_text())
-                os.kill(pid, signal.SIGKILL)  # the Ray worker process running this task
-            except (ValueError, OSError):
-                continue
-            killed.append((marker.stem, pid))
-            break
-        time.sleep(0.01)
-    while killed and time.time() < deadline:
-        marker = running / f"{killed[0][0]}.pid"
-        with contextlib.suppress(OSError):
-            if not marker.exists() or marker.read_text() not in ("", str(killed[0][1])):
-                retried.append(marker.stem)
-                return
-        time.sleep(0.01)
-
-
 def test_a_killed_task_is_retried_and_the_profile_completes(cluster, sequential, tmp_path):
     killed: list[tuple[str, int]] = []
     retried: list[str] = []
-    killer = threading.Thread(target=_kill_first_run, daemon=True,
+    killer = threading.Thread(target=kill_first_run, daemon=True,
                               args=(tmp_path / "artifacts" / RUNNING, killed, retried, time.time() + 300))
     killer.start()
     records = run_profile(SMOKE, tmp_path / "s.sqlite", progress=False, executor="ray")

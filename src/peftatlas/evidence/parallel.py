@@ -7,19 +7,27 @@ store. On a small CPU, two one-thread runs side by side get more work done than 
 the transformer's small matrices scale poorly across threads. Float reductions may round
 differently under another thread count, so a run is reproducible bit for bit under the same
 ``threads`` setting.
+
+A worker that dies (killed by the OS when memory runs out, or a crash in native code) breaks the whole
+pool, and every run in flight is lost with it: the executor cannot tell which worker died. It starts a
+new pool and submits those runs again; each loss counts as one retry of every run that was in flight, and
+a run lost more than ``max_retries`` (2) times becomes a failed record that says so, as under Ray. The
+driver and the runs already finished are never affected.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import sys
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import torch
 
-from .execute import RunContext, execute
+from .execute import RunContext, base_record, execute
 from .profiles import Profile
 from .runspec import RunSpec
 from .store import RunRecord
@@ -57,21 +65,49 @@ def _execute(spec: RunSpec) -> list[RunRecord]:
 class ProcessExecutor:
     """``jobs`` spawned worker processes × ``threads`` torch threads each (default ``cores // jobs``)."""
 
-    def __init__(self, root: str | Path, jobs: int, threads: int | None = None) -> None:
+    def __init__(self, root: str | Path, jobs: int, threads: int | None = None, max_retries: int = 2) -> None:
         self.capacity = jobs
         self.threads = threads or max(1, (os.cpu_count() or 1) // jobs)
-        self.pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_init_worker,
-                                        initargs=(str(root), str(Path(root) / "features"), self.threads))
+        self.root, self.max_retries = Path(root), max_retries
+        self.pool = self._new_pool()
         self.pending: dict[Future, RunSpec] = {}
+        self.losses: dict[str, int] = {}
+        self.given_up: list[tuple[RunSpec, list[RunRecord]]] = []
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(self.capacity, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker,
+                                   initargs=(str(self.root), str(self.root / "features"), self.threads))
 
     def submit(self, spec: RunSpec) -> None:
         self.pending[self.pool.submit(_execute, spec)] = spec
 
     def next_finished(self) -> tuple[RunSpec, list[RunRecord]]:
-        finished, _ = wait(self.pending, return_when=FIRST_COMPLETED)
-        future = min(finished, key=lambda f: self.pending[f].key)  # deterministic among simultaneous ones
-        return self.pending.pop(future), future.result()
+        while not self.given_up:
+            finished, _ = wait(self.pending, return_when=FIRST_COMPLETED)
+            future = min(finished, key=lambda f: self.pending[f].key)  # deterministic among simultaneous ones
+            try:
+                records = future.result()
+            except BrokenProcessPool:
+                self._restart()
+                continue
+            return self.pending.pop(future), records
+        return self.given_up.pop(0)
+
+    def _restart(self) -> None:
+        """A worker died: a new pool, the runs in flight submitted again or, past ``max_retries``, failed."""
+        lost = sorted(self.pending.values(), key=lambda spec: spec.key)
+        self.pending.clear()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pool = self._new_pool()
+        for spec in lost:
+            n = self.losses[spec.key] = self.losses.get(spec.key, 0) + 1
+            if n <= self.max_retries:
+                self.submit(spec)
+                continue
+            error = (f"WorkerDied: the worker process died {n} time(s) while this run was in flight (killed by "
+                     "the OS, e.g. out of memory, or a crash in native code); not retried again")
+            self.given_up.append((spec, [dataclasses.replace(base_record(spec), error=error)]))
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)

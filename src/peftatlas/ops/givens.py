@@ -81,7 +81,10 @@ def _apply(fn: type[torch.autograd.Function], x: Tensor, params: Tensor, ok: boo
     return fn.apply(x2, params, transpose).reshape(*lead, d)
 
 
-Level = tuple[Tensor, Tensor, Tensor, Tensor]  # (e, o, new_i, new_j) of one level, rows × pairs
+# (e, o) of one level, rows × pairs: what a backward pass reads. Never a view of the output: a custom
+# Function's ctx holding one forms a reference cycle through the output's grad_fn that nothing frees
+# (every training step leaked the activations of each adapted layer; tests/test_goft.py).
+Level = tuple[Tensor, Tensor]
 Reduce = Callable[[int, Tensor, Tensor], Tensor]
 
 
@@ -111,7 +114,7 @@ def _down(x: Tensor, H: list[Tensor], reduce: Reduce | None = None) -> tuple[Ten
         new_i, new_j = nxt[:, :p], out[:, s :: 2 * s]
         _combine(e, o, h[:, 0, 0], h[:, 0, 1], new_i)
         _combine(e, o, h[:, 1, 0], h[:, 1, 1], new_j)
-        levels.append((e, o, new_i, new_j))
+        levels.append((e, o))
         if m % 2:
             nxt[:, p] = V[:, 2 * p]
         V = nxt
@@ -138,7 +141,7 @@ def _up(x: Tensor, H: list[Tensor], reduce: Reduce | None = None) -> tuple[Tenso
         new_i, new_j = nxt[:, 0 : 2 * p : 2], nxt[:, 1 : 2 * p : 2]
         _combine(e, o, H[r][:, 0, 0], H[r][:, 0, 1], new_i)
         _combine(e, o, H[r][:, 1, 0], H[r][:, 1, 1], new_j)
-        levels[r] = (e, o, new_i, new_j)
+        levels[r] = (e, o)
         if m % 2:
             nxt[:, 2 * p] = V[:, p]
         V = nxt
@@ -170,7 +173,7 @@ class _GivensTreeFn(torch.autograd.Function):
         dot = torch.linalg.vecdot
 
         def block_grad(r: int, gi: Tensor, gj: Tensor) -> Tensor:
-            e, o = ctx.levels[r][:2]
+            e, o = ctx.levels[r]
             dh = torch.stack((torch.stack((dot(gi, e, dim=0), dot(gi, o, dim=0)), -1),
                               torch.stack((dot(gj, e, dim=0), dot(gj, o, dim=0)), -1)), -2)
             return dh.transpose(1, 2) if ctx.transpose else dh

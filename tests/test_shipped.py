@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -148,3 +149,31 @@ def test_export_ships_only_the_plans_of_the_records_profiles(tmp_path):
     with ResultsStore(db) as store:
         shipped.export(store, tmp_path / "ship")
     assert sorted(p.name for p in (tmp_path / "ship" / "plans").iterdir()) == ["arms-q.json"]
+
+
+def test_sigterm_stops_a_shipping_run_like_ctrl_c_and_exports_what_finished(tmp_path):
+    """`kill` (SIGTERM) on `peftatlas run --ship`: exit 130 with the "interrupted" line, and the shipped
+    folder holds every record the store finished — the end of a working window loses nothing."""
+    import os
+    import signal
+    import time
+
+    store, ship = tmp_path / "s.sqlite", tmp_path / "ship"
+    cmd = [sys.executable, "-m", "peftatlas.cli", "run", "--profile", "smoke", "--store", str(store),
+           "--ship", str(ship), "--ship-every", "60", "--jobs", "1", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if store.exists():
+            with ResultsStore(store) as opened:
+                if opened.records(status="done"):
+                    break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the smoke profile finished before it could be stopped"
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130 and "interrupted" in err, err[-2000:]
+    with ResultsStore(store) as opened:
+        done = {r.key for r in opened.records(status="done")}
+    exported = {json.loads(line)["key"] for line in (ship / "records.jsonl").read_text().splitlines()}
+    assert done and exported == done

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import signal
 import sys
+import threading
 
 from . import __version__
 
@@ -35,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    stop_on_sigterm = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if stop_on_sigterm else None
     try:
         return int(args.func(args) or 0)
     except BrokenPipeError:  # output piped into e.g. `head`
@@ -46,6 +50,17 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:  # user errors: one clear line, no traceback
         print(f"peftatlas: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if stop_on_sigterm:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM (``kill``, a scheduler, the end of a working window) stops a command the way Ctrl-C does:
+    runs in flight finish, ``--ship`` exports once more, the store stays consistent. A shell starts
+    background jobs with SIGINT ignored, so for a command started with ``&`` this is the way to stop it
+    cleanly; SIGKILL still loses only the runs in flight."""
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ class ProcessExecutor:
         self.pool = self._new_pool()
         self.pending: dict[Future, RunSpec] = {}
         self.losses: dict[str, int] = {}
-        self.given_up: list[tuple[RunSpec, list[RunRecord]]] = []
+        self.collected: list[tuple[RunSpec, list[RunRecord]]] = []  # returned before waiting again
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(self.capacity, mp_context=multiprocessing.get_context("spawn"),
@@ -83,7 +83,7 @@ class ProcessExecutor:
         self.pending[self.pool.submit(_execute, spec)] = spec
 
     def next_finished(self) -> tuple[RunSpec, list[RunRecord]]:
-        while not self.given_up:
+        while not self.collected:
             finished, _ = wait(self.pending, return_when=FIRST_COMPLETED)
             future = min(finished, key=lambda f: self.pending[f].key)  # deterministic among simultaneous ones
             try:
@@ -92,11 +92,15 @@ class ProcessExecutor:
                 self._restart()
                 continue
             return self.pending.pop(future), records
-        return self.given_up.pop(0)
+        return self.collected.pop(0)
 
     def _restart(self) -> None:
         """A worker died: a new pool, the runs in flight submitted again or, past ``max_retries``, failed."""
-        lost = sorted(self.pending.values(), key=lambda spec: spec.key)
+        for future, spec in sorted(self.pending.items(), key=lambda item: item[1].key):
+            if future.done() and future.exception() is None:  # finished before the pool broke: kept
+                self.collected.append((spec, future.result()))
+        kept = {spec.key for spec, _ in self.collected}
+        lost = sorted((s for s in self.pending.values() if s.key not in kept), key=lambda spec: spec.key)
         self.pending.clear()
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.pool = self._new_pool()
@@ -107,7 +111,7 @@ class ProcessExecutor:
                 continue
             error = (f"WorkerDied: the worker process died {n} time(s) while this run was in flight (killed by "
                      "the OS, e.g. out of memory, or a crash in native code); not retried again")
-            self.given_up.append((spec, [dataclasses.replace(base_record(spec), error=error)]))
+            self.collected.append((spec, [dataclasses.replace(base_record(spec), error=error)]))
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)

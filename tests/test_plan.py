@@ -273,6 +273,34 @@ def test_progress_counts_runs_and_estimates_the_time_left_from_this_sessions_pac
     assert p.line().startswith("[10/10+, ETA 0m")  # extensions ran past the plan's count
 
 
+def test_progress_of_a_resumed_plan_counts_the_runs_that_are_really_left():
+    """A resume after grid extensions, with learning curves whose whole-set points are copies of main seeds:
+    ``total − finished`` is exactly what the drive loop still executes. (The catalog resume of 2026-12-05 showed
+    ``[1753/1753+, ETA 0m]`` with about 480 runs left: finished extension sweeps and copies were counted as
+    done but were not in the total.)"""
+    from peftatlas.evidence.executors import Progress
+
+    profile = dataclasses.replace(SMOKE, name="plan-progress", methods=("head_only",), lr_factors=(1.0, 3.0, 9.0),
+                                  seeds=(0, 1, 2, 3, 4), sweep_seeds=2, lr_extend=2, learning_curve_methods=(),
+                                  learning_curve_sizes=(16, None), learning_curve_seeds=5)
+    plan = build_plan(profile)
+    order: list[str] = []
+    done: dict = {}
+    while ready := plan.ready(done):  # one run at a time, as a drive loop with one worker
+        spec = ready[0]
+        rec = fake(spec, val_acc=spec.lr)  # the highest rate always wins: the grid is extended upward, twice
+        done[spec.key] = dataclasses.replace(rec, metrics={"val_acc": spec.lr, "test_acc": 0.5})
+        order.append(spec.key)
+    sweeps = [k for k in order if done[k].experiment == SWEEP]
+    assert len(sweeps) == 3 * 2 + 2 * 2  # the initial grid, then two extension rates, on 2 seeds
+    assert any(done[k].experiment == CURVE and done[k].train_size is None for k in order)  # the copies ran
+    fresh = Progress.of(plan, {})
+    assert fresh.total == len(order) - 4  # extensions are not known before they happen: `k/N+` then
+    for cut in range(len(sweeps), len(order) + 1):
+        resumed = Progress.of(plan, {k: done[k] for k in order[:cut]})
+        assert resumed.total == len(order) and resumed.total - resumed.finished == len(order) - cut
+
+
 def test_a_budget_solved_arm_that_misses_its_budget_gets_matched_lora_arms_too():
     """OFT on the ViT lands 17.5 % above its budget: the budget's LoRA arm is not at its size, so the plan
     adds LoRA on its targets around its own count — as for a fixed-size method. Arms within budget, LoRA

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from .execute import RunContext, execute
-from .plan import Plan, run_counts
+from .plan import SWEEP, Plan, gets_learning_curves, run_counts
 from .runspec import RunSpec
 from .store import ResultsStore, RunRecord
 
@@ -77,9 +77,14 @@ def run_line(spec: RunSpec, rec: RunRecord) -> str:
 class Progress:
     """Finished runs against the plan's count, and the time left at this session's pace::
 
-        total = sweep + main + completions + curve      (run_counts: grid extensions not included)
-        left  = total − already finished − finished now
+        total = sweep + main + completions + curve     (run_counts)
+                + curve copies                          (points on the whole training set: twins of main seeds)
+                + grid-extension sweeps already finished
+        left  = total − the plan's finished records − finished now
         ETA   = (elapsed / finished now) · left          (shown once a run has finished in this session)
+
+    Both sides count the same runs, so a resumed sweep is not shown as done while runs are left;
+    only extensions made during this session push the count past ``total`` (shown as ``k/N+``).
     """
 
     def __init__(self, total: int, already: int, clock: Callable[[], float] = time.monotonic) -> None:
@@ -90,9 +95,16 @@ class Progress:
         self.start = clock()
 
     @classmethod
-    def of(cls, plan: Plan, already: int) -> Progress:
+    def of(cls, plan: Plan, done: Mapping[str, RunRecord]) -> Progress:
         counts = run_counts(plan)
-        return cls(sum(counts[k] for k in ("sweep", "main", "completions", "curve")), already)
+        covered = plan.covered(done)
+        p = plan.profile
+        extensions = sum(1 for r in covered if r.experiment == SWEEP and r.lr not in p.lr_grid(r.method))
+        copies = sum(1 for arm in plan.arms if gets_learning_curves(p, arm, plan.arms)
+                     for n in p.learning_curve_sizes for _ in p.seeds[: p.learning_curve_seeds]
+                     if n is None or (p.train_size is not None and n >= p.train_size))
+        planned = sum(counts[k] for k in ("sweep", "main", "completions", "curve"))
+        return cls(planned + copies + extensions, len(covered))
 
     def step(self) -> None:
         self.now += 1
@@ -122,7 +134,7 @@ def drive(plan: Plan, store: ResultsStore, executor: Executor, log: Log | None =
     say = log or (lambda s: None)
     done = {r.key: r for r in store.records(status="done")}
     counts = {"trained": 0, "cached": len(plan.covered(done)), "failed": 0}
-    progress = Progress.of(plan, counts["cached"])
+    progress = Progress.of(plan, done)
     in_flight: dict[str, RunSpec] = {}
     if tidy is not None:
         tidy(done)

@@ -246,6 +246,31 @@ def test_a_run_whose_worker_keeps_dying_becomes_a_failed_record_and_the_driver_g
     assert all(r.status == "done" or r.error.startswith("WorkerDied") for r in records.values())
 
 
+def test_a_run_submitted_after_a_worker_died_is_sent_to_a_new_pool_without_counting_a_loss(tmp_path):
+    """The race CI hit: a worker dies between two waits, so the pool refuses the driver's next submit
+    (``BrokenProcessPool`` from ``submit``, not from a result). The executor restarts the pool and sends
+    the run there; the run was never in flight, so it is not charged a retry."""
+    import os
+    from concurrent.futures.process import BrokenProcessPool
+
+    from peftatlas.evidence.parallel import ProcessExecutor
+
+    plan = build_plan(PARALLEL, log=None, cache=tmp_path / "plans")
+    arm = next(a for a in plan.arms if a.method == "head_only")
+    spec = plan.spec(arm, "lr_sweep", PARALLEL.lr_grid("head_only")[0], 0)
+    executor = ProcessExecutor(tmp_path, 1, threads=1)
+    try:
+        death = executor.pool.submit(os._exit, 1)  # the worker exits at once: the pool is broken
+        with pytest.raises(BrokenProcessPool):
+            death.result(timeout=120)
+        executor.submit(spec)
+        finished, records = executor.next_finished()
+    finally:
+        executor.close()
+    assert finished.key == spec.key and [r.status for r in records] == ["done"]
+    assert executor.losses == {}
+
+
 def test_evidence_has_no_import_circle():
     """No module of peftatlas.evidence imports (transitively, inside the package) a module that imports it back."""
     from peftatlas.evidence.codeversion import ImportGraph, package_root

@@ -80,7 +80,14 @@ class ProcessExecutor:
                                    initargs=(str(self.root), str(self.root / "features"), self.threads))
 
     def submit(self, spec: RunSpec) -> None:
-        self.pending[self.pool.submit(_execute, spec)] = spec
+        """Queue ``spec``; if a worker died since the last wait (the pool refuses new work), the pool is
+        restarted first: the runs that were in flight count the loss, ``spec`` (never sent) does not."""
+        try:
+            future = self.pool.submit(_execute, spec)
+        except BrokenProcessPool:
+            self._restart()
+            future = self.pool.submit(_execute, spec)
+        self.pending[future] = spec
 
     def next_finished(self) -> tuple[RunSpec, list[RunRecord]]:
         while not self.collected:

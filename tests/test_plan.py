@@ -294,10 +294,10 @@ def test_progress_of_a_resumed_plan_counts_the_runs_that_are_really_left():
     sweeps = [k for k in order if done[k].experiment == SWEEP]
     assert len(sweeps) == 3 * 2 + 2 * 2  # the initial grid, then two extension rates, on 2 seeds
     assert any(done[k].experiment == CURVE and done[k].train_size is None for k in order)  # the copies ran
-    fresh = Progress.of(plan, {})
+    fresh = Progress.of(plan, plan.covered({}))
     assert fresh.total == len(order) - 4  # extensions are not known before they happen: `k/N+` then
     for cut in range(len(sweeps), len(order) + 1):
-        resumed = Progress.of(plan, {k: done[k] for k in order[:cut]})
+        resumed = Progress.of(plan, plan.covered({k: done[k] for k in order[:cut]}))
         assert resumed.total == len(order) and resumed.total - resumed.finished == len(order) - cut
 
 

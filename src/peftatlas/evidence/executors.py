@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from .execute import RunContext, execute
-from .plan import SWEEP, Plan, gets_learning_curves, run_counts
+from .plan import SWEEP, Plan, run_counts
 from .runspec import RunSpec
 from .store import ResultsStore, RunRecord
 
@@ -77,8 +77,7 @@ def run_line(spec: RunSpec, rec: RunRecord) -> str:
 class Progress:
     """Finished runs against the plan's count, and the time left at this session's pace::
 
-        total = sweep + main + completions + curve     (run_counts)
-                + curve copies                          (points on the whole training set: twins of main seeds)
+        total = sweep + main + completions + curve + curve copies     (run_counts)
                 + grid-extension sweeps already finished
         left  = total − the plan's finished records − finished now
         ETA   = (elapsed / finished now) · left          (shown once a run has finished in this session)
@@ -95,16 +94,13 @@ class Progress:
         self.start = clock()
 
     @classmethod
-    def of(cls, plan: Plan, done: Mapping[str, RunRecord]) -> Progress:
+    def of(cls, plan: Plan, covered: Sequence[RunRecord]) -> Progress:
+        """The progress of ``plan`` with ``covered`` (:meth:`Plan.covered`) already finished."""
         counts = run_counts(plan)
-        covered = plan.covered(done)
-        p = plan.profile
-        extensions = sum(1 for r in covered if r.experiment == SWEEP and r.lr not in p.lr_grid(r.method))
-        copies = sum(1 for arm in plan.arms if gets_learning_curves(p, arm, plan.arms)
-                     for n in p.learning_curve_sizes for _ in p.seeds[: p.learning_curve_seeds]
-                     if n is None or (p.train_size is not None and n >= p.train_size))
-        planned = sum(counts[k] for k in ("sweep", "main", "completions", "curve"))
-        return cls(planned + copies + extensions, len(covered))
+        grid = plan.profile.lr_grid
+        extensions = sum(1 for r in covered if r.experiment == SWEEP and r.lr not in grid(r.method))
+        planned = sum(counts[k] for k in ("sweep", "main", "completions", "curve", "curve_copies"))
+        return cls(planned + extensions, len(covered))
 
     def step(self) -> None:
         self.now += 1
@@ -133,8 +129,9 @@ def drive(plan: Plan, store: ResultsStore, executor: Executor, log: Log | None =
     """
     say = log or (lambda s: None)
     done = {r.key: r for r in store.records(status="done")}
-    counts = {"trained": 0, "cached": len(plan.covered(done)), "failed": 0}
-    progress = Progress.of(plan, done)
+    covered = plan.covered(done)
+    counts = {"trained": 0, "cached": len(covered), "failed": 0}
+    progress = Progress.of(plan, covered)
     in_flight: dict[str, RunSpec] = {}
     if tidy is not None:
         tidy(done)

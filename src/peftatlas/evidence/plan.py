@@ -627,17 +627,20 @@ def run_counts(plan: Plan) -> dict[str, int]:
     ``sweep`` trainings of the initial grids; ``extension_max``: at most this many more sweep trainings
     when grids are extended (one side per arm can extend: ``lr_extend × sweep seeds``); ``main``: seed
     runs trained anew; ``completions``: sweep seeds evaluated on test/OOD from their adapters; ``curve``:
-    learning-curve trainings (a curve point on the whole training set at a main seed is a copy, not counted).
+    learning-curve trainings; ``curve_copies``: curve points on the whole training set, copies of a main
+    seed's record (no training, but each is a run of the plan).
     """
     p = plan.profile
     seeds = plan.sweep_seeds()
-    out = {"arms": len(plan.arms), "sweep": 0, "extension_max": 0, "main": 0, "completions": 0, "curve": 0}
+    out = {"arms": len(plan.arms), "sweep": 0, "extension_max": 0, "main": 0, "completions": 0, "curve": 0,
+           "curve_copies": 0}
     for arm in plan.arms:
         out["sweep"] += len(p.lr_grid(arm.method)) * len(seeds)
         out["extension_max"] += p.lr_extend * len(seeds)
         out["main"] += len([s for s in p.seeds if s not in seeds])
         out["completions"] += len([s for s in p.seeds if s in seeds])
         if gets_learning_curves(p, arm, plan.arms):
-            out["curve"] += sum(1 for n in p.learning_curve_sizes for s in p.seeds[: p.learning_curve_seeds]
-                                if not (n is None or (p.train_size is not None and n >= p.train_size)))
+            for n in p.learning_curve_sizes:
+                whole_set = n is None or (p.train_size is not None and n >= p.train_size)
+                out["curve_copies" if whole_set else "curve"] += len(p.seeds[: p.learning_curve_seeds])
     return out

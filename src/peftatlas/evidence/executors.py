@@ -106,7 +106,7 @@ class Progress:
         self.now += 1
 
     def line(self) -> str:
-        """``[k/N, ETA 1h05m]`` (``k/N+`` once grid extensions push past the plan's count)."""
+        """``[k/N, ETA 1h05m]`` (``k/N+`` once grid extensions push k past the plan's count N)."""
         done = self.finished + self.now
         left = max(0, self.total - done)
         if not self.now:
@@ -114,7 +114,7 @@ class Progress:
         eta = (self.clock() - self.start) / self.now * left
         hours, minutes = divmod(round(eta / 60), 60)
         span = f"{hours}h{minutes:02d}m" if hours else f"{minutes}m"
-        return f"[{min(done, self.total)}/{self.total}{'+' if done > self.total else ''}, ETA {span}]"
+        return f"[{done}/{self.total}{'+' if done > self.total else ''}, ETA {span}]"
 
 
 def drive(plan: Plan, store: ResultsStore, executor: Executor, log: Log | None = None,

@@ -377,7 +377,7 @@ class Plan:
               lr_info: dict[str, Any] | None) -> RunSpec:
         p = self.profile
         task = self.tasks[arm.task]
-        if train_size is not None and train_size >= train_units(task):
+        if covers_training_set(task, train_size):
             train_size = None
         data = task if train_size is None else task.subset(train=train_size)
         head_lr = None if arm.method == "head_only" else p.head_lr
@@ -545,6 +545,12 @@ def train_units(task: Any) -> int:
     return int(shots) if shots is not None else len(task.train)
 
 
+def covers_training_set(task: Any, train_size: int | None) -> bool:
+    """Whether a run on ``train_size`` units trains on the whole training set (``None`` means all): such a
+    learning-curve point is the same run as a main seed, so its spec drops the size and its record is a copy."""
+    return train_size is None or train_size >= train_units(task)
+
+
 def build_plan(profile: Profile, methods: list[str] | None = None, artifacts: str = "artifacts",
                code_versions: dict[str, str] | None = None, log: Any = None, cache: Path | None = None) -> Plan:
     """Solve every arm of ``profile`` (restricted to ``methods``) and return its :class:`Plan`.
@@ -641,6 +647,6 @@ def run_counts(plan: Plan) -> dict[str, int]:
         out["completions"] += len([s for s in p.seeds if s in seeds])
         if gets_learning_curves(p, arm, plan.arms):
             for n in p.learning_curve_sizes:
-                whole_set = n is None or (p.train_size is not None and n >= p.train_size)
-                out["curve_copies" if whole_set else "curve"] += len(p.seeds[: p.learning_curve_seeds])
+                copy = covers_training_set(plan.tasks[arm.task], n)
+                out["curve_copies" if copy else "curve"] += len(p.seeds[: p.learning_curve_seeds])
     return out
